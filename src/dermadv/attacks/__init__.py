@@ -1,0 +1,1 @@
+"""Attacks on [0, 1] images: one interface, one registry."""

@@ -1,0 +1,189 @@
+"""The command line: thin wiring from options to library functions."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+import yaml
+
+from dermadv.errors import DermadvError
+
+app = typer.Typer(
+    help="dermadv: audit dermatoscopic image classifiers against adversarial attacks "
+    "(reproduces Allyn et al. 2020, Medicine 99(50):e23568).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+data_app = typer.Typer(help="Inspect, split and download data.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+DataOpt = typer.Option(None, "--data", help="HAM10000 folder, DermaMNIST .npz, class-folder tree; default: built-in synthetic set.")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    from dermadv import distributed as dd
+
+    level = logging.INFO if verbose or dd.is_main() else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
+def load_config(path: Path | None, cls: type, overrides: dict[str, Any]) -> Any:
+    """Defaults < YAML config file < command-line options that were given (not None)."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        if not path.exists():
+            raise DermadvError(f"config file {path} does not exist; see recipes/ for examples")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(loaded) - names)
+        if unknown:
+            raise DermadvError(f"config {path} has unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        values.update(loaded)
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return cls(**values)
+
+
+@data_app.command("info")
+def data_info(data: Optional[str] = DataOpt) -> None:
+    """Print source, size, class counts and fingerprint of a data set."""
+    from dermadv.data.cache import stored_size
+    from dermadv.data.load import load_dataset
+
+    ds = load_dataset(data)
+    typer.echo(f"source: {ds.source}\nroot: {ds.root}\nimages: {len(ds)}\nlesions: {len(set(ds.lesion_ids))}")
+    typer.echo(f"stored size (HxW): {stored_size(ds)}\nfingerprint: {ds.fingerprint}")
+    for c, n in ds.class_counts().items():
+        typer.echo(f"  {c:6s} {n:6d}  {100 * n / len(ds):5.1f}%")
+
+
+@data_app.command("split")
+def data_split(
+    out: Path = typer.Option(..., "--out", help="CSV to write (image_id,lesion_id,dx,split)."),
+    data: Optional[str] = DataOpt,
+    seed: int = typer.Option(0, help="Seed of the lesion shuffle."),
+    fractions: str = typer.Option("0.70,0.15,0.15", help="train,val,test shares."),
+) -> None:
+    """Write a lesion-grouped, class-stratified train/val/test split."""
+    from dermadv.data.load import load_dataset
+    from dermadv.data.splits import make_splits, save_splits, split_summary
+
+    ds = load_dataset(data)
+    fr = tuple(float(x) for x in fractions.split(","))
+    frame = make_splits(ds, fractions=fr, seed=seed)  # type: ignore[arg-type]
+    save_splits(frame, out)
+    typer.echo(split_summary(frame).to_string())
+    typer.echo(f"wrote {out}")
+
+
+@data_app.command("download")
+def data_download(
+    name: str = typer.Argument(..., help="Only 'dermamnist' can be fetched automatically."),
+    size: int = typer.Option(28, "--size", help="28, 64, 128 or 224."),
+    out: Path = typer.Option(Path("data"), "--out", help="Folder for the .npz."),
+) -> None:
+    """Download DermaMNIST through the medmnist package (needs internet)."""
+    from dermadv.data.dermamnist import download_dermamnist
+
+    if name != "dermamnist":
+        raise DermadvError(f"cannot download {name!r}; only dermamnist (HAM10000 needs a manual download from Harvard Dataverse)")
+    typer.echo(f"wrote {download_dermamnist(size, out)}")
+
+
+@app.command()
+def train(
+    out: Path = typer.Option(..., "--out", help="Run folder to write."),
+    data: Optional[str] = DataOpt,
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of training options (see recipes/)."),
+    preset: Optional[str] = typer.Option(None, "--preset", help="demo, cpu-64 or paper."),
+    arch: Optional[str] = typer.Option(None, help="torchvision architecture name [default: densenet201]."),
+    image_size: Optional[int] = typer.Option(None, "--image-size", help="Square input size in pixels [default: 224]."),
+    epochs: Optional[int] = typer.Option(None),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
+    lr: Optional[float] = typer.Option(None),
+    optimizer: Optional[str] = typer.Option(None, help="adamw or sgd."),
+    class_balance: Optional[str] = typer.Option(None, "--class-balance", help="none, sqrt or inverse loss weights."),
+    weights: Optional[str] = typer.Option(None, help="'imagenet' or a path to ImageNet weights; default random init."),
+    seed: Optional[int] = typer.Option(None),
+    split_file: Optional[str] = typer.Option(None, "--split-file", help="Reuse a split CSV."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+) -> None:
+    """Train a classifier; writes model.safetensors, history.csv and a manifest."""
+    from dermadv.presets import preset_train_config
+    from dermadv.training.classifier import TrainConfig, fit
+
+    base = preset_train_config(preset) if preset else {}
+    overrides = dict(base)
+    overrides.update(dict(out=out, data=data, arch=arch, image_size=image_size, epochs=epochs, batch_size=batch_size,
+                          lr=lr, optimizer=optimizer, class_balance=class_balance, weights=weights, seed=seed,
+                          split_file=split_file, compile=compile, resume=resume or None))
+    cfg = load_config(config, TrainConfig, overrides)
+    path = fit(cfg)
+    typer.echo(f"checkpoint: {path}")
+
+
+@app.command()
+def evaluate(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="model.safetensors of a train run."),
+    data: Optional[str] = DataOpt,
+    split: str = typer.Option("test", help="train, val, test or all."),
+    split_file: Optional[str] = typer.Option(None, "--split-file", help="Split CSV; default: the one beside the checkpoint."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Run folder; default: <checkpoint folder>/eval-<split>."),
+    tta: bool = typer.Option(False, "--tta", help="Average logits over flips (test-time augmentation)."),
+    ci: str = typer.Option("wald", "--ci", help="wald (default, as the paper), wilson or exact."),
+) -> None:
+    """Evaluate a checkpoint: accuracy with CI, balanced accuracy, per-class metrics, AUC, confusion."""
+    from dermadv.evaluation.classifier_eval import evaluate_checkpoint, print_report
+
+    report = evaluate_checkpoint(checkpoint, data=data, split=split, split_file=split_file, out=out, tta=tta, ci_method=ci)
+    print_report(report)
+
+
+def _mount_optional() -> None:
+    """Sub-apps live beside the code they drive; mount those present."""
+    import importlib
+
+    for module, name in [
+        ("dermadv.attacks.cli", "attack"),
+        ("dermadv.observer.cli", "observer"),
+    ]:
+        try:
+            mod = importlib.import_module(module)
+        except ImportError as exc:  # an optional dependency (e.g. fastapi) is missing
+            logging.getLogger(__name__).debug("%s not available: %s", module, exc)
+            continue
+        app.add_typer(mod.app, name=name)
+    for module in ("dermadv.evaluation.cli", "dermadv.reproduce", "dermadv.report.cli"):
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue
+        mod.register(app)
+
+
+def main() -> None:
+    _setup_logging()
+    _mount_optional()
+    try:
+        app(standalone_mode=False)
+    except DermadvError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(1)
+    except (typer.Abort, KeyboardInterrupt):
+        typer.secho("interrupted", err=True)
+        sys.exit(130)
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        raise

@@ -1,0 +1,1 @@
+"""Data: readers, splits, the synthetic set and the decode-once cache."""

@@ -1,0 +1,1 @@
+"""Evaluation: classification metrics, paired tests, imperceptibility, the paper's attack table."""

@@ -1,0 +1,1 @@
+"""Classifiers with normalisation inside, and safetensors checkpoints."""

@@ -1,0 +1,94 @@
+"""Classifier checkpoints in safetensors, with the metadata needed to use them safely."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from dermadv.errors import CheckpointError
+from dermadv.models.classifier import IMAGENET_MEAN, IMAGENET_STD, Classifier, build_classifier
+from dermadv.runs import atomic_path
+
+
+@dataclass(frozen=True)
+class CheckpointMeta:
+    arch: str
+    classes: tuple[str, ...]
+    image_size: tuple[int, int]  # (height, width) the model was trained at
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    data_fingerprint: str = ""
+    kind: str = "classifier"
+    extra: str = "{}"  # JSON for anything else (epoch, metrics)
+
+
+def _meta_to_strings(meta: CheckpointMeta) -> dict[str, str]:
+    return {k: json.dumps(v) for k, v in asdict(meta).items()}
+
+
+def _meta_from_strings(raw: dict[str, str]) -> CheckpointMeta:
+    fields = {k: json.loads(v) for k, v in raw.items() if k in CheckpointMeta.__dataclass_fields__}
+    fields["classes"] = tuple(fields["classes"])
+    fields["image_size"] = tuple(fields["image_size"])
+    fields["mean"] = tuple(fields.get("mean", IMAGENET_MEAN))
+    fields["std"] = tuple(fields.get("std", IMAGENET_STD))
+    return CheckpointMeta(**fields)
+
+
+def save_state(path: str | os.PathLike[str], state: dict[str, torch.Tensor], meta: dict[str, str]) -> None:
+    """Atomically save a state dict with string metadata."""
+    clean = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata=meta)
+
+
+def load_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"checkpoint {path} does not exist; train one with `dermadv train` first")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        state = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}; is it a dermadv .safetensors file?") from None
+    return state, meta
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: Classifier, meta: CheckpointMeta) -> None:
+    model = getattr(model, "module", model)  # unwrap DDP
+    state = {k: v for k, v in model.state_dict().items()}
+    save_state(path, state, _meta_to_strings(meta))
+
+
+def load_checkpoint(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> tuple[Classifier, CheckpointMeta]:
+    """Load a classifier in eval mode with its metadata."""
+    state, raw = load_state(path)
+    if raw.get("kind") != json.dumps("classifier"):
+        raise CheckpointError(f"{path} is not a dermadv classifier checkpoint (kind={raw.get('kind')}); pass the model.safetensors of a `dermadv train` run")
+    meta = _meta_from_strings(raw)
+    model = build_classifier(meta.arch, len(meta.classes))
+    model.mean.copy_(torch.tensor(meta.mean).view(1, 3, 1, 1))
+    model.std.copy_(torch.tensor(meta.std).view(1, 3, 1, 1))
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"checkpoint {path} does not match architecture {meta.arch}: {str(exc).splitlines()[0]}") from None
+    return model.to(device).eval(), meta
+
+
+def check_fits(meta: CheckpointMeta, classes: tuple[str, ...], *, path: str | os.PathLike[str] = "checkpoint") -> None:
+    """Refuse a checkpoint whose class list differs from the data's."""
+    if tuple(meta.classes) != tuple(classes):
+        raise CheckpointError(
+            f"{path} was trained on classes {','.join(meta.classes)} but the data has {','.join(classes)}; "
+            "use a checkpoint trained on this kind of data"
+        )

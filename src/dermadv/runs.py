@@ -1,0 +1,227 @@
+"""Run folders: manifest, atomic writes, resumable outputs."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import dataclasses
+import io
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+_VERSIONED = (
+    "dermadv",
+    "torch",
+    "torchvision",
+    "numpy",
+    "scikit-learn",
+    "scipy",
+    "statsmodels",
+    "scikit-image",
+    "safetensors",
+)
+
+
+def _to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {k: _to_jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, Mapping):
+        return {str(k): _to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, float) and (obj != obj or obj in (float("inf"), float("-inf"))):
+        return None
+    return obj
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; move it into place only on success."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write JSON atomically (NaN/inf become null so any reader can parse it)."""
+    atomic_write_text(path, json.dumps(_to_jsonable(obj), indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike[str]) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write_csv(
+    path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]], fieldnames: Sequence[str] | None = None
+) -> None:
+    """Write rows of dicts as CSV atomically."""
+    if fieldnames is None:
+        fieldnames = list(rows[0].keys()) if rows else []
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(fieldnames), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _to_jsonable(v) for k, v in row.items()})
+    atomic_write_text(path, buf.getvalue())
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def git_commit() -> str | None:
+    """The commit of the dermadv source tree, if it is a git checkout."""
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+        return out + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def hardware() -> dict[str, Any]:
+    info: dict[str, Any] = {"platform": platform.platform(), "cpu_count": os.cpu_count()}
+    try:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        if torch.cuda.is_available():
+            info["cuda_devices"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except ImportError:  # pragma: no cover
+        pass
+    return info
+
+
+class Run:
+    """A run folder with its ``manifest.json``.
+
+    The manifest is written when the run starts (``status: running``) and rewritten at the end
+    (``status: complete``), so a folder whose manifest does not say complete is known unfinished.
+    """
+
+    def __init__(
+        self,
+        out: str | os.PathLike[str],
+        *,
+        command: str,
+        config: Any,
+        seed: int | None = None,
+        data_fingerprint: str | None = None,
+        write: bool = True,
+    ) -> None:
+        self.dir = Path(out)
+        self.write = write
+        self.t0 = time.time()
+        self.timings: dict[str, float] = {}
+        self.manifest: dict[str, Any] = {
+            "command": command,
+            "argv": sys.argv,
+            "config": _to_jsonable(config),
+            "seed": seed,
+            "data_fingerprint": data_fingerprint,
+            "versions": package_versions(),
+            "git_commit": git_commit(),
+            "hardware": hardware(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "status": "running",
+        }
+        if write:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._save()
+
+    @property
+    def path(self) -> Path:
+        return self.dir
+
+    def _save(self) -> None:
+        if self.write:
+            self.manifest["timings_s"] = dict(self.timings)
+            write_json(self.dir / "manifest.json", self.manifest)
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Time a stage; the timing lands in the manifest."""
+        t = time.time()
+        try:
+            yield
+        finally:
+            self.timings[name] = round(time.time() - t, 3)
+            self._save()
+
+    def update(self, **fields: Any) -> None:
+        self.manifest.update(_to_jsonable(fields))
+        self._save()
+
+    def finish(self, **fields: Any) -> None:
+        self.timings["total"] = round(time.time() - self.t0, 3)
+        self.manifest.update(_to_jsonable(fields))
+        self.manifest["status"] = "complete"
+        self.manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self._save()
+
+
+def run_complete(folder: str | os.PathLike[str]) -> bool:
+    p = Path(folder) / "manifest.json"
+    if not p.exists():
+        return False
+    try:
+        return bool(read_json(p).get("status") == "complete")
+    except (OSError, json.JSONDecodeError):
+        return False

@@ -1,0 +1,1 @@
+"""Training loops: the classifier and the generator attack."""

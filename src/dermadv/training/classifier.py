@@ -1,0 +1,370 @@
+"""Classifier training: AdamW/SGD, cosine schedule with warm-up, class-balanced loss, EMA, early stopping.
+
+Reads like a method section: ``fit(config)`` → ``train_one_epoch`` → ``evaluate_probs`` → checkpoint.
+Deterministic on CPU for a given seed (all randomness from seeded ``torch.Generator``s).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import balanced_accuracy_score
+from torch import nn
+from tqdm.auto import tqdm
+
+from dermadv import distributed as dd
+from dermadv.data.splits import save_splits
+from dermadv.errors import ConfigError, RunError
+from dermadv.models.checkpoints import CheckpointMeta, save_checkpoint
+from dermadv.models.classifier import Classifier, build_classifier
+from dermadv.runs import Run, atomic_path, write_csv, write_json
+from dermadv.training.augment import AugmentConfig, augment, to_float
+from dermadv.training.data import Prepared, prepare
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    out: Path
+    data: str | None = None
+    arch: str = "densenet201"
+    image_size: int = 224
+    epochs: int = 30
+    batch_size: int = 64
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    class_balance: Literal["none", "sqrt", "inverse"] = "sqrt"
+    label_smoothing: float = 0.1
+    augment: bool = True
+    ema_decay: float = 0.0  # 0 disables the weight average
+    patience: int = 8  # epochs without validation balanced-accuracy gain before stopping
+    select: Literal["balanced_accuracy", "accuracy", "sum"] = "balanced_accuracy"
+    calibrate_bias: bool = False  # tune a per-class logit bias on the validation split
+    weights: str | None = None  # None, "imagenet" or a path to ImageNet weights
+    seed: int = 0
+    split_file: str | None = None
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    channels_last: bool = True
+    compile: bool = False
+    sync_batchnorm: bool = False
+    max_train_images: int | None = None
+    resume: bool = False
+    progress: bool = True
+    augment_config: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class EpochStats:
+    epoch: int
+    train_loss: float
+    val_loss: float
+    val_acc: float
+    val_balanced_acc: float
+    lr: float
+    seconds: float
+    images_per_s: float
+
+
+def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> torch.Tensor:
+    """Loss weights ∝ frequency^-1 (inverse) or frequency^-1/2 (sqrt), normalised to mean 1 over samples."""
+    counts = np.bincount(labels, minlength=num_classes).astype(np.float64)
+    counts = np.maximum(counts, 1)
+    if mode == "none":
+        w = np.ones(num_classes)
+    elif mode == "sqrt":
+        w = counts**-0.5
+    elif mode == "inverse":
+        w = counts**-1.0
+    else:
+        raise ConfigError(f"class_balance must be none, sqrt or inverse; got {mode!r}")
+    w = w / (w[labels].mean())
+    return torch.tensor(w, dtype=torch.float32)
+
+
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[None]:
+    # bf16 on CPUs without AMX is slower than fp32, so "auto" means "on CUDA only".
+    use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
+    if not use:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def lr_lambda(step: int, *, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def batches(images: torch.Tensor, indices: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    for s in range(0, len(indices), batch_size):
+        idx = indices[s : s + batch_size]
+        yield idx, images[torch.from_numpy(idx)]
+
+
+@torch.no_grad()
+def predict_logits(
+    model: nn.Module,
+    images_uint8: np.ndarray | torch.Tensor,
+    *,
+    indices: np.ndarray | None = None,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    amp: str = "auto",
+    tta: bool = False,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Logits for uint8 N×H×W×3 images (optionally averaged over flips: test-time augmentation)."""
+    device = torch.device(device)
+    model.eval()
+    if indices is None:
+        indices = np.arange(len(images_uint8))
+    src = images_uint8 if isinstance(images_uint8, torch.Tensor) else None
+    out = []
+    it = range(0, len(indices), batch_size)
+    for s in tqdm(it, desc="predict", disable=not progress, leave=False):
+        idx = indices[s : s + batch_size]
+        chunk = src[torch.from_numpy(idx)] if src is not None else torch.from_numpy(np.asarray(images_uint8[idx]))
+        x = to_float(chunk.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            logits = model(x).float()
+            if tta:
+                logits = logits + model(x.flip(3)).float() + model(x.flip(2)).float() + model(x.flip(2, 3)).float()
+                logits = logits / 4
+        out.append(logits)
+    return torch.cat(out).cpu() if out else torch.empty(0)
+
+
+def calibrate_logit_bias(logits: torch.Tensor, labels: np.ndarray, *, rounds: int = 3) -> torch.Tensor:
+    """Per-class logit offsets maximising accuracy + balanced accuracy on held-out data (coordinate search)."""
+    y = torch.as_tensor(labels)
+    k = logits.shape[1]
+    bias = torch.zeros(k)
+    grid = torch.linspace(-3, 3, 61)
+
+    def score(b: torch.Tensor) -> float:
+        pred = (logits + b).argmax(1).numpy()
+        return float((pred == y.numpy()).mean() + balanced_accuracy_score(y.numpy(), pred))
+
+    best = score(bias)
+    for _ in range(rounds):
+        for c in range(k):
+            for g in grid:
+                trial = bias.clone()
+                trial[c] = g
+                s = score(trial)
+                if s > best + 1e-9:
+                    best, bias = s, trial
+    return bias
+
+
+def _ddp_wrap(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    if not dd.is_distributed():
+        return model
+    if cfg.sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    criterion: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device,
+    generator: torch.Generator,
+    ema: torch.optim.swa_utils.AveragedModel | None,
+    epoch: int,
+) -> float:
+    model.train()
+    total = torch.zeros((), device=device)
+    count = 0
+    nb = math.ceil(len(indices) / cfg.batch_size)
+    bar = tqdm(
+        batches(images, indices, cfg.batch_size),
+        total=nb,
+        desc=f"epoch {epoch}",
+        disable=not (cfg.progress and dd.is_main()),
+        leave=False,
+    )
+    for idx, chunk in bar:
+        x = to_float(chunk.to(device, non_blocking=True))
+        if cfg.augment:
+            x = augment(x, cfg.augment_config, generator)
+        x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+        y = labels[torch.from_numpy(idx)].to(device, non_blocking=True)
+        with autocast(device, cfg.amp):
+            loss = criterion(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update_parameters(model)
+        total += loss.detach() * len(idx)
+        count += len(idx)
+    return float(total) / max(1, count)  # one host sync per epoch
+
+
+def _rng_state(gen: torch.Generator) -> torch.Tensor:
+    return gen.get_state()
+
+
+def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
+    """Train a classifier into ``cfg.out``; return the path of ``model.safetensors`` (best on validation)."""
+    dd.init_from_env()
+    torch.manual_seed(cfg.seed)
+    device = dd.default_device()
+    out = Path(cfg.out)
+    state_path = out / "train_state.pt"
+    if state_path.exists() and not cfg.resume and dd.is_main():
+        raise RunError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    prep = prepared or prepare(cfg.data, image_size=cfg.image_size, split_file=cfg.split_file, seed=cfg.seed,
+                               progress=cfg.progress and dd.is_main())
+    ds = prep.dataset
+    run = Run(out, command="train", config=asdict(cfg), seed=cfg.seed, data_fingerprint=ds.fingerprint,
+              write=dd.is_main())
+    if dd.is_main():
+        save_splits(prep.frame, out / "split.csv")
+    train_idx, val_idx = prep.indices("train"), prep.indices("val")
+    if cfg.max_train_images:
+        train_idx = train_idx[: cfg.max_train_images]
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise ConfigError("the split has an empty train or val part; use more data or other --split fractions")
+    # Keep the decoded uint8 set on the device when it fits (GPU), else in host memory.
+    images = torch.from_numpy(np.ascontiguousarray(prep.images))
+    if device.type == "cuda" and images.numel() < 0.3 * torch.cuda.get_device_properties(device).total_memory:
+        images = images.to(device)
+    labels = torch.from_numpy(ds.labels)
+
+    model = build_classifier(cfg.arch, ds.num_classes, weights=cfg.weights).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    ema = None
+    if cfg.ema_decay > 0:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+        )
+    ddp_model = _ddp_wrap(model, cfg, device)
+    if cfg.compile:
+        ddp_model = torch.compile(ddp_model)  # type: ignore[assignment]
+    weights = class_weights(ds.labels[train_idx], ds.num_classes, cfg.class_balance).to(device)
+    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+    if cfg.optimizer == "adamw":
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
+    steps_per_epoch = math.ceil(math.ceil(len(train_idx) / dd.world_size()) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, total=total_steps, warmup=warmup))
+    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + dd.rank())
+    sampler = torch.utils.data.DistributedSampler(
+        range(len(train_idx)), num_replicas=dd.world_size(), rank=dd.rank(), shuffle=True, seed=cfg.seed
+    )
+
+    history: list[dict[str, float]] = []
+    start_epoch, best, since_best = 0, -1.0, 0
+    if cfg.resume and state_path.exists():
+        st = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(st["model"])
+        optimizer.load_state_dict(st["optimizer"])
+        scheduler.load_state_dict(st["scheduler"])
+        if ema is not None and st.get("ema") is not None:
+            ema.load_state_dict(st["ema"])
+        gen.set_state(st["generator"].cpu() if device.type == "cpu" else st["generator"])
+        start_epoch, best, since_best, history = st["epoch"] + 1, st["best"], st["since_best"], st["history"]
+        log.info("resumed %s at epoch %d", out, start_epoch)
+
+    meta = CheckpointMeta(arch=cfg.arch, classes=ds.classes, image_size=prep.size, data_fingerprint=ds.fingerprint)
+    eval_model: nn.Module = ema.module if ema is not None else model  # type: ignore[assignment]
+    with run.stage("train"):
+        for epoch in range(start_epoch, cfg.epochs):
+            t0 = time.time()
+            sampler.set_epoch(epoch)
+            order = train_idx[np.fromiter(iter(sampler), dtype=np.int64)]
+            train_loss = train_one_epoch(ddp_model, criterion, optimizer, scheduler, images, labels, order, cfg,
+                                         device, gen, ema, epoch)
+            train_loss = float(dd.all_reduce_sum(torch.tensor([train_loss], device=device))[0]) / dd.world_size()
+            seconds = time.time() - t0
+            logits = predict_logits(eval_model, images, indices=val_idx, device=device, amp=cfg.amp)
+            yv = ds.labels[val_idx]
+            pred = logits.argmax(1).numpy()
+            stats = EpochStats(
+                epoch=epoch,
+                train_loss=train_loss,
+                val_loss=float(F.cross_entropy(logits, torch.from_numpy(yv))),
+                val_acc=float((pred == yv).mean()),
+                val_balanced_acc=float(balanced_accuracy_score(yv, pred)),
+                lr=float(scheduler.get_last_lr()[0]),
+                seconds=round(seconds, 2),
+                images_per_s=round(len(train_idx) / seconds, 1),
+            )
+            history.append(asdict(stats))
+            score = {"balanced_accuracy": stats.val_balanced_acc, "accuracy": stats.val_acc,
+                     "sum": stats.val_acc + stats.val_balanced_acc}[cfg.select]
+            improved = score > best
+            if improved:
+                best, since_best = score, 0
+            else:
+                since_best += 1
+            if dd.is_main():
+                log.info("epoch %d loss %.4f val acc %.4f bal %.4f (%.0f img/s)", epoch, train_loss, stats.val_acc,
+                         stats.val_balanced_acc, stats.images_per_s)
+                if improved:
+                    save_checkpoint(out / "model.safetensors", eval_model,  # type: ignore[arg-type]
+                                    _meta_with(meta, epoch=epoch, val=asdict(stats)))
+                write_csv(out / "history.csv", history)
+                with atomic_path(state_path) as tmp:
+                    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
+                                "generator": gen.get_state(), "epoch": epoch, "best": best,
+                                "since_best": since_best, "history": history}, tmp)
+            if since_best >= cfg.patience:
+                if dd.is_main():
+                    log.info("early stop at epoch %d: no validation gain for %d epochs", epoch, cfg.patience)
+                break
+    dd.barrier()
+    if dd.is_main() and cfg.calibrate_bias:
+        from dermadv.models.checkpoints import load_checkpoint
+
+        best_model, best_meta = load_checkpoint(out / "model.safetensors", device=device)
+        logits = predict_logits(best_model, images, indices=val_idx, device=device, amp=cfg.amp)
+        bias = calibrate_logit_bias(logits - best_model.logit_bias.cpu(), ds.labels[val_idx])
+        best_model.logit_bias.copy_(bias.to(device))
+        save_checkpoint(out / "model.safetensors", best_model, best_meta)
+        log.info("logit bias tuned on validation: %s", [round(float(b), 2) for b in bias])
+    if dd.is_main():
+        final = history[-1] if history else {}
+        write_json(out / "train_metrics.json", {"best_validation_score": best, "select": cfg.select,
+                                                "epochs_run": len(history), "last_epoch": final})
+        run.finish(epochs_run=len(history))
+    dd.barrier()
+    return out / "model.safetensors"
+
+
+def _meta_with(meta: CheckpointMeta, **extra: object) -> CheckpointMeta:
+    import json
+    from dataclasses import replace
+
+    return replace(meta, extra=json.dumps(extra, default=float))
+
+
+__all__ = ["TrainConfig", "fit", "predict_logits", "Classifier"]

@@ -1,0 +1,56 @@
+"""Prepare data for training and evaluation: load, split, decode once, index."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from dermadv.data.cache import Size, decoded_images
+from dermadv.data.dataset import ImageSet
+from dermadv.data.load import load_dataset
+from dermadv.data.splits import load_splits, make_splits, split_indices
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Prepared:
+    dataset: ImageSet
+    frame: pd.DataFrame  # image_id, lesion_id, dx, split
+    images: np.ndarray  # uint8 N×H×W×3 (memmap)
+    size: Size
+
+    def indices(self, split: str) -> np.ndarray:
+        return split_indices(self.frame, split)
+
+
+def parse_size(image_size: int | str | tuple[int, int] | None, dataset: ImageSet) -> Size | None:
+    if image_size is None or image_size == "stored":
+        return None
+    if isinstance(image_size, tuple):
+        return image_size
+    if isinstance(image_size, str) and "x" in image_size:
+        h, w = image_size.split("x")
+        return int(h), int(w)
+    s = int(image_size)
+    return s, s
+
+
+def prepare(
+    data: str | Path | None,
+    *,
+    image_size: int | str | tuple[int, int] | None,
+    split_file: str | Path | None = None,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.70, 0.15, 0.15),
+    progress: bool = True,
+) -> Prepared:
+    dataset = load_dataset(data)
+    frame = load_splits(split_file, dataset) if split_file else make_splits(dataset, fractions=fractions, seed=seed)
+    size = parse_size(image_size, dataset)
+    images = decoded_images(dataset, size, progress=progress)
+    return Prepared(dataset, frame, images, (int(images.shape[1]), int(images.shape[2])))
