@@ -6,7 +6,7 @@ import logging
 import sys
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import typer
 import yaml
@@ -23,7 +23,9 @@ app = typer.Typer(
 data_app = typer.Typer(help="Inspect, split and download data.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-DataOpt = typer.Option(None, "--data", help="HAM10000 folder, DermaMNIST .npz, class-folder tree; default: built-in synthetic set.")
+DataOpt = typer.Option(
+    None, "--data", help="HAM10000 folder, DermaMNIST .npz, class-folder tree; default: built-in synthetic set."
+)
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -43,14 +45,16 @@ def load_config(path: Path | None, cls: type, overrides: dict[str, Any]) -> Any:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(loaded) - names)
         if unknown:
-            raise DermadvError(f"config {path} has unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+            raise DermadvError(
+                f"config {path} has unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
+            )
         values.update(loaded)
     values.update({k: v for k, v in overrides.items() if v is not None})
     return cls(**values)
 
 
 @data_app.command("info")
-def data_info(data: Optional[str] = DataOpt) -> None:
+def data_info(data: str | None = DataOpt) -> None:
     """Print source, size, class counts and fingerprint of a data set."""
     from dermadv.data.cache import stored_size
     from dermadv.data.load import load_dataset
@@ -65,7 +69,7 @@ def data_info(data: Optional[str] = DataOpt) -> None:
 @data_app.command("split")
 def data_split(
     out: Path = typer.Option(..., "--out", help="CSV to write (image_id,lesion_id,dx,split)."),
-    data: Optional[str] = DataOpt,
+    data: str | None = DataOpt,
     seed: int = typer.Option(0, help="Seed of the lesion shuffle."),
     fractions: str = typer.Option("0.70,0.15,0.15", help="train,val,test shares."),
 ) -> None:
@@ -91,27 +95,29 @@ def data_download(
     from dermadv.data.dermamnist import download_dermamnist
 
     if name != "dermamnist":
-        raise DermadvError(f"cannot download {name!r}; only dermamnist (HAM10000 needs a manual download from Harvard Dataverse)")
+        raise DermadvError(
+            f"cannot download {name!r}; only dermamnist (HAM10000 needs a manual download from Harvard Dataverse)"
+        )
     typer.echo(f"wrote {download_dermamnist(size, out)}")
 
 
 @app.command()
 def train(
     out: Path = typer.Option(..., "--out", help="Run folder to write."),
-    data: Optional[str] = DataOpt,
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML file of training options (see recipes/)."),
-    preset: Optional[str] = typer.Option(None, "--preset", help="demo, cpu-64 or paper."),
-    arch: Optional[str] = typer.Option(None, help="torchvision architecture name [default: densenet201]."),
-    image_size: Optional[int] = typer.Option(None, "--image-size", help="Square input size in pixels [default: 224]."),
-    epochs: Optional[int] = typer.Option(None),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size"),
-    lr: Optional[float] = typer.Option(None),
-    optimizer: Optional[str] = typer.Option(None, help="adamw or sgd."),
-    class_balance: Optional[str] = typer.Option(None, "--class-balance", help="none, sqrt or inverse loss weights."),
-    weights: Optional[str] = typer.Option(None, help="'imagenet' or a path to ImageNet weights; default random init."),
-    seed: Optional[int] = typer.Option(None),
-    split_file: Optional[str] = typer.Option(None, "--split-file", help="Reuse a split CSV."),
-    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
+    data: str | None = DataOpt,
+    config: Path | None = typer.Option(None, "--config", help="YAML file of training options (see recipes/)."),
+    preset: str | None = typer.Option(None, "--preset", help="demo, cpu-64 or paper."),
+    arch: str | None = typer.Option(None, help="torchvision architecture name [default: densenet201]."),
+    image_size: int | None = typer.Option(None, "--image-size", help="Square input size in pixels [default: 224]."),
+    epochs: int | None = typer.Option(None),
+    batch_size: int | None = typer.Option(None, "--batch-size"),
+    lr: float | None = typer.Option(None),
+    optimizer: str | None = typer.Option(None, help="adamw or sgd."),
+    class_balance: str | None = typer.Option(None, "--class-balance", help="none, sqrt or inverse loss weights."),
+    weights: str | None = typer.Option(None, help="'imagenet' or a path to ImageNet weights; default random init."),
+    seed: int | None = typer.Option(None),
+    split_file: str | None = typer.Option(None, "--split-file", help="Reuse a split CSV."),
+    compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
 ) -> None:
     """Train a classifier; writes model.safetensors, history.csv and a manifest."""
@@ -120,9 +126,24 @@ def train(
 
     base = preset_train_config(preset) if preset else {}
     overrides = dict(base)
-    overrides.update(dict(out=out, data=data, arch=arch, image_size=image_size, epochs=epochs, batch_size=batch_size,
-                          lr=lr, optimizer=optimizer, class_balance=class_balance, weights=weights, seed=seed,
-                          split_file=split_file, compile=compile, resume=resume or None))
+    overrides.update(
+        dict(
+            out=out,
+            data=data,
+            arch=arch,
+            image_size=image_size,
+            epochs=epochs,
+            batch_size=batch_size,
+            lr=lr,
+            optimizer=optimizer,
+            class_balance=class_balance,
+            weights=weights,
+            seed=seed,
+            split_file=split_file,
+            compile=compile,
+            resume=resume or None,
+        )
+    )
     cfg = load_config(config, TrainConfig, overrides)
     path = fit(cfg)
     typer.echo(f"checkpoint: {path}")
@@ -131,17 +152,21 @@ def train(
 @app.command()
 def evaluate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="model.safetensors of a train run."),
-    data: Optional[str] = DataOpt,
+    data: str | None = DataOpt,
     split: str = typer.Option("test", help="train, val, test or all."),
-    split_file: Optional[str] = typer.Option(None, "--split-file", help="Split CSV; default: the one beside the checkpoint."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder; default: <checkpoint folder>/eval-<split>."),
+    split_file: str | None = typer.Option(
+        None, "--split-file", help="Split CSV; default: the one beside the checkpoint."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Run folder; default: <checkpoint folder>/eval-<split>."),
     tta: bool = typer.Option(False, "--tta", help="Average logits over flips (test-time augmentation)."),
     ci: str = typer.Option("wald", "--ci", help="wald (default, as the paper), wilson or exact."),
 ) -> None:
     """Evaluate a checkpoint: accuracy with CI, balanced accuracy, per-class metrics, AUC, confusion."""
     from dermadv.evaluation.classifier_eval import evaluate_checkpoint, print_report
 
-    report = evaluate_checkpoint(checkpoint, data=data, split=split, split_file=split_file, out=out, tta=tta, ci_method=ci)
+    report = evaluate_checkpoint(
+        checkpoint, data=data, split=split, split_file=split_file, out=out, tta=tta, ci_method=ci
+    )
     print_report(report)
 
 

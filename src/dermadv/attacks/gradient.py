@@ -9,59 +9,18 @@ true label (untargeted) or minus the cross-entropy of the target (targeted).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dermadv.attacks.base import Attack
+from dermadv.attacks.common import LossName, attack_gain, class_tensor, frozen_parameters, is_success, parse_budget
 from dermadv.attacks.registry import register_attack
 from dermadv.config import parse_eps
 from dermadv.errors import ConfigError
 
 Norm = Literal["linf", "l2"]
-LossName = Literal["ce", "margin"]
-
-
-@contextmanager
-def frozen_parameters(model: nn.Module) -> Iterator[None]:
-    """Stop tracking gradients of the model's weights while attacking (inputs only: less autograd work)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
-
-
-def class_tensor(images: torch.Tensor, *, labels: torch.Tensor | None, target: int | None) -> torch.Tensor:
-    """The class each image is pushed towards (``target``) or away from (``labels``), as an N int64 tensor."""
-    n = images.shape[0]
-    if target is not None:
-        return torch.full((n,), int(target), dtype=torch.long, device=images.device)
-    if labels is None:
-        raise ValueError("an untargeted attack needs the true labels")
-    return labels.to(device=images.device, dtype=torch.long).reshape(n)
-
-
-def attack_gain(logits: torch.Tensor, classes: torch.Tensor, *, targeted: bool, loss: LossName) -> torch.Tensor:
-    """Per-image quantity an attack maximises: toward ``classes`` if targeted, away from them if not."""
-    if loss == "ce":
-        ce = F.cross_entropy(logits, classes, reduction="none")
-        return -ce if targeted else ce
-    chosen = logits.gather(1, classes[:, None]).squeeze(1)
-    best_other = logits.scatter(1, classes[:, None], float("-inf")).amax(1)
-    return chosen - best_other if targeted else best_other - chosen
-
-
-def is_success(logits: torch.Tensor, classes: torch.Tensor, *, targeted: bool) -> torch.Tensor:
-    pred = logits.argmax(1)
-    return pred == classes if targeted else pred != classes
 
 
 def _l2_norm(x: torch.Tensor) -> torch.Tensor:
@@ -97,12 +56,7 @@ class GradientAttack(Attack):
         seed: int | None = None,
     ) -> None:
         _check_common(steps, norm, loss)
-        if norm == "linf":
-            self.eps = parse_eps(eps)
-        else:
-            self.eps = float(eps)
-            if not self.eps > 0:
-                raise ConfigError(f"eps must be positive for the L2 norm; got {eps}")
+        self.eps = parse_budget(eps, norm)
         if not step_size > 0:
             raise ConfigError(f"step_size must be positive; got {step_size}")
         self.steps = int(steps)
@@ -219,7 +173,7 @@ class FGSM(GradientAttack):
 class PGD(GradientAttack):
     """Projected gradient descent (Madry et al. 2018), L∞ or L2, with optional random start and early stop.
 
-    ``step_size`` defaults to ``2.5 * eps / steps`` (Madry et al.'s choice).
+    ``step_size`` defaults to ``2.5 * eps / steps``: enough for the walk to cross the ball and turn back.
     """
 
     def __init__(
@@ -234,9 +188,10 @@ class PGD(GradientAttack):
         loss: LossName = "ce",
         seed: int | None = None,
     ) -> None:
-        eps_value = parse_eps(eps) if norm == "linf" else float(eps)
+        _check_common(steps, norm, loss)
+        eps_value = parse_budget(eps, norm)
         if step_size is None:
-            step_size = 2.5 * eps_value / max(int(steps), 1)
+            step_size = 2.5 * eps_value / steps
         super().__init__(
             eps_value,
             steps=steps,
@@ -329,7 +284,7 @@ class CarliniWagnerL2(Attack):
                         last_adv = adv.detach()
                     optimizer.step()
                     if self.abort_early and step % max(self.steps // 10, 1) == 0:
-                        current = float(loss)
+                        current = float(loss.detach())
                         if current > previous * 0.9999:
                             break
                         previous = current

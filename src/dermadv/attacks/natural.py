@@ -34,11 +34,14 @@ def _check_padding(padding: str) -> None:
 class ColourShift(Attack):
     """Colour-balance shift: multiply the R, G and B channels by fixed gains (e.g. a warmer white balance)."""
 
-    def __init__(self, gains: tuple[float, float, float] = (1.1, 1.0, 0.9)) -> None:
-        gains = tuple(float(g) for g in gains)  # type: ignore[assignment]
-        if len(gains) != 3 or any(not g > 0 for g in gains):
-            raise ConfigError(f"gains must be three positive numbers (R, G, B); got {gains}")
-        self.gains = gains
+    def __init__(self, gains: tuple[float, float, float] | str = (1.1, 1.0, 0.9)) -> None:
+        try:
+            values = [float(g) for g in (gains.split(",") if isinstance(gains, str) else gains)]
+        except ValueError:
+            values = []
+        if len(values) != 3 or any(not g > 0 for g in values):
+            raise ConfigError(f"gains must be three positive numbers (R, G, B) such as 1.1,1.0,0.9; got {gains!r}")
+        self.gains = (values[0], values[1], values[2])
 
     def perturb(
         self, model: nn.Module, images: torch.Tensor, *, labels: torch.Tensor | None, target: int | None
@@ -64,7 +67,7 @@ class Rotation(Attack):
         cos, sin = math.cos(angle), math.sin(angle)
         # affine_grid works in [-1, 1] per axis, so non-square images need the aspect ratio folded in
         theta = torch.tensor(
-            [[cos, sin * h / w, 0.0], [-sin * w / h, cos, 0.0]], device=images.device, dtype=images.dtype
+            [[cos, -sin * h / w, 0.0], [sin * w / h, cos, 0.0]], device=images.device, dtype=images.dtype
         )
         return _affine(images, theta[None], self.padding)
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from dermadv.attacks.base import Attack
-from dermadv.attacks.gradient import class_tensor
+from dermadv.attacks.common import class_tensor
 from dermadv.attacks.registry import register_attack
 from dermadv.errors import ConfigError
 

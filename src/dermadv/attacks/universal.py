@@ -12,9 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from dermadv.attacks.base import Attack
-from dermadv.attacks.gradient import frozen_parameters
+from dermadv.attacks.common import frozen_parameters, parse_budget
 from dermadv.attacks.registry import register_attack
-from dermadv.config import parse_eps
 from dermadv.errors import ConfigError, RunError
 
 log = logging.getLogger(__name__)
@@ -89,9 +88,7 @@ class UniversalPerturbation(Attack):
     ) -> None:
         if norm not in ("linf", "l2"):
             raise ConfigError(f"norm must be 'linf' or 'l2'; got {norm!r}")
-        self.eps = parse_eps(eps) if norm == "linf" else float(eps)
-        if not self.eps > 0:
-            raise ConfigError(f"eps must be positive; got {eps}")
+        self.eps = parse_budget(eps, norm)
         if epochs < 1 or batch_size < 1:
             raise ConfigError(f"epochs and batch_size must be ≥ 1; got {epochs} and {batch_size}")
         self.epochs = int(epochs)
@@ -156,7 +153,7 @@ class UniversalPerturbation(Attack):
                         optimizer.step()
                         with torch.no_grad():
                             self._project(delta)
-                        total += float(loss) * batch.shape[0]
+                        total += float(loss.detach()) * batch.shape[0]
                         count += batch.shape[0]
                     if count == 0:
                         raise ConfigError("no images to fit the universal perturbation on")

@@ -40,10 +40,10 @@ def decode_image(path: Path, size: Size | None) -> np.ndarray:
     """Decode one image to uint8 H×W×3, resized (antialiased bilinear) when ``size`` is given."""
     try:
         with Image.open(path) as im:
-            im = im.convert("RGB")
-            if size is not None and (im.height, im.width) != tuple(size):
-                im = im.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=None)
-            return np.asarray(im, dtype=np.uint8)
+            rgb = im.convert("RGB")
+            if size is not None and (rgb.height, rgb.width) != tuple(size):
+                rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=None)
+            return np.asarray(rgb, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError) as exc:
         raise DataError(f"cannot decode image {path}: {exc}; replace or remove the file and its metadata row") from None
 
@@ -57,7 +57,9 @@ def resize_array(images: np.ndarray, size: Size) -> np.ndarray:
     return out
 
 
-def decoded_images(dataset: ImageSet, size: Size | None = None, *, cache: bool = True, progress: bool = True) -> np.ndarray:
+def decoded_images(
+    dataset: ImageSet, size: Size | None = None, *, cache: bool = True, progress: bool = True
+) -> np.ndarray:
     """All images of ``dataset`` as uint8 N×H×W×3 at ``size`` (None: as stored), memory-mapped from the cache."""
     if size is None:
         size = stored_size(dataset)
@@ -83,7 +85,6 @@ def decoded_images(dataset: ImageSet, size: Size | None = None, *, cache: bool =
             pass
     if not cache:
         return out
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.save(f, out)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, out)
     return np.load(path, mmap_mode="r")

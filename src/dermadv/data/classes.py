@@ -42,9 +42,7 @@ def class_index(name: str, classes: Sequence[str] = CLASSES) -> int:
     try:
         return list(classes).index(name)
     except ValueError:
-        raise DataError(
-            f"unknown class {name!r}; expected one of {', '.join(classes)}"
-        ) from None
+        raise DataError(f"unknown class {name!r}; expected one of {', '.join(classes)}") from None
 
 
 def remap_indices(order_from: Sequence[str], order_to: Sequence[str] = CLASSES) -> list[int]:

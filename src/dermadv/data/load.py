@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from dermadv.data.classes import CLASSES, CLASS_NAMES
+from dermadv.data.classes import CLASS_NAMES, CLASSES
 from dermadv.data.dataset import ImageSet
 from dermadv.errors import DataError
 
@@ -26,7 +26,9 @@ def load_dataset(spec: str | os.PathLike[str] | None = None) -> ImageSet:
         return _with_source(ds, "synthetic")
     path = Path(spec)
     if not path.exists():
-        raise DataError(f"data path {path} does not exist; pass a HAM10000 folder, a DermaMNIST .npz or an image folder")
+        raise DataError(
+            f"data path {path} does not exist; pass a HAM10000 folder, a DermaMNIST .npz or an image folder"
+        )
     if path.is_file():
         if path.suffix == ".npz":
             from dermadv.data.dermamnist import load_dermamnist

@@ -74,7 +74,9 @@ def load_splits(path: str | os.PathLike[str], dataset: ImageSet) -> pd.DataFrame
     frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     missing_cols = {"image_id", "split"} - set(frame.columns)
     if missing_cols:
-        raise DataError(f"split file {path} lacks column(s) {', '.join(sorted(missing_cols))}; expected image_id,lesion_id,dx,split")
+        raise DataError(
+            f"split file {path} lacks column(s) {', '.join(sorted(missing_cols))}; expected image_id,lesion_id,dx,split"
+        )
     bad = sorted(set(frame["split"]) - set(SPLITS))
     if bad:
         raise DataError(f"split file {path} has unknown split name(s) {', '.join(bad)}; use train, val, test")

@@ -143,7 +143,7 @@ def attack_metrics(
     target_index = classes.index(target) if target is not None else None
     correct_clean = clean_preds == labels
     correct_adv = adv_preds == labels
-    fooled = adv_preds != labels if target_index is not None else adv_preds != labels
+    fooled = adv_preds == target_index if target_index is not None else adv_preds != labels
 
     def ci(k: int | np.integer, m: int | np.integer) -> Interval:
         return proportion_ci(int(k), int(m), method=ci_method)

@@ -70,6 +70,9 @@ def mcnemar_test(correct_clean: np.ndarray, correct_adv: np.ndarray, *, exact: b
     continuity correction. Both through :func:`statsmodels.stats.contingency_tables.mcnemar`.
     """
     table = paired_table(correct_clean, correct_adv)
+    if table[0][1] + table[1][0] == 0:
+        # No discordant pairs: no evidence of a difference (statsmodels' chi-square would divide by zero).
+        return McNemarResult(0.0, 1.0, exact, table)
     res = _sm_mcnemar(np.array(table), exact=exact, correction=True)
     return McNemarResult(float(res.statistic), float(res.pvalue), exact, table)
 

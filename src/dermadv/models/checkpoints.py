@@ -69,11 +69,15 @@ def save_checkpoint(path: str | os.PathLike[str], model: Classifier, meta: Check
     save_state(path, state, _meta_to_strings(meta))
 
 
-def load_checkpoint(path: str | os.PathLike[str], *, device: str | torch.device = "cpu") -> tuple[Classifier, CheckpointMeta]:
+def load_checkpoint(
+    path: str | os.PathLike[str], *, device: str | torch.device = "cpu"
+) -> tuple[Classifier, CheckpointMeta]:
     """Load a classifier in eval mode with its metadata."""
     state, raw = load_state(path)
     if raw.get("kind") != json.dumps("classifier"):
-        raise CheckpointError(f"{path} is not a dermadv classifier checkpoint (kind={raw.get('kind')}); pass the model.safetensors of a `dermadv train` run")
+        raise CheckpointError(
+            f"{path} is not a dermadv classifier checkpoint (kind={raw.get('kind')}); pass the model.safetensors of a `dermadv train` run"
+        )
     meta = _meta_from_strings(raw)
     model = build_classifier(meta.arch, len(meta.classes))
     model.mean.copy_(torch.tensor(meta.mean).view(1, 3, 1, 1))
@@ -81,7 +85,9 @@ def load_checkpoint(path: str | os.PathLike[str], *, device: str | torch.device 
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {path} does not match architecture {meta.arch}: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"checkpoint {path} does not match architecture {meta.arch}: {str(exc).splitlines()[0]}"
+        ) from None
     return model.to(device).eval(), meta
 
 

@@ -61,12 +61,12 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
         if head is None:
             continue
         if isinstance(head, nn.Linear):
-            setattr(model, attr, nn.Linear(head.in_features, num_classes))
+            setattr(model, attr, nn.Linear(int(head.in_features), num_classes))
             return
         if isinstance(head, nn.Sequential):
             for i in range(len(head) - 1, -1, -1):
                 if isinstance(head[i], nn.Linear):
-                    head[i] = nn.Linear(head[i].in_features, num_classes)
+                    head[i] = nn.Linear(int(head[i].in_features), num_classes)  # type: ignore[arg-type]
                     return
     raise ConfigError(f"cannot find the final linear layer of {type(model).__name__} to resize")
 

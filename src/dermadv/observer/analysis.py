@@ -108,7 +108,8 @@ def cohen_kappa(
 ) -> Agreement:
     """Cohen's (1960) kappa of two raters with a large-sample CI (Fleiss, Cohen & Everitt 1969 SE).
 
-    Computed by :func:`statsmodels.stats.inter_rater.cohens_kappa`; ``nan`` when chance agreement is 1.
+    Computed by :func:`statsmodels.stats.inter_rater.cohens_kappa`; the interval is clipped to [-1, 1] (small
+    samples overshoot); ``nan`` when chance agreement is 1.
     """
     from scipy.stats import norm
     from statsmodels.stats.inter_rater import cohens_kappa as sm_cohens_kappa
@@ -119,7 +120,7 @@ def cohen_kappa(
     cats = _categories(np.concatenate([a, b]), categories)
     index = {c: i for i, c in enumerate(cats)}
     table = np.zeros((len(cats), len(cats)))
-    for x, y in zip(a.tolist(), b.tolist()):
+    for x, y in zip(a.tolist(), b.tolist(), strict=True):
         table[index[x], index[y]] += 1
     n = int(table.sum())
     rows, cols = table.sum(1) / max(n, 1), table.sum(0) / max(n, 1)
@@ -128,7 +129,7 @@ def cohen_kappa(
     res = sm_cohens_kappa(table)
     z = float(norm.ppf(1 - alpha / 2))
     kappa, se = float(res["kappa"]), float(res["std_kappa"])
-    return Agreement("cohen", kappa, kappa - z * se, kappa + z * se, n, 2)
+    return Agreement("cohen", kappa, max(kappa - z * se, -1.0), min(kappa + z * se, 1.0), n, 2)
 
 
 def fleiss_kappa(ratings: Any, *, categories: Sequence[Any] | None = None) -> Agreement:
@@ -178,7 +179,7 @@ def diagnosis_accuracy(
     for name, flag in (("clean", False), ("altered", True)):
         pairs = [
             (lab, dx)
-            for lab, dx, alt in zip(labels, diagnoses, shown_altered)
+            for lab, dx, alt in zip(labels, diagnoses, shown_altered, strict=True)
             if alt == flag and lab is not None and dx is not None
         ]
         result[name] = proportion(sum(lab == dx for lab, dx in pairs), len(pairs), ci_method=ci_method)
@@ -254,7 +255,11 @@ class StudyAnalysis:
 
     def as_dict(self) -> dict[str, Any]:
         def result(r: ObserverResult) -> dict[str, Any]:
-            out: dict[str, Any] = {"observer": r.observer, "n_ratings": r.n_ratings, "mean_confidence": r.mean_confidence}
+            out: dict[str, Any] = {
+                "observer": r.observer,
+                "n_ratings": r.n_ratings,
+                "mean_confidence": r.mean_confidence,
+            }
             if r.detection is not None:
                 out.update({k: getattr(r.detection, k).as_dict() for k in ("sensitivity", "specificity", "accuracy")})
             if r.forced_choice is not None:
@@ -318,7 +323,13 @@ def analyze_study(study_dir: str | os.PathLike[str], *, ci_method: CIMethod = DE
     ]
     combined = _observer_result("combined", ratings, study.design, ci_method)
     return StudyAnalysis(
-        study.study_id, study.design, ci_method, study.n_items, per_observer, combined, _agreement(ratings, study.design)
+        study.study_id,
+        study.design,
+        ci_method,
+        study.n_items,
+        per_observer,
+        combined,
+        _agreement(ratings, study.design),
     )
 
 
@@ -372,17 +383,22 @@ def analysis_tables(analysis: StudyAnalysis) -> list[Table]:
 
     method = {"wald": "Wald", "wilson": "Wilson", "exact": "Clopper-Pearson"}[analysis.ci_method]
     title = f"Observer study {analysis.study_id} ({analysis.design}, {analysis.n_items} items; 95% CI {method})"
-    table = Table(title=title, caption=str(analysis.agreement) if analysis.agreement else None)
+    notes = []
+    if analysis.design == "single":
+        notes.append("sensitivity: altered images called altered; specificity: clean images called clean")
+    if analysis.agreement is not None:
+        notes.append(str(analysis.agreement))
+    table = Table(title=title, caption="\n".join(notes) or None)
     table.add_column("observer")
     table.add_column("ratings", justify="right")
     results = [*analysis.observers, analysis.combined]
     if analysis.design == "single":
-        for name in ("sensitivity (altered called altered)", "specificity (clean called clean)", "accuracy"):
+        for name in ("sensitivity", "specificity", "accuracy"):
             table.add_column(name, justify="right")
     else:
         table.add_column("altered image chosen", justify="right")
         table.add_column("p (exact binomial vs 50%)", justify="right")
-    table.add_column("mean confidence", justify="right")
+    table.add_column("confidence", justify="right")
     for r in results:
         cells = [r.observer, str(r.n_ratings)]
         if r.detection is not None:

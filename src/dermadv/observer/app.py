@@ -5,9 +5,8 @@ opaque item id among the study's items, never by a path from the request, and th
 Routes only call :mod:`dermadv.observer.storage`; statistics live in :mod:`dermadv.observer.analysis`.
 """
 
-from __future__ import annotations
-
-import logging
+# No ``from __future__ import annotations``: FastAPI must resolve the route annotations, and its types are
+# imported inside create_app (a heavy optional dependency), out of reach of deferred evaluation.
 import os
 import secrets
 from pathlib import Path
@@ -21,12 +20,11 @@ from dermadv.observer.study import ITEM_ID_RE, SIDES, TOKEN_RE, Side, hash_token
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-log = logging.getLogger(__name__)
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 
 
-def create_app(study_dir: str | os.PathLike[str]) -> FastAPI:
+def create_app(study_dir: str | os.PathLike[str]) -> "FastAPI":
     """Build the app for one study folder (the database must exist: the folder comes from ``observer create``)."""
     from fastapi import FastAPI, Form, Request
     from fastapi.exceptions import RequestValidationError
@@ -55,7 +53,7 @@ def create_app(study_dir: str | os.PathLike[str]) -> FastAPI:
         return page(request, "error.html", status_code, message=message, token=token)
 
     def observer_for(token: str) -> Observer:
-        observer = db.observer_by_token_hash(hash_token(token)) if TOKEN_RE.match(token) else None
+        observer = db.observer_by_token_hash(hash_token(token)) if TOKEN_RE.fullmatch(token) else None
         if observer is None:
             raise HTTPException(404, "This link is not valid. Ask the study team for your personal link.")
         return observer
@@ -82,7 +80,9 @@ def create_app(study_dir: str | os.PathLike[str]) -> FastAPI:
     @app.get("/s/{token}", response_class=HTMLResponse)
     def start(request: Request, token: str) -> Response:
         observer = observer_for(token)
-        return page(request, "start.html", token=token, observer=observer.name, progress=db.progress(observer.observer_id))
+        return page(
+            request, "start.html", token=token, observer=observer.name, progress=db.progress(observer.observer_id)
+        )
 
     @app.get("/s/{token}/rate", response_class=HTMLResponse)
     def rate(request: Request, token: str) -> Response:
@@ -110,7 +110,7 @@ def create_app(study_dir: str | os.PathLike[str]) -> FastAPI:
         diagnosis: str = Form(""),
     ) -> Response:
         observer = observer_for(token)
-        if not ITEM_ID_RE.match(item_id) or item_id not in study.item_ids:
+        if not ITEM_ID_RE.fullmatch(item_id) or item_id not in study.item_ids:
             return error(request, 404, "This image is not part of the study.", token)
         try:
             db.record_answer(
@@ -124,7 +124,7 @@ def create_app(study_dir: str | os.PathLike[str]) -> FastAPI:
 
     def image(token: str, item_id: str, side: Side | None) -> FileResponse:
         observer_for(token)
-        if not ITEM_ID_RE.match(item_id) or item_id not in study.item_ids:
+        if not ITEM_ID_RE.fullmatch(item_id) or item_id not in study.item_ids:
             raise HTTPException(404, "This image is not part of the study.")
         return FileResponse(study.image_path(item_id, side), media_type="image/png")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
@@ -13,7 +12,6 @@ import typer
 from dermadv.errors import DermadvError
 
 app = typer.Typer(help="Observer study: can people see the perturbations?", no_args_is_help=True)
-log = logging.getLogger(__name__)
 
 _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -26,6 +24,10 @@ def _errors() -> Iterator[None]:
     except DermadvError as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
+
+
+def _minute(timestamp: str) -> str:
+    return timestamp[:16].replace("T", " ")
 
 
 @app.command()
@@ -77,7 +79,8 @@ def serve(
         web_app = create_app(study_dir)
     if host not in _LOOPBACK:
         typer.echo(f"warning: binding {host}: the study is reachable from other machines (plain HTTP)", err=True)
-    uvicorn.run(web_app, host=host, port=port, log_level="info")
+    # No access log: every URL carries an observer's token, and logs get copied around.
+    uvicorn.run(web_app, host=host, port=port, log_level="info", access_log=False)
 
 
 @app.command()
@@ -93,10 +96,11 @@ def status(study_dir: Path = typer.Argument(..., help="Study folder.")) -> None:
         study = load_study(study_dir)
         observers = StudyDB(study.db_path).observers()
     table = Table(title=f"Study {study.study_id} ({study.design}, {study.n_items} items)")
-    for column in ("observer", "answered", "invited", "last answer"):
+    for column in ("observer", "answered", "invited (UTC)", "last answer (UTC)"):
         table.add_column(column)
     for o in observers:
-        table.add_row(o.name, f"{o.answered}/{o.total}", o.invited_at, o.last_answer_at or "–")
+        last = _minute(o.last_answer_at) if o.last_answer_at else "–"
+        table.add_row(o.name, f"{o.answered}/{o.total}", _minute(o.invited_at), last)
     Console().print(table if observers else f"no observers yet; run `dermadv observer invite {study_dir} --name …`")
 
 

@@ -106,7 +106,9 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def validate_answer(design: str, answer: str, confidence: str | int, diagnosis: str | None) -> tuple[str, int, str | None]:
+def validate_answer(
+    design: str, answer: str, confidence: str | int, diagnosis: str | None
+) -> tuple[str, int, str | None]:
     """Check one submission against the design; returns (answer, confidence, diagnosis or None)."""
     allowed = ANSWERS.get(design)
     if allowed is None:

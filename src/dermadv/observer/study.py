@@ -47,9 +47,9 @@ DB_FILE = "answers.sqlite"
 IMAGES_DIR = "images"
 
 #: Item ids are 128 random bits in hex: unguessable and safe to put in a file name.
-ITEM_ID_RE = re.compile(r"^[0-9a-f]{32}$")
+ITEM_ID_RE = re.compile(r"[0-9a-f]{32}")
 #: ``secrets.token_urlsafe(32)`` gives 43 characters; anything else is rejected before any lookup.
-TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]{43}$")
+TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,7 @@ class Study:
 
     def image_path(self, item_id: str, side: Side | None = None) -> Path:
         """File of an item's image; ``side`` is required for 2AFC and refused for the single design."""
-        if item_id not in self.item_ids or not ITEM_ID_RE.match(item_id):
+        if item_id not in self.item_ids or not ITEM_ID_RE.fullmatch(item_id):
             raise DataError(f"item {item_id!r} is not in study {self.study_id}")
         if (side is None) != (self.design == "single") or (side is not None and side not in SIDES):
             raise DataError(f"side {side!r} does not fit the {self.design} design")
@@ -191,7 +191,7 @@ def create_study(
         images = tmp / IMAGES_DIR
         images.mkdir()
         key = []
-        for item_id, image_id, condition, side in zip(item_ids, sample, conditions, sides):
+        for item_id, image_id, condition, side in zip(item_ids, sample, conditions, sides, strict=True):
             clean = attack_dir / IMAGES_DIR / "clean" / f"{image_id}.png"
             adv = attack_dir / IMAGES_DIR / "adv" / f"{image_id}.png"
             if side is None:
@@ -257,7 +257,7 @@ def load_study(study_dir: str | os.PathLike[str]) -> Study:
     if design not in DESIGNS:
         raise RunError(f"{meta_path}: unknown design {design!r}; expected one of {', '.join(DESIGNS)}")
     item_ids = tuple(meta["item_ids"])
-    bad = [i for i in item_ids if not ITEM_ID_RE.match(i)]
+    bad = [i for i in item_ids if not ITEM_ID_RE.fullmatch(i)]
     if bad:
         raise RunError(f"{meta_path}: malformed item id {bad[0]!r}; recreate the study")
     return Study(path, meta["study_id"], design, item_ids, tuple(meta["classes"]), int(meta["seed"]))

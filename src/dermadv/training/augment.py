@@ -62,6 +62,6 @@ def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
         out = (out - mean) * (1 + (rand(n, 1, 1, 1) * 2 - 1) * cfg.contrast) + mean
     if cfg.saturation:
-        grey = (0.299 * out[:, 0:1] + 0.587 * out[:, 1:2] + 0.114 * out[:, 2:3])
+        grey = 0.299 * out[:, 0:1] + 0.587 * out[:, 1:2] + 0.114 * out[:, 2:3]
         out = (out - grey) * (1 + (rand(n, 1, 1, 1) * 2 - 1) * cfg.saturation) + grey
     return out.clamp_(0, 1)

@@ -236,11 +236,17 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
     state_path = out / "train_state.pt"
     if state_path.exists() and not cfg.resume and dd.is_main():
         raise RunError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-    prep = prepared or prepare(cfg.data, image_size=cfg.image_size, split_file=cfg.split_file, seed=cfg.seed,
-                               progress=cfg.progress and dd.is_main())
+    prep = prepared or prepare(
+        cfg.data,
+        image_size=cfg.image_size,
+        split_file=cfg.split_file,
+        seed=cfg.seed,
+        progress=cfg.progress and dd.is_main(),
+    )
     ds = prep.dataset
-    run = Run(out, command="train", config=asdict(cfg), seed=cfg.seed, data_fingerprint=ds.fingerprint,
-              write=dd.is_main())
+    run = Run(
+        out, command="train", config=asdict(cfg), seed=cfg.seed, data_fingerprint=ds.fingerprint, write=dd.is_main()
+    )
     if dd.is_main():
         save_splits(prep.frame, out / "split.csv")
     train_idx, val_idx = prep.indices("train"), prep.indices("val")
@@ -268,16 +274,26 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
     weights = class_weights(ds.labels[train_idx], ds.num_classes, cfg.class_balance).to(device)
     criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
     if cfg.optimizer == "adamw":
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
     else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
+        optimizer = torch.optim.SGD(
+            model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True
+        )
     steps_per_epoch = math.ceil(math.ceil(len(train_idx) / dd.world_size()) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, total=total_steps, warmup=warmup))
     gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + dd.rank())
-    sampler = torch.utils.data.DistributedSampler(
-        range(len(train_idx)), num_replicas=dd.world_size(), rank=dd.rank(), shuffle=True, seed=cfg.seed
+    sampler: torch.utils.data.DistributedSampler[int] = torch.utils.data.DistributedSampler(
+        range(  # type: ignore[arg-type]
+            len(train_idx)
+        ),
+        num_replicas=dd.world_size(),
+        rank=dd.rank(),
+        shuffle=True,
+        seed=cfg.seed,
     )
 
     history: list[dict[str, float]] = []
@@ -300,8 +316,9 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
             t0 = time.time()
             sampler.set_epoch(epoch)
             order = train_idx[np.fromiter(iter(sampler), dtype=np.int64)]
-            train_loss = train_one_epoch(ddp_model, criterion, optimizer, scheduler, images, labels, order, cfg,
-                                         device, gen, ema, epoch)
+            train_loss = train_one_epoch(
+                ddp_model, criterion, optimizer, scheduler, images, labels, order, cfg, device, gen, ema, epoch
+            )
             train_loss = float(dd.all_reduce_sum(torch.tensor([train_loss], device=device))[0]) / dd.world_size()
             seconds = time.time() - t0
             logits = predict_logits(eval_model, images, indices=val_idx, device=device, amp=cfg.amp)
@@ -318,25 +335,47 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
                 images_per_s=round(len(train_idx) / seconds, 1),
             )
             history.append(asdict(stats))
-            score = {"balanced_accuracy": stats.val_balanced_acc, "accuracy": stats.val_acc,
-                     "sum": stats.val_acc + stats.val_balanced_acc}[cfg.select]
+            score = {
+                "balanced_accuracy": stats.val_balanced_acc,
+                "accuracy": stats.val_acc,
+                "sum": stats.val_acc + stats.val_balanced_acc,
+            }[cfg.select]
             improved = score > best
             if improved:
                 best, since_best = score, 0
             else:
                 since_best += 1
             if dd.is_main():
-                log.info("epoch %d loss %.4f val acc %.4f bal %.4f (%.0f img/s)", epoch, train_loss, stats.val_acc,
-                         stats.val_balanced_acc, stats.images_per_s)
+                log.info(
+                    "epoch %d loss %.4f val acc %.4f bal %.4f (%.0f img/s)",
+                    epoch,
+                    train_loss,
+                    stats.val_acc,
+                    stats.val_balanced_acc,
+                    stats.images_per_s,
+                )
                 if improved:
-                    save_checkpoint(out / "model.safetensors", eval_model,  # type: ignore[arg-type]
-                                    _meta_with(meta, epoch=epoch, val=asdict(stats)))
+                    save_checkpoint(
+                        out / "model.safetensors",
+                        eval_model,  # type: ignore[arg-type]
+                        _meta_with(meta, epoch=epoch, val=asdict(stats)),
+                    )
                 write_csv(out / "history.csv", history)
                 with atomic_path(state_path) as tmp:
-                    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                "scheduler": scheduler.state_dict(), "ema": ema.state_dict() if ema else None,
-                                "generator": gen.get_state(), "epoch": epoch, "best": best,
-                                "since_best": since_best, "history": history}, tmp)
+                    torch.save(
+                        {
+                            "model": model.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(),
+                            "ema": ema.state_dict() if ema else None,
+                            "generator": gen.get_state(),
+                            "epoch": epoch,
+                            "best": best,
+                            "since_best": since_best,
+                            "history": history,
+                        },
+                        tmp,
+                    )
             if since_best >= cfg.patience:
                 if dd.is_main():
                     log.info("early stop at epoch %d: no validation gain for %d epochs", epoch, cfg.patience)
@@ -353,8 +392,10 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
         log.info("logit bias tuned on validation: %s", [round(float(b), 2) for b in bias])
     if dd.is_main():
         final = history[-1] if history else {}
-        write_json(out / "train_metrics.json", {"best_validation_score": best, "select": cfg.select,
-                                                "epochs_run": len(history), "last_epoch": final})
+        write_json(
+            out / "train_metrics.json",
+            {"best_validation_score": best, "select": cfg.select, "epochs_run": len(history), "last_epoch": final},
+        )
         run.finish(epochs_run=len(history))
     dd.barrier()
     return out / "model.safetensors"

@@ -1,0 +1,155 @@
+"""Apply any attack to a split and write the attack output folder (see docs/DESIGN.md).
+
+Adversarial images are saved as lossless 8-bit PNG and **scored from the saved files**: the images a
+person or a hospital system would see. In-memory predictions are kept beside them for comparison.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import nn
+from tqdm.auto import tqdm
+
+from dermadv import distributed as dd
+from dermadv.attacks.base import Attack
+from dermadv.errors import DataError
+from dermadv.runs import write_csv, write_json
+from dermadv.training.augment import to_float
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AttackTask:
+    attack: Attack
+    model: nn.Module  # the attacked pipeline: [0, 1] images at the attack size -> logits
+    classes: tuple[str, ...]
+    images: np.ndarray  # uint8 N×H×W×3 at the attack size
+    image_ids: list[str]
+    labels: np.ndarray
+    indices: np.ndarray  # which images to attack
+    target: int | None
+    eps: float | None
+    batch_size: int = 64
+    device: torch.device | str = "cpu"
+
+
+def quantise(adv: torch.Tensor, clean_uint8: torch.Tensor, eps: float | None) -> torch.Tensor:
+    """Round to 8 bits, keeping every pixel within ``floor(eps·255)`` steps of the clean image."""
+    q = torch.round(adv.clamp(0, 1) * 255)
+    if eps is not None:
+        k = float(np.floor(eps * 255 + 1e-6))
+        c = clean_uint8.float()
+        q = torch.maximum(torch.minimum(q, c + k), c - k)
+    return q.clamp_(0, 255).to(torch.uint8)
+
+
+def amplified(clean: np.ndarray, adv: np.ndarray, eps: float | None) -> np.ndarray:
+    """Perturbation made visible: mid-grey is zero, ±eps maps to black/white."""
+    diff = adv.astype(np.float32) - clean.astype(np.float32)
+    scale = (eps * 255) if eps else max(1.0, float(np.abs(diff).max()))
+    return np.clip(127.5 + diff * (127.5 / scale), 0, 255).astype(np.uint8)
+
+
+def _save_png(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(array).save(tmp, format="PNG", compress_level=1)
+    os.replace(tmp, path)
+
+
+def read_png(path: Path) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+    except (OSError, SyntaxError) as exc:
+        raise DataError(f"cannot read {path}: {exc}; re-run `dermadv attack run`") from None
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, batch_uint8: np.ndarray, device: torch.device | str) -> torch.Tensor:
+    x = to_float(torch.from_numpy(np.ascontiguousarray(batch_uint8)).to(device))
+    return torch.softmax(model(x).float(), 1).cpu()
+
+
+def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> dict[str, Any]:
+    """Attack ``task.indices``, write PNGs and ``predictions.csv`` into ``out``; return a summary.
+
+    Under torchrun the indices are sharded across ranks (strided, no padding) and gathered on
+    rank 0 with their indices, so counts equal a single-process run exactly.
+    """
+    dirs = {k: out / "images" / k for k in ("clean", "adv", "perturbation")}
+    for d in dirs.values():
+        d.mkdir(parents=True, exist_ok=True)
+    model = task.model.eval()
+    device = task.device
+    mine = task.indices[dd.shard_indices(len(task.indices))]
+    rows_idx, clean_probs, adv_probs, inmem = [], [], [], []
+    bar = tqdm(
+        range(0, len(mine), task.batch_size),
+        desc=f"attack {task.attack.name}",
+        disable=not (progress and dd.is_main()),
+        leave=False,
+    )
+    for s in bar:
+        idx = mine[s : s + task.batch_size]
+        clean_u8 = torch.from_numpy(np.ascontiguousarray(task.images[idx])).to(device)
+        x = to_float(clean_u8)
+        labels = torch.from_numpy(task.labels[idx]).to(device)
+        result = task.attack(model, x, labels=labels, target=task.target)
+        with torch.no_grad():
+            inmem.append(model(result.adv_images).argmax(1).cpu())
+        adv_u8 = quantise(result.adv_images, clean_u8.permute(0, 3, 1, 2), task.eps).permute(0, 2, 3, 1).cpu().numpy()
+        clean_np = clean_u8.cpu().numpy()
+        for j, i in enumerate(idx):
+            name = f"{task.image_ids[i]}.png"
+            _save_png(dirs["clean"] / name, clean_np[j])
+            _save_png(dirs["adv"] / name, adv_u8[j])
+            _save_png(dirs["perturbation"] / name, amplified(clean_np[j], adv_u8[j], task.eps))
+        # Score the files as saved, not the tensors in memory.
+        clean_back = np.stack([read_png(dirs["clean"] / f"{task.image_ids[i]}.png") for i in idx])
+        adv_back = np.stack([read_png(dirs["adv"] / f"{task.image_ids[i]}.png") for i in idx])
+        clean_probs.append(_predict(model, clean_back, device).numpy())
+        adv_probs.append(_predict(model, adv_back, device).numpy())
+        rows_idx.append(idx)
+    k = len(task.classes)
+    cat = lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape)  # noqa: E731
+    gathered = dd.gather_rows(
+        cat(rows_idx, (0,)).astype(np.int64),
+        cat(clean_probs, (0, k)),
+        cat(adv_probs, (0, k)),
+        torch.cat(inmem).numpy() if inmem else np.zeros(0, dtype=np.int64),
+    )
+    order, cp, ap, im = gathered
+    summary: dict[str, Any] = {"n": int(len(order))}
+    if dd.is_main():
+        rows = []
+        for r, i in enumerate(order):
+            row: dict[str, Any] = {
+                "image_id": task.image_ids[i],
+                "label": task.classes[task.labels[i]],
+                "clean_pred": task.classes[int(cp[r].argmax())],
+                "adv_pred": task.classes[int(ap[r].argmax())],
+                "inmem_adv_pred": task.classes[int(im[r])],
+            }
+            row.update({f"clean_prob_{c}": round(float(cp[r, j]), 6) for j, c in enumerate(task.classes)})
+            row.update({f"adv_prob_{c}": round(float(ap[r, j]), 6) for j, c in enumerate(task.classes)})
+            rows.append(row)
+        write_csv(out / "predictions.csv", rows)
+        if task.target is not None:
+            summary["target_rate"] = float(np.mean(ap.argmax(1) == task.target)) if len(ap) else float("nan")
+        summary["inmem_vs_saved_disagree"] = int(np.sum(ap.argmax(1) != im))
+    dd.barrier()
+    return summary
+
+
+def write_attack_info(out: Path, info: dict[str, Any]) -> None:
+    if dd.is_main():
+        write_json(out / "attack.json", info)

@@ -1,0 +1,191 @@
+"""``dermadv attack …``: fit a generator, run any attack on a split, sweep budgets, test transfer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="Fit and run adversarial attacks (advgan, pgd, fgsm, cw, uap, pixel, art:<Name>).", no_args_is_help=True
+)
+
+CheckpointOpt = typer.Option(..., "--checkpoint", help="Classifier model.safetensors (from `dermadv train`).")
+DataOpt = typer.Option(None, "--data", help="Data the classifier was trained on; default: built-in synthetic set.")
+
+
+def _params(pairs: list[str]) -> dict[str, object]:
+    import yaml
+
+    from dermadv.errors import ConfigError
+
+    out: dict[str, object] = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ConfigError(f"--param takes key=value; got {p!r}")
+        k, v = p.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+@app.command("fit")
+def fit(
+    checkpoint: Path = CheckpointOpt,
+    out: Path = typer.Option(..., "--out", help="Run folder for generator.safetensors."),
+    data: str | None = DataOpt,
+    target: str = typer.Option("nv", help="Class every image should be called (dx code)."),
+    eps: str = typer.Option("8/255", help="L∞ budget on [0,1] images, e.g. 2/255; must be in (0, 1]."),
+    fit_on: str = typer.Option("train", "--fit-on", help="train (judge on unseen test images) or test (the paper)."),
+    attack_size: str = typer.Option("model", "--attack-size", help="model (classifier input) or stored (file size)."),
+    epochs: int = typer.Option(6),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    lr: float = typer.Option(1e-3),
+    kappa: float = typer.Option(5.0, help="Logit margin the target must win by."),
+    gan_weight: float = typer.Option(0.05, "--gan-weight", help="Weight of the least-squares GAN loss."),
+    hinge_weight: float = typer.Option(1.0, "--hinge-weight", help="Weight of the L2 hinge."),
+    seed: int = typer.Option(0),
+    split_file: str | None = typer.Option(None, "--split-file"),
+    resume: bool = typer.Option(False, "--resume"),
+) -> None:
+    """Fit an AdvGAN-style generator that makes the classifier predict --target."""
+    from dermadv.training.generator import GeneratorConfig, fit_generator
+
+    cfg = GeneratorConfig(
+        checkpoint=checkpoint,
+        out=out,
+        data=data,
+        target=target,
+        eps=eps,
+        fit_on=fit_on,  # type: ignore[arg-type]
+        attack_size=attack_size,  # type: ignore[arg-type]
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        kappa=kappa,  # type: ignore[arg-type]
+        gan_weight=gan_weight,
+        hinge_weight=hinge_weight,
+        seed=seed,
+        split_file=split_file,
+        resume=resume,
+    )
+    typer.echo(f"generator: {fit_generator(cfg)}")
+
+
+@app.command("run")
+def run(
+    checkpoint: Path = CheckpointOpt,
+    out: Path = typer.Option(..., "--out", help="Attack output folder."),
+    method: str = typer.Option(
+        "advgan", help="advgan, pgd, fgsm, cw, uap, pixel, colour, rotation, translation, art:<Name>."
+    ),
+    generator: Path | None = typer.Option(None, "--generator", help="generator.safetensors for advgan."),
+    data: str | None = DataOpt,
+    split: str = typer.Option("test"),
+    target: str | None = typer.Option("nv", help="Target class; 'none' for an untargeted attack."),
+    eps: str | None = typer.Option("8/255", help="L∞ budget, e.g. 2/255."),
+    steps: int = typer.Option(20, help="Iterations of gradient attacks."),
+    pixels: int = typer.Option(1, help="Pixels changed by the few-pixel attack."),
+    attack_size: str = typer.Option("model", "--attack-size"),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    limit: int | None = typer.Option(None, help="Attack a class-stratified sample of this many images."),
+    param: list[str] = typer.Option([], "--param", help="Extra hyperparameter key=value (repeatable)."),
+    seed: int = typer.Option(0),
+    split_file: str | None = typer.Option(None, "--split-file"),
+) -> None:
+    """Attack a split; save 8-bit PNGs; score the saved images; print the paper's table."""
+    from dermadv.attacks.runner import AttackRunConfig, attack_split
+    from dermadv.evaluation.attack_eval import format_attack_table
+
+    cfg = AttackRunConfig(
+        checkpoint=checkpoint,
+        out=out,
+        method=method,
+        generator=generator,
+        data=data,
+        split=split,
+        target=None if target in (None, "none") else target,
+        eps=eps,
+        steps=steps,
+        pixels=pixels,
+        attack_size=attack_size,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        limit=limit,
+        params=_params(param),  # type: ignore[arg-type]
+        seed=seed,
+        split_file=split_file,
+    )
+    metrics = attack_split(cfg)
+    if "accuracy_adv" in metrics:
+        Console().print(format_attack_table(metrics))
+    typer.echo(f"wrote {out}")
+
+
+@app.command("sweep")
+def sweep_cmd(
+    checkpoint: Path = CheckpointOpt,
+    out: Path = typer.Option(..., "--out"),
+    methods: str = typer.Option("pgd,fgsm,uap", help="Comma-separated methods."),
+    eps: str = typer.Option("1/255,2/255,4/255,8/255", help="Comma-separated budgets."),
+    data: str | None = DataOpt,
+    split: str = typer.Option("test"),
+    target: str = typer.Option("nv"),
+    steps: int = typer.Option(20),
+    limit: int | None = typer.Option(None, help="Class-stratified sample size per run."),
+    generators: Path | None = typer.Option(None, "--generators", help="Folder with advgan-eps<k>_255/ fits."),
+    seed: int = typer.Option(0),
+) -> None:
+    """Run several methods × budgets; write sweep.csv (one row per method and eps)."""
+    from dermadv.attacks.runner import AttackRunConfig, sweep
+    from dermadv.config import format_eps, parse_eps
+
+    gens = {}
+    if generators:
+        for e in eps.split(","):
+            p = generators / f"advgan-eps{format_eps(parse_eps(e)).replace('/', '_')}" / "generator.safetensors"
+            if p.exists():
+                gens[e] = p
+    cfg = AttackRunConfig(
+        checkpoint=checkpoint, out=out, data=data, split=split, target=target, steps=steps, limit=limit, seed=seed
+    )
+    rows = sweep(cfg, methods=methods.split(","), eps_values=eps.split(","), generators=gens)
+    _print_sweep(rows)
+
+
+def _print_sweep(rows: list[dict[str, object]]) -> None:
+    from rich.table import Table
+
+    t = Table(title="sweep")
+    for col in ("method", "eps", "accuracy_adv", "worst_class_fooling", "fooling_nv", "psnr_mean"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(
+            *[
+                f"{r.get(c):.3f}" if isinstance(r.get(c), float) else str(r.get(c))
+                for c in ("method", "eps", "accuracy_adv", "worst_class_fooling", "fooling_nv", "psnr_mean")
+            ]
+        )
+    Console().print(t)
+
+
+@app.command("transfer")
+def transfer_cmd(
+    source: Path = typer.Option(..., "--from", help="Attack output folder made against another model."),
+    to: Path = typer.Option(..., "--to", help="Classifier model.safetensors to score the images on."),
+    out: Path = typer.Option(..., "--out"),
+) -> None:
+    """Black-box transfer: score saved adversarial images on another classifier."""
+    from dermadv.attacks.runner import transfer
+    from dermadv.evaluation.attack_eval import format_attack_table
+
+    Console().print(format_attack_table(transfer(source, to, out)))
+
+
+@app.command("list")
+def list_cmd() -> None:
+    """List the registered attacks."""
+    from dermadv.attacks.registry import list_attacks
+
+    for name in list_attacks():
+        typer.echo(name)
+    typer.echo("art:<ClassName>  (any evasion attack of the Adversarial Robustness Toolbox)")

@@ -1,0 +1,230 @@
+"""Fit the AdvGAN generator against a frozen classifier (Xiao et al. 2018).
+
+Generator loss = targeted margin loss on the classifier's logits (Carlini & Wagner 2017)
++ ``gan_weight`` · least-squares GAN loss + ``hinge_weight`` · hinge on the perturbation's L2 norm.
+The perturbation is bounded by ``eps`` by construction (``eps · tanh``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from dermadv import distributed as dd
+from dermadv.attacks.generator import (
+    GeneratorSpec,
+    LossWeights,
+    PatchDiscriminator,
+    PerturbationGenerator,
+    ResizedClassifier,
+    file_fingerprint,
+    gan_step,
+    save_generator,
+)
+from dermadv.config import parse_eps
+from dermadv.data.classes import class_index
+from dermadv.errors import ConfigError, RunError
+from dermadv.models.checkpoints import check_fits, load_checkpoint
+from dermadv.runs import Run, atomic_path, write_csv
+from dermadv.training.augment import to_float
+from dermadv.training.classifier import autocast
+from dermadv.training.data import prepare
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    checkpoint: Path
+    out: Path
+    data: str | None = None
+    target: str = "nv"
+    eps: str = "8/255"
+    fit_on: Literal["train", "test", "val", "all"] = "train"
+    attack_size: Literal["model", "stored"] = "model"
+    epochs: int = 6
+    batch_size: int = 64
+    lr: float = 1e-3
+    kappa: float = 5.0  # margin the target logit must win by
+    gan_weight: float = 0.05
+    hinge_weight: float = 1.0
+    hinge_ratio: float = 0.8  # hinge bound: this share of the largest L2 norm the eps box allows
+    channels: int = 32
+    res_blocks: int = 4
+    seed: int = 0
+    split_file: str | None = None
+    amp: Literal["auto", "bf16", "off"] = "auto"
+    resume: bool = False
+    progress: bool = True
+
+
+def fit_generator(cfg: GeneratorConfig) -> Path:
+    """Fit a generator into ``cfg.out``; return the path of ``generator.safetensors``."""
+    dd.init_from_env()
+    eps = parse_eps(cfg.eps)
+    torch.manual_seed(cfg.seed)
+    device = dd.default_device()
+    out = Path(cfg.out)
+    state_path = out / "generator_state.pt"
+    if state_path.exists() and not cfg.resume:
+        raise RunError(f"{out} already holds a generator fit; pass --resume to continue it or choose another --out")
+    classifier, meta = load_checkpoint(cfg.checkpoint, device=device)
+    for p in classifier.parameters():
+        p.requires_grad_(False)
+    target = class_index(cfg.target, meta.classes)
+    split_file = cfg.split_file or _split_beside(cfg.checkpoint)
+    size = None if cfg.attack_size == "stored" else meta.image_size
+    prep = prepare(
+        cfg.data, image_size=size, split_file=split_file, seed=cfg.seed, progress=dd.is_main() and cfg.progress
+    )
+    check_fits(meta, prep.dataset.classes, path=cfg.checkpoint)
+    attacked: nn.Module = classifier if cfg.attack_size == "model" else ResizedClassifier(classifier, meta.image_size)
+    attacked.eval()
+    idx = prep.indices(cfg.fit_on)
+    if len(idx) == 0:
+        raise ConfigError(f"the {cfg.fit_on} split is empty; choose another --fit-on")
+    images = torch.from_numpy(np.ascontiguousarray(prep.images))
+    if device.type == "cuda":
+        images = images.to(device)
+    spec = GeneratorSpec(
+        channels=cfg.channels,
+        res_blocks=cfg.res_blocks,
+        eps=eps,
+        target=cfg.target,
+        target_index=target,
+        classes=tuple(meta.classes),
+        image_size=prep.size,
+        attack_size=cfg.attack_size,
+        classifier_fingerprint=file_fingerprint(cfg.checkpoint),
+    )
+    gen = PerturbationGenerator(eps, channels=cfg.channels, res_blocks=cfg.res_blocks).to(device)
+    disc = PatchDiscriminator().to(device)
+    g_model: nn.Module = gen
+    d_model: nn.Module = disc
+    if dd.is_distributed():
+        ids = [device.index] if device.type == "cuda" else None
+        g_model = nn.parallel.DistributedDataParallel(gen, device_ids=ids)
+        d_model = nn.parallel.DistributedDataParallel(disc, device_ids=ids)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
+    steps = cfg.epochs * math.ceil(math.ceil(len(idx) / dd.world_size()) / cfg.batch_size)
+    sched_g = torch.optim.lr_scheduler.OneCycleLR(opt_g, max_lr=cfg.lr, total_steps=max(1, steps), pct_start=0.1)
+    sampler: torch.utils.data.DistributedSampler[int] = torch.utils.data.DistributedSampler(
+        range(  # type: ignore[arg-type]
+            len(idx)
+        ),
+        num_replicas=dd.world_size(),
+        rank=dd.rank(),
+        shuffle=True,
+        seed=cfg.seed,
+    )
+    run = Run(
+        out,
+        command="attack fit",
+        config={**asdict(cfg), "eps_value": eps},
+        seed=cfg.seed,
+        data_fingerprint=prep.dataset.fingerprint,
+        write=dd.is_main(),
+    )
+    history: list[dict[str, float]] = []
+    start = 0
+    if cfg.resume and state_path.exists():
+        st = torch.load(state_path, map_location=device, weights_only=False)
+        gen.load_state_dict(st["gen"])
+        disc.load_state_dict(st["disc"])
+        opt_g.load_state_dict(st["opt_g"])
+        opt_d.load_state_dict(st["opt_d"])
+        sched_g.load_state_dict(st["sched_g"])
+        start, history = st["epoch"] + 1, st["history"]
+    weights = LossWeights(
+        kappa=cfg.kappa, gan_weight=cfg.gan_weight, hinge_weight=cfg.hinge_weight, hinge_ratio=cfg.hinge_ratio
+    )
+    with run.stage("fit"):
+        for epoch in range(start, cfg.epochs):
+            t0 = time.time()
+            sampler.set_epoch(epoch)
+            order = idx[np.fromiter(iter(sampler), dtype=np.int64)]
+            g_model.train()
+            d_model.train()
+            sums = torch.zeros(4, device=device)
+            n_seen = 0
+            bar = tqdm(
+                range(0, len(order), cfg.batch_size),
+                desc=f"generator epoch {epoch}",
+                disable=not (cfg.progress and dd.is_main()),
+                leave=False,
+            )
+            for s in bar:
+                b = order[s : s + cfg.batch_size]
+                x = to_float(images[torch.from_numpy(b)].to(device, non_blocking=True))
+                sums += gan_step(
+                    g_model,
+                    d_model,
+                    opt_g,
+                    opt_d,
+                    attacked,
+                    x,
+                    target=target,
+                    eps=eps,
+                    weights=weights,
+                    autocast_ctx=lambda: autocast(device, cfg.amp),
+                )
+                sched_g.step()
+                n_seen += len(b)
+            sums = dd.all_reduce_sum(sums)
+            n_all = float(dd.all_reduce_sum(torch.tensor([float(n_seen)], device=device))[0])
+            row = {
+                "epoch": epoch,
+                "loss_adv": float(sums[0]) / n_all,
+                "loss_gan": float(sums[1]) / n_all,
+                "loss_d": float(sums[2]) / n_all,
+                "train_target_rate": float(sums[3]) / n_all,
+                "seconds": round(time.time() - t0, 2),
+                "images_per_s": round(n_all / (time.time() - t0), 1),
+            }
+            history.append(row)
+            if dd.is_main():
+                log.info(
+                    "generator epoch %d: margin loss %.3f, predicted %s on %.1f%% of fit images (%.0f img/s)",
+                    epoch,
+                    row["loss_adv"],
+                    cfg.target,
+                    100 * row["train_target_rate"],
+                    row["images_per_s"],
+                )
+                save_generator(out / "generator.safetensors", gen, spec)
+                write_csv(out / "history.csv", history)
+                with atomic_path(state_path) as tmp:
+                    torch.save(
+                        {
+                            "gen": gen.state_dict(),
+                            "disc": disc.state_dict(),
+                            "opt_g": opt_g.state_dict(),
+                            "opt_d": opt_d.state_dict(),
+                            "sched_g": sched_g.state_dict(),
+                            "epoch": epoch,
+                            "history": history,
+                        },
+                        tmp,
+                    )
+    if dd.is_main():
+        run.finish(epochs_run=len(history))
+    dd.barrier()
+    return out / "generator.safetensors"
+
+
+def _split_beside(checkpoint: Path) -> str | None:
+    p = Path(checkpoint).parent / "split.csv"
+    return str(p) if p.exists() else None
+
+
+__all__ = ["GeneratorConfig", "fit_generator"]
