@@ -120,9 +120,9 @@ def _generator_rate(
             attack = load_generator(path, device=images.device)
         else:
             # an untrained generator runs exactly as fast as a trained one
-            from dermadv.attacks.generator import GeneratorSpec, PerturbationGenerator
+            from dermadv.attacks.generator import PerturbationGenerator
 
-            attack = GeneratorAttack(PerturbationGenerator(eps).to(images.device).eval(), GeneratorSpec(eps=eps))
+            attack = GeneratorAttack(eps, generator=PerturbationGenerator(eps).to(images.device).eval())
     except (ImportError, TypeError) as exc:
         print(f"cannot build the generator attack ({exc}); skipping it")
         return None

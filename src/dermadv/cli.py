@@ -35,9 +35,9 @@ def _setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
-def load_config(path: Path | None, cls: type, overrides: dict[str, Any]) -> Any:
-    """Defaults < YAML config file < command-line options that were given (not None)."""
-    values: dict[str, Any] = {}
+def load_config(path: Path | None, cls: type, overrides: dict[str, Any], *, base: dict[str, Any] | None = None) -> Any:
+    """Defaults < preset (``base``) < YAML config file < command-line options that were given (not None)."""
+    values: dict[str, Any] = dict(base or {})
     if path is not None:
         if not path.exists():
             raise DermadvError(f"config file {path} does not exist; see recipes/ for examples")
@@ -77,8 +77,11 @@ def data_split(
     from dermadv.data.load import load_dataset
     from dermadv.data.splits import make_splits, save_splits, split_summary
 
+    try:
+        fr = tuple(float(x) for x in fractions.split(","))
+    except ValueError:
+        raise DermadvError(f"--fractions must be three numbers such as 0.70,0.15,0.15; got {fractions!r}") from None
     ds = load_dataset(data)
-    fr = tuple(float(x) for x in fractions.split(","))
     frame = make_splits(ds, fractions=fr, seed=seed)  # type: ignore[arg-type]
     save_splits(frame, out)
     typer.echo(split_summary(frame).to_string())
@@ -125,26 +128,23 @@ def train(
     from dermadv.training.classifier import TrainConfig, fit
 
     base = preset_train_config(preset) if preset else {}
-    overrides = dict(base)
-    overrides.update(
-        dict(
-            out=out,
-            data=data,
-            arch=arch,
-            image_size=image_size,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            optimizer=optimizer,
-            class_balance=class_balance,
-            weights=weights,
-            seed=seed,
-            split_file=split_file,
-            compile=compile,
-            resume=resume or None,
-        )
+    overrides = dict(
+        out=out,
+        data=data,
+        arch=arch,
+        image_size=image_size,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        class_balance=class_balance,
+        weights=weights,
+        seed=seed,
+        split_file=split_file,
+        compile=compile,
+        resume=resume or None,
     )
-    cfg = load_config(config, TrainConfig, overrides)
+    cfg = load_config(config, TrainConfig, overrides, base=base)
     path = fit(cfg)
     typer.echo(f"checkpoint: {path}")
 
@@ -193,6 +193,10 @@ def _mount_optional() -> None:
 
 
 def main() -> None:
+    from dermadv import distributed as dd
+
+    # Under torchrun, join the process group first so that logging knows which rank this is.
+    dd.init_from_env()
     _setup_logging()
     _mount_optional()
     try:
@@ -206,9 +210,11 @@ def main() -> None:
     except SystemExit:
         raise
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        # Duck-typed: typer >= 0.23 raises its vendored click's exceptions (typer._click), older typer click's own.
+        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(code, int):
+            show()
+            sys.exit(code)
         raise
+    finally:
+        dd.cleanup()

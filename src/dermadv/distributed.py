@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import os
+from collections.abc import Iterator
+from typing import TypeVar
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 def is_distributed() -> bool:
@@ -51,8 +56,28 @@ def default_device() -> torch.device:
 
 
 def barrier() -> None:
-    if is_distributed():
+    if not is_distributed():
+        return
+    if dist.get_backend() == "nccl":
+        # name the device, or NCCL guesses one and can hang when ranks share a node
+        dist.barrier(device_ids=[local_rank()])
+    else:
         dist.barrier()
+
+
+@contextlib.contextmanager
+def main_first() -> Iterator[None]:
+    """Run the block on rank 0 first, then on the other ranks (e.g. to fill a cache the others read).
+
+    Every rank must enter it: it holds a barrier.
+    """
+    if not is_main():
+        barrier()
+    try:
+        yield
+    finally:
+        if is_main():
+            barrier()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -80,12 +105,32 @@ def gather_rows(indices: np.ndarray, *arrays: np.ndarray) -> tuple[np.ndarray, .
     return (uniq, *(a[first] for a in all_arrays))
 
 
-def broadcast_object(obj: object) -> object:
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (e.g. batch-norm statistics) to every rank, in place.
+
+    DDP broadcasts buffers before each forward, but the last training step still leaves every rank
+    with statistics of its own batch; evaluating after this makes each rank hold rank 0's model.
+    """
+    if is_distributed():
+        for buf in module.buffers():
+            dist.broadcast(buf, src=0)
+
+
+def broadcast_tensor_attributes(obj: object) -> None:
+    """Copy rank 0's values of ``obj``'s tensor attributes to every rank, in place (e.g. a fitted perturbation)."""
+    if is_distributed():
+        for value in vars(obj).values():
+            if isinstance(value, torch.Tensor):
+                dist.broadcast(value.data, src=0)
+
+
+def broadcast_object(obj: T) -> T:
+    """Rank 0's ``obj`` on every rank (picklable objects)."""
     if not is_distributed():
         return obj
-    box = [obj]
+    box: list[object] = [obj]
     dist.broadcast_object_list(box, src=0)
-    return box[0]
+    return box[0]  # type: ignore[return-value]
 
 
 def cleanup() -> None:

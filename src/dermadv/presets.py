@@ -11,7 +11,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": dict(
             arch="resnet18",
             image_size=32,
-            epochs=6,
+            epochs=10,
             batch_size=64,
             lr=3e-3,
             class_balance="sqrt",
@@ -19,7 +19,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             patience=6,
             select="sum",
         ),
-        "attack": dict(eps="8/255", epochs=4, batch_size=64, sweep_eps="2/255,4/255,8/255"),
+        "attack": dict(eps="8/255", epochs=8, batch_size=64, sweep_eps="2/255,4/255,8/255"),
     },
     "cpu-64": {
         "train": dict(

@@ -17,6 +17,7 @@ FAST_PARAMS: dict[str, dict[str, object]] = {
     "pgd": {"eps": EPS, "steps": 5, "seed": 0},
     "cw": {"steps": 30, "binary_search_steps": 2, "lr": 0.05},
     "uap": {"eps": EPS, "epochs": 2, "seed": 0},
+    "advgan": {"eps": EPS, "channels": 8, "res_blocks": 1, "epochs": 3, "seed": 0},
     "pixel": {"pixels": 3, "popsize": 20, "maxiter": 5, "seed": 0},
     "colour": {},
     "rotation": {},
@@ -27,6 +28,7 @@ BUDGETS: dict[str, tuple[str, float]] = {
     "fgsm": ("linf", EPS),
     "pgd": ("linf", EPS),
     "uap": ("linf", EPS),
+    "advgan": ("linf", EPS),
     "pixel": ("l0", 3),
 }
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,6 +99,8 @@ def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> dict[st
         disable=not (progress and dd.is_main()),
         leave=False,
     )
+    # PNG coding releases the GIL: threads keep a fast GPU from waiting on one core for the files
+    pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
     for s in bar:
         idx = mine[s : s + task.batch_size]
         clean_u8 = torch.from_numpy(np.ascontiguousarray(task.images[idx])).to(device)
@@ -108,17 +111,18 @@ def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> dict[st
             inmem.append(model(result.adv_images).argmax(1).cpu())
         adv_u8 = quantise(result.adv_images, clean_u8.permute(0, 3, 1, 2), task.eps).permute(0, 2, 3, 1).cpu().numpy()
         clean_np = clean_u8.cpu().numpy()
-        for j, i in enumerate(idx):
-            name = f"{task.image_ids[i]}.png"
-            _save_png(dirs["clean"] / name, clean_np[j])
-            _save_png(dirs["adv"] / name, adv_u8[j])
-            _save_png(dirs["perturbation"] / name, amplified(clean_np[j], adv_u8[j], task.eps))
+        names = [f"{task.image_ids[i]}.png" for i in idx]
+        writes = [(dirs["clean"] / n, clean_np[j]) for j, n in enumerate(names)]
+        writes += [(dirs["adv"] / n, adv_u8[j]) for j, n in enumerate(names)]
+        writes += [(dirs["perturbation"] / n, amplified(clean_np[j], adv_u8[j], task.eps)) for j, n in enumerate(names)]
+        list(pool.map(lambda w: _save_png(*w), writes))
         # Score the files as saved, not the tensors in memory.
-        clean_back = np.stack([read_png(dirs["clean"] / f"{task.image_ids[i]}.png") for i in idx])
-        adv_back = np.stack([read_png(dirs["adv"] / f"{task.image_ids[i]}.png") for i in idx])
+        clean_back = np.stack(list(pool.map(read_png, [dirs["clean"] / n for n in names])))
+        adv_back = np.stack(list(pool.map(read_png, [dirs["adv"] / n for n in names])))
         clean_probs.append(_predict(model, clean_back, device).numpy())
         adv_probs.append(_predict(model, adv_back, device).numpy())
         rows_idx.append(idx)
+    pool.shutdown()
     k = len(task.classes)
     cat = lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape)  # noqa: E731
     gathered = dd.gather_rows(

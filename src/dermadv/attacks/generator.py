@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -27,8 +27,8 @@ from dermadv.models.checkpoints import load_state, save_state
 
 @dataclass(frozen=True)
 class GeneratorSpec:
-    channels: int = 32
-    res_blocks: int = 4
+    channels: int = 16
+    res_blocks: int = 3
     eps: float = 8 / 255
     target: str | None = "nv"
     target_index: int | None = 5
@@ -59,7 +59,7 @@ class PerturbationGenerator(nn.Module):
     The decoder upsamples to the exact input size, so odd and non-square sizes (150×200) work.
     """
 
-    def __init__(self, eps: float, *, channels: int = 32, res_blocks: int = 4) -> None:
+    def __init__(self, eps: float, *, channels: int = 16, res_blocks: int = 3) -> None:
         super().__init__()
         c = channels
         self.eps = eps
@@ -180,6 +180,17 @@ def gan_step(
     return torch.stack([loss_adv.detach() * n, loss_gan.detach() * n, loss_d.detach() * n, fooled])
 
 
+@contextmanager
+def _seeded(seed: int | None) -> Iterator[None]:
+    """Draw initial weights from ``seed`` (when given) without touching the global RNG."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
 @register_attack("advgan")
 class GeneratorAttack(Attack):
     """AdvGAN (Xiao et al. 2018): ``adv = clamp(images + G(images), 0, 1)``, one forward pass per batch.
@@ -194,8 +205,8 @@ class GeneratorAttack(Attack):
         self,
         eps: float | str = 8 / 255,
         *,
-        channels: int = 32,
-        res_blocks: int = 4,
+        channels: int = 16,
+        res_blocks: int = 3,
         epochs: int = 5,
         lr: float = 1e-3,
         batch_size: int = 64,
@@ -206,12 +217,17 @@ class GeneratorAttack(Attack):
     ) -> None:
         from dermadv.config import parse_eps
 
-        self.spec = spec or GeneratorSpec(channels=channels, res_blocks=res_blocks, eps=parse_eps(eps))
-        self.generator = (
-            generator
-            or PerturbationGenerator(self.spec.eps, channels=self.spec.channels, res_blocks=self.spec.res_blocks)
-        ).eval()
+        # not fitted yet: no target until :meth:`fit` names one
+        self.spec = spec or GeneratorSpec(
+            channels=channels, res_blocks=res_blocks, eps=parse_eps(eps), target=None, target_index=None
+        )
         self.epochs, self.lr, self.batch_size, self.seed = epochs, lr, batch_size, seed
+        if generator is None:
+            with _seeded(seed):
+                generator = PerturbationGenerator(
+                    self.spec.eps, channels=self.spec.channels, res_blocks=self.spec.res_blocks
+                )
+        self.generator = generator.eval()
         self.weights = weights or LossWeights()
 
     @property
@@ -225,11 +241,13 @@ class GeneratorAttack(Attack):
             x_all = x_all.permute(0, 3, 1, 2).float() / 255
         device = next(model.parameters()).device
         gen = self.generator.to(device).train()
-        disc = PatchDiscriminator().to(device).train()
+        with _seeded(self.seed):
+            disc = PatchDiscriminator().to(device).train()
         opt_g = torch.optim.Adam(gen.parameters(), lr=self.lr, betas=(0.5, 0.999))
         opt_d = torch.optim.Adam(disc.parameters(), lr=self.lr, betas=(0.5, 0.999))
         rng = torch.Generator().manual_seed(self.seed if self.seed is not None else 0)
         model.eval()
+        trainable = [p.requires_grad for p in model.parameters()]
         for p in model.parameters():
             p.requires_grad_(False)
         try:
@@ -239,10 +257,15 @@ class GeneratorAttack(Attack):
                     batch = x_all[order[s : s + self.batch_size]].to(device)
                     gan_step(gen, disc, opt_g, opt_d, model, batch, target=target, eps=self.eps, weights=self.weights)
         finally:
-            for p in model.parameters():
-                p.requires_grad_(True)
+            for p, flag in zip(model.parameters(), trainable, strict=True):
+                p.requires_grad_(flag)
         self.generator = gen.eval()
-        self.spec = replace(self.spec, target_index=target, image_size=tuple(x_all.shape[-2:]))  # type: ignore[arg-type]
+        self.spec = replace(
+            self.spec,
+            target=self.spec.classes[target] if self.spec.classes else None,  # a bare index names no class
+            target_index=target,
+            image_size=tuple(x_all.shape[-2:]),  # type: ignore[arg-type]
+        )
         return self
 
     @torch.no_grad()

@@ -105,7 +105,8 @@ def attack_split(cfg: AttackRunConfig) -> dict[str, Any]:
         attack = build_attack(cfg, eps)
     split_file = cfg.split_file or _split_beside(cfg.checkpoint)
     size = None if attack_size == "stored" else meta.image_size
-    prep = prepare(cfg.data, image_size=size, split_file=split_file, seed=cfg.seed, progress=dd.is_main())
+    with dd.main_first():  # rank 0 fills the decode cache, the others then read it
+        prep = prepare(cfg.data, image_size=size, split_file=split_file, seed=cfg.seed, progress=dd.is_main())
     check_fits(meta, prep.dataset.classes, path=cfg.checkpoint)
     attacked: nn.Module = model if attack_size == "model" else ResizedClassifier(model, meta.image_size)
     attacked.eval()
@@ -136,6 +137,8 @@ def attack_split(cfg: AttackRunConfig) -> dict[str, Any]:
         with run.stage("fit"):
             fit_idx = prep.indices(cfg.fit_split)
             attack.fit(attacked, np.asarray(prep.images[fit_idx]), target=target)  # type: ignore[attr-defined]
+        # every rank fitted the same way; rank 0's result makes them agree even where GPU sums differ
+        dd.broadcast_tensor_attributes(attack)
     info = {
         "method": cfg.method,
         "params": repr(attack),
@@ -177,9 +180,10 @@ def attack_split(cfg: AttackRunConfig) -> dict[str, Any]:
         from dermadv.evaluation.attack_eval import evaluate_attack_folder
 
         with run.stage("evaluate"):
-            metrics = evaluate_attack_folder(out)
+            metrics = evaluate_attack_folder(out, in_run=True)
     if dd.is_main():
         run.finish(**{"n_images": int(len(idx))})
+    dd.barrier()  # the folder is complete before any rank moves on to read it
     return metrics
 
 
@@ -298,7 +302,7 @@ def transfer(source: Path, checkpoint: Path, out: Path) -> dict[str, Any]:
             "source_checkpoint": info.get("checkpoint"),
         },
     )
-    metrics = evaluate_attack_folder(out)
+    metrics = evaluate_attack_folder(out, in_run=True)
     run.finish()
     return metrics
 

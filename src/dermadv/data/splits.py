@@ -80,6 +80,12 @@ def load_splits(path: str | os.PathLike[str], dataset: ImageSet) -> pd.DataFrame
     bad = sorted(set(frame["split"]) - set(SPLITS))
     if bad:
         raise DataError(f"split file {path} has unknown split name(s) {', '.join(bad)}; use train, val, test")
+    repeated = frame["image_id"][frame["image_id"].duplicated()]
+    if len(repeated):
+        raise DataError(
+            f"split file {path} lists image_id {repeated.iloc[0]} more than once ({len(repeated)} repeated row(s)); "
+            "each image must appear once — make a new split with `dermadv data split`"
+        )
     ids = set(dataset.image_ids)
     listed = set(frame["image_id"])
     if listed != ids:
@@ -89,10 +95,20 @@ def load_splits(path: str | os.PathLike[str], dataset: ImageSet) -> pd.DataFrame
             "make a new split for this data with `dermadv data split`"
         )
     frame = frame.set_index("image_id").loc[dataset.image_ids].reset_index()
+    expected_dx = np.array([dataset.classes[i] for i in dataset.labels], dtype=object)
+    if "dx" in frame.columns:
+        differ = np.flatnonzero(frame["dx"].to_numpy(dtype=object) != expected_dx)
+        if len(differ):
+            i = int(differ[0])
+            raise DataError(
+                f"split file {path} gives {len(differ)} image(s) another dx than the data (first: "
+                f"{dataset.image_ids[i]} is {frame['dx'].iloc[i]!r} there, {expected_dx[i]!r} in the data); "
+                "make a new split for this data with `dermadv data split`"
+            )
     if "lesion_id" not in frame.columns:
         frame["lesion_id"] = dataset.lesion_ids
     if "dx" not in frame.columns:
-        frame["dx"] = [dataset.classes[i] for i in dataset.labels]
+        frame["dx"] = expected_dx.tolist()
     return frame
 
 

@@ -216,14 +216,14 @@ def attack_metrics(
     return metrics
 
 
-def _read_attack(folder: Path) -> dict[str, Any]:
+def _read_attack(folder: Path, *, in_run: bool = False) -> dict[str, Any]:
     path = folder / "attack.json"
     if not folder.is_dir():
         raise RunError(f"attack output folder {folder} does not exist; {_RUN_FIRST.format(folder=folder)}")
     if not path.exists():
         raise RunError(f"{path} not found: not an attack output folder; {_RUN_FIRST.format(folder=folder)}")
     manifest = folder / "manifest.json"
-    if manifest.exists() and read_json(manifest).get("status") != "complete":
+    if not in_run and manifest.exists() and read_json(manifest).get("status") != "complete":
         log.warning("%s does not say complete: the attack run may not have finished", manifest)
     attack = read_json(path)
     if not isinstance(attack, dict):
@@ -314,15 +314,16 @@ def per_class_rows(metrics: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def evaluate_attack_folder(
-    folder: str | Path, *, ci_method: CIMethod = DEFAULT_CI, write: bool = True
+    folder: str | Path, *, ci_method: CIMethod = DEFAULT_CI, write: bool = True, in_run: bool = False
 ) -> dict[str, Any]:
     """Evaluate an attack output folder (see docs/DESIGN.md) and, with ``write``, save the results beside it.
 
     Writes ``attack_metrics.json`` (with a ``definitions`` block), ``attack_metrics.csv`` (per class)
-    and ``per_image.csv`` atomically; returns the content of ``attack_metrics.json``.
+    and ``per_image.csv`` atomically; returns the content of ``attack_metrics.json``. ``in_run``: called
+    by the run that writes the folder, before it marks itself complete (no "unfinished" warning).
     """
     folder = Path(folder)
-    attack = _read_attack(folder)
+    attack = _read_attack(folder, in_run=in_run)
     classes = tuple(attack.get("classes") or CLASSES)
     target = attack.get("target")
     if target is not None and target not in classes:

@@ -74,12 +74,12 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
 def build_backbone(arch: str, num_classes: int, *, weights: str | Path | None = None) -> nn.Module:
     """A torchvision model with a ``num_classes`` head.
 
-    ``weights``: ``None`` (random init), ``"imagenet"`` (torchvision's default weights, from its cache
-    or downloaded), or a path to a ``.pth``/``.safetensors`` state dict of the ImageNet model.
+    ``weights``: ``None`` or ``"none"`` (random init), ``"imagenet"`` (torchvision's default weights, from
+    its cache or downloaded), or a path to a ``.pth``/``.safetensors`` state dict of the ImageNet model.
     """
     if arch not in list_architectures():
         raise ConfigError(f"unknown architecture {arch!r}; try one of densenet201, densenet121, resnet18, resnet50")
-    if weights is None:
+    if weights is None or str(weights).lower() == "none":
         model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
         return model
     model = torchvision.models.get_model(arch, weights=None)

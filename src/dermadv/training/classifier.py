@@ -29,7 +29,7 @@ from dermadv.models.checkpoints import CheckpointMeta, save_checkpoint
 from dermadv.models.classifier import Classifier, build_classifier
 from dermadv.runs import Run, atomic_path, write_csv, write_json
 from dermadv.training.augment import AugmentConfig, augment, to_float
-from dermadv.training.data import Prepared, prepare
+from dermadv.training.data import Prepared, device_images, prepare
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,21 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     augment_config: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        # Checked here, not at first use: an unknown optimizer would otherwise silently train with SGD.
+        choices = {
+            "optimizer": ("adamw", "sgd"),
+            "class_balance": ("none", "sqrt", "inverse"),
+            "select": ("balanced_accuracy", "accuracy", "sum"),
+            "amp": ("auto", "bf16", "off"),
+        }
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+        for name in ("epochs", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a whole number of at least 1; got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -109,10 +124,12 @@ def lr_lambda(step: int, *, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def batches(images: torch.Tensor, indices: np.ndarray, batch_size: int) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    for s in range(0, len(indices), batch_size):
-        idx = indices[s : s + batch_size]
-        yield idx, images[torch.from_numpy(idx)]
+def batches(
+    images: torch.Tensor, indices: torch.Tensor, batch_size: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Batches of ``images[indices]``; ``indices`` lives on the images' device, so slicing copies nothing from the host."""
+    for idx in indices.split(batch_size):
+        yield idx, images[idx]
 
 
 @torch.no_grad()
@@ -174,8 +191,11 @@ def calibrate_logit_bias(logits: torch.Tensor, labels: np.ndarray, *, rounds: in
 def _ddp_wrap(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
     if not dd.is_distributed():
         return model
-    if cfg.sync_batchnorm:
+    if cfg.sync_batchnorm and device.type == "cuda":
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif cfg.sync_batchnorm:
+        # torch's SyncBatchNorm runs on GPUs only; per-rank statistics are the DDP default anyway
+        log.warning("sync_batchnorm needs GPUs; training on CPUs with per-rank batch norm")
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
@@ -186,13 +206,17 @@ def train_one_epoch(
     scheduler: torch.optim.lr_scheduler.LRScheduler,
     images: torch.Tensor,
     labels: torch.Tensor,
-    indices: np.ndarray,
+    indices: torch.Tensor,
     cfg: TrainConfig,
     device: torch.device,
     generator: torch.Generator,
     ema: torch.optim.swa_utils.AveragedModel | None,
     epoch: int,
 ) -> float:
+    """One pass over ``indices`` (a tensor on the images' device); returns the mean training loss.
+
+    The step loop never waits for the GPU: the loss is summed on the device and read once at the end.
+    """
     model.train()
     total = torch.zeros((), device=device)
     count = 0
@@ -209,7 +233,7 @@ def train_one_epoch(
         if cfg.augment:
             x = augment(x, cfg.augment_config, generator)
         x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
-        y = labels[torch.from_numpy(idx)].to(device, non_blocking=True)
+        y = labels[idx].to(device, non_blocking=True)
         with autocast(device, cfg.amp):
             loss = criterion(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -223,8 +247,24 @@ def train_one_epoch(
     return float(total) / max(1, count)  # one host sync per epoch
 
 
-def _rng_state(gen: torch.Generator) -> torch.Tensor:
-    return gen.get_state()
+def _augment_seed(seed: int, epoch: int, rank: int) -> int:
+    """A distinct augmentation seed per (run seed, epoch, rank), so a resumed run draws what it would have."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+
+
+def _validation_logits(
+    model: nn.Module, images: torch.Tensor, val_idx: np.ndarray, num_classes: int, device: torch.device, amp: str
+) -> torch.Tensor:
+    """Logits of rank 0's model on the validation images, each rank predicting a shard; the same on every rank.
+
+    Identical logits on every rank give identical scores, so all ranks save, count patience and stop
+    early on the same epoch without further messages.
+    """
+    dd.broadcast_buffers(model)
+    mine = dd.shard_indices(len(val_idx))
+    logits = predict_logits(model, images, indices=val_idx[mine], device=device, amp=amp)
+    _, gathered = dd.gather_rows(mine, logits.reshape(len(mine), num_classes).numpy())
+    return torch.from_numpy(gathered)
 
 
 def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
@@ -232,17 +272,24 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
     dd.init_from_env()
     torch.manual_seed(cfg.seed)
     device = dd.default_device()
+    if device.type == "cuda":
+        # one input size throughout: cuDNN times its convolution algorithms once and keeps the fastest
+        torch.backends.cudnn.benchmark = True
     out = Path(cfg.out)
     state_path = out / "train_state.pt"
-    if state_path.exists() and not cfg.resume and dd.is_main():
+    # Rank 0 decides for all: a rank that looked later could see the state file rank 0 just wrote.
+    if dd.broadcast_object(state_path.exists()) and not cfg.resume:
         raise RunError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-    prep = prepared or prepare(
-        cfg.data,
-        image_size=cfg.image_size,
-        split_file=cfg.split_file,
-        seed=cfg.seed,
-        progress=cfg.progress and dd.is_main(),
-    )
+    if prepared is None:
+        with dd.main_first():  # rank 0 fills the decode cache, the others then read it
+            prepared = prepare(
+                cfg.data,
+                image_size=cfg.image_size,
+                split_file=cfg.split_file,
+                seed=cfg.seed,
+                progress=cfg.progress and dd.is_main(),
+            )
+    prep = prepared
     ds = prep.dataset
     run = Run(
         out, command="train", config=asdict(cfg), seed=cfg.seed, data_fingerprint=ds.fingerprint, write=dd.is_main()
@@ -254,11 +301,8 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
         train_idx = train_idx[: cfg.max_train_images]
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ConfigError("the split has an empty train or val part; use more data or other --split fractions")
-    # Keep the decoded uint8 set on the device when it fits (GPU), else in host memory.
-    images = torch.from_numpy(np.ascontiguousarray(prep.images))
-    if device.type == "cuda" and images.numel() < 0.3 * torch.cuda.get_device_properties(device).total_memory:
-        images = images.to(device)
-    labels = torch.from_numpy(ds.labels)
+    images = device_images(prep.images, device)
+    labels = torch.from_numpy(ds.labels).to(images.device)
 
     model = build_classifier(cfg.arch, ds.num_classes, weights=cfg.weights).to(device)
     if cfg.channels_last:
@@ -285,7 +329,7 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, total=total_steps, warmup=warmup))
-    gen = torch.Generator(device=device).manual_seed(cfg.seed * 1000 + dd.rank())
+    gen = torch.Generator(device=device)
     sampler: torch.utils.data.DistributedSampler[int] = torch.utils.data.DistributedSampler(
         range(  # type: ignore[arg-type]
             len(train_idx)
@@ -305,7 +349,6 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
         scheduler.load_state_dict(st["scheduler"])
         if ema is not None and st.get("ema") is not None:
             ema.load_state_dict(st["ema"])
-        gen.set_state(st["generator"].cpu() if device.type == "cpu" else st["generator"])
         start_epoch, best, since_best, history = st["epoch"] + 1, st["best"], st["since_best"], st["history"]
         log.info("resumed %s at epoch %d", out, start_epoch)
 
@@ -315,13 +358,14 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
         for epoch in range(start_epoch, cfg.epochs):
             t0 = time.time()
             sampler.set_epoch(epoch)
-            order = train_idx[np.fromiter(iter(sampler), dtype=np.int64)]
+            gen.manual_seed(_augment_seed(cfg.seed, epoch, dd.rank()))
+            order = torch.from_numpy(train_idx[np.fromiter(iter(sampler), dtype=np.int64)]).to(images.device)
             train_loss = train_one_epoch(
                 ddp_model, criterion, optimizer, scheduler, images, labels, order, cfg, device, gen, ema, epoch
             )
             train_loss = float(dd.all_reduce_sum(torch.tensor([train_loss], device=device))[0]) / dd.world_size()
             seconds = time.time() - t0
-            logits = predict_logits(eval_model, images, indices=val_idx, device=device, amp=cfg.amp)
+            logits = _validation_logits(eval_model, images, val_idx, ds.num_classes, device, cfg.amp)
             yv = ds.labels[val_idx]
             pred = logits.argmax(1).numpy()
             stats = EpochStats(
@@ -368,7 +412,6 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
                             "optimizer": optimizer.state_dict(),
                             "scheduler": scheduler.state_dict(),
                             "ema": ema.state_dict() if ema else None,
-                            "generator": gen.get_state(),
                             "epoch": epoch,
                             "best": best,
                             "since_best": since_best,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from dermadv.data.cache import Size, decoded_images
 from dermadv.data.dataset import ImageSet
@@ -54,3 +55,17 @@ def prepare(
     size = parse_size(image_size, dataset)
     images = decoded_images(dataset, size, progress=progress)
     return Prepared(dataset, frame, images, (int(images.shape[1]), int(images.shape[2])))
+
+
+def device_images(images: np.ndarray, device: torch.device, *, share: float = 0.3) -> torch.Tensor:
+    """The uint8 N×H×W×3 set as a tensor, on the GPU when it takes under ``share`` of the GPU's memory.
+
+    On the GPU, a training step gathers its batch there and copies nothing from the host; otherwise
+    the set stays in host memory, pinned when a GPU is used so batch copies can overlap compute.
+    """
+    tensor = torch.from_numpy(np.require(images, requirements=["C", "W"]))  # a copy of a read-only memmap
+    if device.type != "cuda":
+        return tensor
+    if tensor.numel() < share * torch.cuda.get_device_properties(device).total_memory:
+        return tensor.to(device)
+    return tensor.pin_memory()

@@ -37,7 +37,7 @@ from dermadv.models.checkpoints import check_fits, load_checkpoint
 from dermadv.runs import Run, atomic_path, write_csv
 from dermadv.training.augment import to_float
 from dermadv.training.classifier import autocast
-from dermadv.training.data import prepare
+from dermadv.training.data import device_images, prepare
 
 log = logging.getLogger(__name__)
 
@@ -58,8 +58,8 @@ class GeneratorConfig:
     gan_weight: float = 0.05
     hinge_weight: float = 1.0
     hinge_ratio: float = 0.8  # hinge bound: this share of the largest L2 norm the eps box allows
-    channels: int = 32
-    res_blocks: int = 4
+    channels: int = 16
+    res_blocks: int = 3
     seed: int = 0
     split_file: str | None = None
     amp: Literal["auto", "bf16", "off"] = "auto"
@@ -73,9 +73,13 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
     eps = parse_eps(cfg.eps)
     torch.manual_seed(cfg.seed)
     device = dd.default_device()
+    if device.type == "cuda":
+        # one input size throughout: cuDNN times its convolution algorithms once and keeps the fastest
+        torch.backends.cudnn.benchmark = True
     out = Path(cfg.out)
     state_path = out / "generator_state.pt"
-    if state_path.exists() and not cfg.resume:
+    # Rank 0 decides for all: a rank that looked later could see the state file rank 0 just wrote.
+    if dd.broadcast_object(state_path.exists()) and not cfg.resume:
         raise RunError(f"{out} already holds a generator fit; pass --resume to continue it or choose another --out")
     classifier, meta = load_checkpoint(cfg.checkpoint, device=device)
     for p in classifier.parameters():
@@ -83,18 +87,17 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
     target = class_index(cfg.target, meta.classes)
     split_file = cfg.split_file or _split_beside(cfg.checkpoint)
     size = None if cfg.attack_size == "stored" else meta.image_size
-    prep = prepare(
-        cfg.data, image_size=size, split_file=split_file, seed=cfg.seed, progress=dd.is_main() and cfg.progress
-    )
+    with dd.main_first():  # rank 0 fills the decode cache, the others then read it
+        prep = prepare(
+            cfg.data, image_size=size, split_file=split_file, seed=cfg.seed, progress=dd.is_main() and cfg.progress
+        )
     check_fits(meta, prep.dataset.classes, path=cfg.checkpoint)
     attacked: nn.Module = classifier if cfg.attack_size == "model" else ResizedClassifier(classifier, meta.image_size)
     attacked.eval()
     idx = prep.indices(cfg.fit_on)
     if len(idx) == 0:
         raise ConfigError(f"the {cfg.fit_on} split is empty; choose another --fit-on")
-    images = torch.from_numpy(np.ascontiguousarray(prep.images))
-    if device.type == "cuda":
-        images = images.to(device)
+    images = device_images(prep.images, device)
     spec = GeneratorSpec(
         channels=cfg.channels,
         res_blocks=cfg.res_blocks,
@@ -118,6 +121,14 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
     steps = cfg.epochs * math.ceil(math.ceil(len(idx) / dd.world_size()) / cfg.batch_size)
     sched_g = torch.optim.lr_scheduler.OneCycleLR(opt_g, max_lr=cfg.lr, total_steps=max(1, steps), pct_start=0.1)
+    st = torch.load(state_path, map_location=device, weights_only=False) if cfg.resume and state_path.exists() else None
+    # The one-cycle schedule is planned over all steps, so a fit cannot be resumed under another plan.
+    if st is not None and st["sched_g"]["total_steps"] != sched_g.total_steps:
+        raise RunError(
+            f"{out} holds a generator fit planned for {st['sched_g']['total_steps']} steps, but --epochs "
+            f"{cfg.epochs} --batch-size {cfg.batch_size} make {sched_g.total_steps}; resume with the settings "
+            "it was started with, or choose another --out"
+        )
     sampler: torch.utils.data.DistributedSampler[int] = torch.utils.data.DistributedSampler(
         range(  # type: ignore[arg-type]
             len(idx)
@@ -137,8 +148,7 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
     )
     history: list[dict[str, float]] = []
     start = 0
-    if cfg.resume and state_path.exists():
-        st = torch.load(state_path, map_location=device, weights_only=False)
+    if st is not None:
         gen.load_state_dict(st["gen"])
         disc.load_state_dict(st["disc"])
         opt_g.load_state_dict(st["opt_g"])
@@ -152,20 +162,20 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
         for epoch in range(start, cfg.epochs):
             t0 = time.time()
             sampler.set_epoch(epoch)
-            order = idx[np.fromiter(iter(sampler), dtype=np.int64)]
+            # indices on the images' device: no host copy, and no host sync, inside the step loop
+            order = torch.from_numpy(idx[np.fromiter(iter(sampler), dtype=np.int64)]).to(images.device)
             g_model.train()
             d_model.train()
             sums = torch.zeros(4, device=device)
             n_seen = 0
             bar = tqdm(
-                range(0, len(order), cfg.batch_size),
+                order.split(cfg.batch_size),
                 desc=f"generator epoch {epoch}",
                 disable=not (cfg.progress and dd.is_main()),
                 leave=False,
             )
-            for s in bar:
-                b = order[s : s + cfg.batch_size]
-                x = to_float(images[torch.from_numpy(b)].to(device, non_blocking=True))
+            for b in bar:
+                x = to_float(images[b].to(device, non_blocking=True))
                 sums += gan_step(
                     g_model,
                     d_model,
@@ -180,14 +190,14 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
                 )
                 sched_g.step()
                 n_seen += len(b)
-            sums = dd.all_reduce_sum(sums)
-            n_all = float(dd.all_reduce_sum(torch.tensor([float(n_seen)], device=device))[0])
+            totals = dd.all_reduce_sum(torch.cat([sums, torch.tensor([float(n_seen)], device=device)])).tolist()
+            n_all = totals[4]
             row = {
                 "epoch": epoch,
-                "loss_adv": float(sums[0]) / n_all,
-                "loss_gan": float(sums[1]) / n_all,
-                "loss_d": float(sums[2]) / n_all,
-                "train_target_rate": float(sums[3]) / n_all,
+                "loss_adv": totals[0] / n_all,
+                "loss_gan": totals[1] / n_all,
+                "loss_d": totals[2] / n_all,
+                "train_target_rate": totals[3] / n_all,
                 "seconds": round(time.time() - t0, 2),
                 "images_per_s": round(n_all / (time.time() - t0), 1),
             }

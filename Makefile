@@ -1,0 +1,41 @@
+# make demo: the whole study on the built-in synthetic set.  make test: lint + the test suite.
+# Both create .venv and install the project (with the tested torch pair) when needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
+PYTEST_ARGS ?=
+
+.PHONY: install demo test lint format bench clean
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_PAIR)
+	$(PY) -m pip install -q -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/dermadv reproduce --preset demo --out runs/demo
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+
+test: lint
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
+
+bench: $(STAMP)
+	$(PY) benchmarks/data_pipeline.py
+	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/attack_throughput.py
+	$(PY) benchmarks/distributed_scaling.py
+
+clean:
+	rm -rf runs/demo .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,268 @@
+"""Build the report of a run folder: ``collect`` reads it, ``render_report``/``render_markdown`` are pure,
+``build_report`` writes ``report/`` (index.html, report.md, summary.json, figures/, images/, sources/)."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import shutil
+import time
+import webbrowser
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import jinja2
+
+from dermadv.data.classes import CLASSES
+from dermadv.errors import RunError
+from dermadv.report.context import report_context
+from dermadv.report.data import READ_ERRORS, ReportData, Sources
+from dermadv.report.readers import (
+    read_attack,
+    read_classifier,
+    read_data,
+    read_json_dict,
+    read_observer,
+    read_stage,
+    read_sweep,
+)
+from dermadv.report.summary import setting_rows, split_method, summary_measures, summary_paragraphs
+from dermadv.runs import atomic_write_text, write_json
+
+log = logging.getLogger(__name__)
+
+REPORT_DIR = "report"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each part of a run lives; ``None`` where the run folder lacks it."""
+
+    run_dir: Path
+    classifier: Path | None
+    generator: Path | None
+    attack: Path | None
+    sweep: Path | None
+    observer: Path | None
+    split: Path | None
+
+    @property
+    def kind(self) -> str:
+        """What the folder is: the folder of one command, or a run of several (``reproduce`` writes those)."""
+        for kind, folder in (("attack", self.attack), ("classifier", self.classifier), ("study", self.observer)):
+            if folder == self.run_dir:
+                return kind
+        return "run"
+
+    def stage_folders(self) -> list[tuple[str, Path]]:
+        named = [
+            ("run", self.run_dir),
+            ("classifier training", self.classifier),
+            ("test-set evaluation", self.classifier / "test" if self.classifier else None),
+            ("generator fit", self.generator),
+            ("attack", self.attack),
+            ("observer study", self.observer),
+        ]
+        unique: dict[Path, str] = {}
+        for name, folder in named:
+            if folder is not None and (folder / "manifest.json").is_file():
+                unique.setdefault(folder, name)
+        return [(name, folder) for folder, name in unique.items()]
+
+
+def _is_classifier_dir(folder: Path) -> bool:
+    if (folder / "history.csv").is_file() and (folder / "model.safetensors").is_file():
+        return True
+    try:
+        command = read_json_dict(folder / "manifest.json").get("command")
+    except READ_ERRORS:
+        return False
+    return command in ("train", "evaluate")
+
+
+def _first(*candidates: Path, marker: str = "") -> Path | None:
+    return next((p for p in candidates if (p / marker if marker else p).is_file()), None)
+
+
+def locate(run_dir: Path) -> Layout:
+    """Find the parts of a reproduce folder (classifier/, generator/, adv-test/, sweep/, observer/) or a bare one."""
+    clf = next((d for d in (run_dir / "classifier", run_dir) if _is_classifier_dir(d)), None)
+    return Layout(
+        run_dir=run_dir,
+        classifier=clf,
+        generator=_first(run_dir / "generator", marker="manifest.json"),
+        attack=_first(run_dir / "adv-test", run_dir, marker="attack.json"),
+        sweep=_first(run_dir / "sweep" / "sweep.csv", run_dir / "sweep.csv"),
+        observer=_first(run_dir / "observer", run_dir, marker="study.json"),
+        split=_first(run_dir / "split.csv", (clf or run_dir) / "split.csv"),
+    )
+
+
+def _missing_notes(layout: Layout, data: dict[str, Any], notes: list[str]) -> list[str]:
+    """One note per part the run folder lacks (a part that failed to read already has its note)."""
+    said = " ".join(notes)
+    missing = []
+    if data["classifier"] is None:
+        checkpoint = (data["attack"].attack.get("checkpoint") if data["attack"] else None) or ""
+        where = f"; the attack used {checkpoint}, outside this folder" if checkpoint else ""
+        missing.append(
+            f"Classifier: no classifier run here (classifier/ with history.csv and test/metrics.json){where}."
+        )
+    if data["attack"] is None and "Attack:" not in said:
+        missing.append("Attack: no attack output folder (adv-test/attack.json); `dermadv attack run` makes one.")
+    if data["sweep"] is None and "Robustness curves:" not in said:
+        missing.append("Robustness curves: no sweep.csv (`dermadv reproduce --sweep` or `dermadv attack sweep`).")
+    if data["observer"] is None and "Observer study:" not in said:
+        missing.append("Observer study: none in this folder (`dermadv observer create` makes the kit).")
+    if not layout.stage_folders():
+        missing.append("Reproducibility: no manifest.json in this folder.")
+    return missing
+
+
+def collect(run_dir: str | Path) -> ReportData:
+    """Read a run folder (reproduce, attack output, classifier or study folder) into :class:`ReportData`.
+
+    Reads only files inside ``run_dir`` and never recomputes an attack (an observer study without a saved
+    analysis is analysed from its answers, read-only). Missing or unreadable parts become notes.
+    """
+    run_dir = Path(run_dir).resolve()
+    if not run_dir.is_dir():
+        raise RunError(f"run folder {run_dir} does not exist; pass the --out of `dermadv reproduce` or another command")
+    layout = locate(run_dir)
+    sources = Sources(run_dir)
+    stages = [s for name, folder in layout.stage_folders() if (s := read_stage(name, folder, sources)) is not None]
+    notes: list[str] = []
+    parts: dict[str, Any] = {"classifier": None, "attack": None, "sweep": None, "observer": None}
+    readers: list[tuple[str, str, Path | None, Callable[[Path], Any]]] = [
+        ("classifier", "Classifier", layout.classifier, lambda p: read_classifier(p, sources)),
+        ("attack", "Attack", layout.attack, lambda p: read_attack(p, sources, generator_dir=layout.generator)),
+        ("sweep", "Robustness curves", layout.sweep, lambda p: read_sweep(p, sources)),
+        ("observer", "Observer study", layout.observer, lambda p: read_observer(p, sources)),
+    ]
+    for key, title, path, read in readers:
+        if path is None:
+            continue
+        try:
+            parts[key] = read(path)
+        except READ_ERRORS as exc:
+            notes.append(f"{title}: cannot read {path.relative_to(run_dir)} ({type(exc).__name__}: {exc})")
+    if not any(parts.values()) and not notes:
+        raise RunError(
+            f"nothing to report in {run_dir}: no classifier run, attack output folder (attack.json), sweep.csv or "
+            "observer study; pass the --out of `dermadv reproduce`, `train`, `attack run` or `attack sweep`"
+        )
+    classifier, attack, sweep, observer = (parts[k] for k in ("classifier", "attack", "sweep", "observer"))
+    data_part = read_data(
+        run_dir, sources, split_path=layout.split, stages=stages, attack=attack.attack if attack else None
+    )
+    notes += _missing_notes(layout, parts, notes)
+    classes = tuple((attack.attack.get("classes") if attack else None) or ())
+    if not classes and classifier is not None:
+        classes = tuple((classifier.metrics or {}).get("classes") or ())
+    paper_table = sources.cite_if(run_dir / "paper_table.json")  # before the copies are listed below
+    root = stages[0].manifest if stages and stages[0].folder == "." else {}
+    grid_copies = {cell.href: cell.src for row in (attack.grid if attack else []) for cell in row.cells}
+    return ReportData(
+        run_dir=run_dir,
+        title=f"dermadv report: {run_dir.name}",
+        kind="reproduce" if root.get("command") == "reproduce" else layout.kind,
+        generated=time.strftime("%Y-%m-%d %H:%M %Z"),
+        classes=classes or CLASSES,
+        summary=summary_paragraphs(data_part.source, classifier, attack, sweep, observer),
+        measures=[
+            *summary_measures(classifier, attack, observer),
+            *setting_rows(classifier, attack, split_method(data_part), data_part.split_link),
+        ],
+        data=data_part,
+        classifier=classifier,
+        attack=attack,
+        sweep=sweep,
+        observer=observer,
+        stages=stages,
+        notes=notes,
+        copies={**sources.copies, **grid_copies},
+        generated_files=dict(sources.generated),
+        paper_table_link=paper_table,
+    )
+
+
+@functools.lru_cache(maxsize=2)
+def _environment(autoescape: bool) -> jinja2.Environment:
+    from dermadv.report.format import FILTERS
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(Path(__file__).parent / "templates"),
+        autoescape=autoescape,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(FILTERS)
+    return env
+
+
+def render_report(data: ReportData) -> str:
+    """The report page as one HTML string (pure: reads no file but the template)."""
+    return _environment(True).get_template("report.html").render(**report_context(data))
+
+
+def render_markdown(data: ReportData) -> str:
+    """The same tables as Markdown."""
+    return _environment(False).get_template("report.md").render(**report_context(data))
+
+
+def summary_json(data: ReportData) -> dict[str, Any]:
+    """The machine-readable summary: each measure with its value and the file and key it was read from."""
+    return {
+        "format": 1,
+        "run_dir": str(data.run_dir),
+        "kind": data.kind,
+        "generated": data.generated,
+        "summary": data.summary,
+        "sections": [s["id"] for s in report_context(data)["sections"]],
+        "notes": data.notes,
+        "measures": {
+            m.key: {
+                "label": m.label,
+                "value": m.value,
+                "paper": m.paper,
+                "source": m.link.path if m.link else None,
+                "pointer": list(m.pointer),
+            }
+            for m in data.measures
+        },
+    }
+
+
+def build_report(run_dir: str | Path, *, open_browser: bool = False) -> Path:
+    """Write ``<run_dir>/report/`` and return the path of its ``index.html``."""
+    t0 = time.time()
+    data = collect(run_dir)
+    out = data.run_dir / REPORT_DIR
+    for sub in ("figures", "images", "sources"):
+        if (out / sub).exists():
+            shutil.rmtree(out / sub)  # a rebuilt report must not keep files of an older run
+    out.mkdir(parents=True, exist_ok=True)
+    for href, src in data.copies.items():
+        from urllib.parse import unquote
+
+        dst = out / unquote(href)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(src, dst)
+    for name, content in data.generated_files.items():
+        write_json(out / name, content)
+    from dermadv.report.figures import write_figures
+
+    figures, figure_notes = write_figures(data, out / "figures")
+    data = replace(data, figures=figures, notes=[*data.notes, *figure_notes])
+    atomic_write_text(out / "index.html", render_report(data))
+    atomic_write_text(out / "report.md", render_markdown(data))
+    write_json(out / "summary.json", summary_json(data))
+    log.info("report of %s written to %s in %.1f s", data.run_dir, out, time.time() - t0)
+    page = out / "index.html"
+    if open_browser:
+        webbrowser.open(page.as_uri())
+    return page

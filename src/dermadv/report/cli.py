@@ -1,0 +1,22 @@
+"""``dermadv report RUN_DIR [--open]``: wiring to :func:`dermadv.report.build.build_report`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("report")
+    def report(
+        run_dir: Path = typer.Argument(
+            ..., metavar="RUN_DIR", help="Run folder: from `dermadv reproduce`, `attack run` or `train`."
+        ),
+        open_browser: bool = typer.Option(False, "--open", help="Open the page in the default browser."),
+    ) -> None:
+        """Write RUN_DIR/report/: index.html, report.md, summary.json, figures/ (readable offline)."""
+        from dermadv.report.build import build_report
+
+        page = build_report(run_dir, open_browser=open_browser)
+        typer.echo(f"report: {page}")

@@ -1,0 +1,448 @@
+"""Turn :class:`ReportData` into the rows the templates print, so HTML and Markdown show the same tables."""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from typing import Any
+
+import pandas as pd
+
+from dermadv.data.classes import CLASS_COLOURS, CLASS_NAMES
+from dermadv.report.data import (
+    AttackPart,
+    ClassifierPart,
+    DataPart,
+    Link,
+    ObserverPart,
+    ReportData,
+    Stage,
+    SweepPart,
+)
+from dermadv.report.format import eps_text, interval_text, num, p_text, percent
+from dermadv.report.summary import inmem_statement, split_method
+
+Row = dict[str, Any]
+
+
+def _fact(label: str, value: Any) -> Row:
+    if isinstance(value, bool):
+        value = "yes" if value else "no"
+    return {"label": label, "value": "n/a" if value is None or value == "" else str(value)}
+
+
+def _class_row(cls: str) -> Row:
+    return {"code": cls, "name": CLASS_NAMES.get(cls, cls), "colour": CLASS_COLOURS.get(cls, "#999999")}
+
+
+def _data(part: DataPart) -> Row:
+    split = split_method(part)
+    facts = [
+        _fact("source", part.source),
+        _fact("image size (classifier input)", part.image_size),
+        _fact("images in the split file", part.n_images),
+        _fact("split method", split),
+        _fact("data fingerprint", part.fingerprint or ("differs between stages" if part.notes else None)),
+    ]
+    counts = None
+    if part.split_counts is not None:
+        table = part.split_counts
+        counts = {
+            "columns": [str(c) for c in table.columns],
+            "rows": [
+                {**_class_row(str(cls)), "counts": [int(v) for v in table.loc[cls]], "total": cls == "total"}
+                for cls in table.index
+            ],
+        }
+    return {"facts": facts, "counts": counts, "link": part.split_link, "notes": part.notes}
+
+
+_TRAIN_SETTINGS = (
+    ("arch", "architecture"),
+    ("weights", "initial weights"),
+    ("image_size", "input size (px)"),
+    ("epochs", "epochs planned"),
+    ("batch_size", "batch size"),
+    ("optimizer", "optimizer"),
+    ("lr", "peak learning rate"),
+    ("weight_decay", "weight decay"),
+    ("class_balance", "class-balanced loss weights"),
+    ("label_smoothing", "label smoothing"),
+    ("augment", "augmentation"),
+    ("ema_decay", "weight average (EMA) decay"),
+    ("select", "checkpoint chosen by (validation)"),
+    ("calibrate_bias", "per-class bias tuned on validation"),
+    ("seed", "seed"),
+)
+
+
+def _classifier(part: ClassifierPart) -> Row:
+    cfg = part.config
+    settings = []
+    for key, label in _TRAIN_SETTINGS:
+        if key in cfg:
+            value = cfg[key]
+            if key == "weights" and not value:
+                value = "random (trained from scratch)"
+            settings.append(_fact(label, value))
+    if "epochs_run" in part.manifest:
+        settings.append(_fact("epochs run", part.manifest["epochs_run"]))
+    best = None
+    if part.history is not None and "val_balanced_acc" in part.history.columns and len(part.history):
+        k = int(part.history["val_balanced_acc"].idxmax())
+        best = (
+            f"Best validation balanced accuracy {percent(part.history['val_balanced_acc'][k])} "
+            f"at epoch {part.history['epoch'][k]}."
+        )
+    metrics, per_class = [], []
+    m = part.metrics
+    if m is not None:
+        ci_method = str((m.get("accuracy") or {}).get("method", ""))
+        metrics = [
+            _fact(f"accuracy (95% CI, {ci_method.capitalize()})", interval_text(m.get("accuracy"))),
+            _fact("balanced accuracy (mean sensitivity)", percent(m.get("balanced_accuracy"))),
+            _fact("macro ROC AUC (one vs rest)", num(m.get("macro_auc"), ".3f")),
+            _fact("test images", m.get("n")),
+        ]
+        for cls in m.get("classes") or []:
+            pc = (m.get("per_class") or {}).get(cls) or {}
+            per_class.append(
+                {
+                    **_class_row(cls),
+                    "support": pc.get("support"),
+                    "sensitivity": percent(pc.get("sensitivity")),
+                    "specificity": percent(pc.get("specificity")),
+                    "ppv": percent(pc.get("ppv")),
+                    "auc": num(pc.get("auc"), ".3f"),
+                }
+            )
+    notes = [*part.notes, *((m or {}).get("notes") or [])]
+    return {
+        "folder": part.folder,
+        "settings": settings,
+        "best": best,
+        "metrics": metrics,
+        "per_class": per_class,
+        "manifest_link": part.manifest_link,
+        "history_link": part.history_link,
+        "metrics_link": part.metrics_link,
+        "per_class_link": part.per_class_link,
+        "predictions_link": part.predictions_link,
+        "notes": notes,
+    }
+
+
+def _sentence(text: Any) -> str:
+    """Capitalised, with a full stop: definitions are stored as clauses."""
+    if not text:
+        return ""
+    text = str(text)
+    return text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
+
+
+def _fit_on(value: Any) -> str:
+    if value == "train":
+        return "the training split (judged on unseen test images)"
+    if value == "test":
+        return "the test split itself (the paper's protocol: fitted on the images it attacks)"
+    return str(value)
+
+
+def _attack_settings(part: AttackPart) -> list[Row]:
+    a = part.attack
+    rows = [
+        _fact("method", a.get("method")),
+        _fact("hyperparameters", a.get("params")),
+        _fact("budget ε (L∞, images on [0, 1])", eps_text(part.eps_255) if part.eps_255 else "none"),
+        _fact(
+            "target class",
+            f"{a['target']} ({CLASS_NAMES.get(a['target'], '')})" if a.get("target") else "none (untargeted)",
+        ),
+        _fact(
+            "attacked images",
+            f"{a.get('n_images', 'n/a')} of the {a.get('split', '?')} split"
+            + (" (class-stratified sample)" if a.get("sampled") else ""),
+        ),
+        _fact(
+            "image size attacked (px)",
+            " × ".join(str(v) for v in a.get("image_size") or []) + f" ({a.get('attack_size', 'model')} size)",
+        ),
+    ]
+    g = part.generator
+    if g:
+        rows += [
+            _fact("generator fitted on", _fit_on(g.get("fit_on"))),
+            _fact("generator epochs × batch size", f"{g.get('epochs')} × {g.get('batch_size')}, lr {g.get('lr')}"),
+            _fact(
+                "generator loss (Xiao et al. 2018)",
+                f"C&W margin (κ = {g.get('kappa')}) + {g.get('gan_weight')} × least-squares GAN + "
+                f"{g.get('hinge_weight')} × L2 hinge "
+                f"(bound {g.get('hinge_ratio')} × the largest L2 the ε box allows)",
+            ),
+            _fact("generator size", f"{g.get('channels')} channels, {g.get('res_blocks')} residual blocks"),
+        ]
+    return rows
+
+
+def _attack_measures(m: dict[str, Any]) -> list[Row]:
+    target = m.get("target")
+    mc = m.get("mcnemar") or {}
+    table = mc.get("table") or [[0, 0], [0, 0]]
+    rows = [
+        _fact("accuracy, clean images", interval_text(m.get("accuracy_clean"))),
+        _fact("accuracy, adversarial images", interval_text(m.get("accuracy_adv"))),
+        _fact("McNemar test, exact", p_text((mc.get("exact") or {}).get("p_value"))),
+        _fact("McNemar test, chi-square with continuity correction", p_text((mc.get("chi2") or {}).get("p_value"))),
+        _fact(
+            "discordant pairs: right → wrong / wrong → right (clean → adversarial)", f"{table[0][1]} / {table[1][0]}"
+        ),
+        _fact(
+            f"fooling ratio, all images ({'→ ' + target if target else 'misclassified'})",
+            interval_text(m.get("fooling_ratio_all")),
+        ),
+    ]
+    worst = m.get("worst_class_fooling_ratio")
+    if worst:
+        rows.append(_fact(f"worst-class fooling ratio ({worst.get('class')})", interval_text(worst)))
+    if m.get("targeted_success"):
+        rows.append(_fact(f"targeted success (right when clean, not {target})", interval_text(m["targeted_success"])))
+    rows += [
+        _fact("untargeted success (right when clean → wrong)", interval_text(m.get("untargeted_success"))),
+        _fact("flip rate (adversarial ≠ clean prediction)", interval_text(m.get("flip_rate"))),
+    ]
+    imp = m.get("imperceptibility") or {}
+    if imp:
+        linf, l2, l0, ssim = (imp.get(k) or {} for k in ("linf_255", "l2", "l0", "ssim"))
+        psnr = imp.get("psnr") or {}
+        identical = f", {psnr['n_identical']} identical images left out" if psnr.get("n_identical") else ""
+        rows += [
+            _fact(
+                "L∞ (8-bit steps), median / largest",
+                f"{num(linf.get('median'))} / {num(linf.get('max'))}",
+            ),
+            _fact("L2 ([0, 1] scale), mean", num(l2.get("mean"), ".3f")),
+            _fact("L0 (pixels changed), mean", num(l0.get("mean"), ".0f")),
+            _fact(
+                f"PSNR (dB), mean / lowest{identical}",
+                f"{num(psnr.get('mean'), '.1f')} / {num(psnr.get('min'), '.1f')}",
+            ),
+            _fact("SSIM, mean / lowest", f"{num(ssim.get('mean'), '.4f')} / {num(ssim.get('min'), '.4f')}"),
+        ]
+    if m.get("n_over_budget") is not None:
+        rows.append(_fact("images over the budget (beyond 8-bit rounding)", m["n_over_budget"]))
+    return rows
+
+
+def _attack(part: AttackPart) -> Row:
+    m = part.metrics
+    per_class = []
+    if m is not None:
+        for cls in m.get("classes") or []:
+            pc = (m.get("per_class") or {}).get(cls) or {}
+            if not pc.get("n"):
+                continue
+            per_class.append(
+                {
+                    **_class_row(cls),
+                    "n": pc["n"],
+                    "accuracy_clean": interval_text(pc.get("accuracy_clean")),
+                    "accuracy_adv": interval_text(pc.get("accuracy_adv")),
+                    "fooling_ratio": interval_text(pc.get("fooling_ratio")),
+                    "psnr": num(pc.get("psnr_mean"), ".1f"),
+                    "ssim": num(pc.get("ssim_mean"), ".4f"),
+                }
+            )
+    mc = (m or {}).get("mcnemar") or {}
+    return {
+        "folder": part.folder,
+        "settings": _attack_settings(part),
+        "measures": _attack_measures(m) if m is not None else [],
+        "per_class": per_class,
+        "mcnemar_table": mc.get("table"),
+        "inmem": inmem_statement(m) if m is not None else None,
+        "fooling_definition": _sentence(((m or {}).get("definitions") or {}).get("fooling_ratio")),
+        "target": (m or part.attack).get("target"),
+        "eps_255": part.eps_255,
+        "pixelated": max(part.attack.get("image_size") or [0]) < 180,  # upscaled: show pixels, not blur
+        "grid": [
+            {**_class_row(r.label), "image_id": r.image_id, "cells": [c.__dict__ for c in r.cells]} for r in part.grid
+        ],
+        "links": {
+            "attack": part.attack_link,
+            "generator": part.generator_link,
+            "metrics": part.metrics_link,
+            "per_class": part.per_class_link,
+            "per_image": part.per_image_link,
+            "predictions": part.predictions_link,
+            "generator_history": part.generator_history_link,
+        },
+        "notes": part.notes,
+    }
+
+
+def _sweep(part: SweepPart, classes: tuple[str, ...]) -> Row:
+    table = part.table
+    fooling_cols = [c for c in classes if f"fooling_{c}" in table.columns]
+    rows = []
+    for _, r in table.sort_values(["method", "eps_255"], kind="stable").iterrows():
+
+        def get(col: str, r: pd.Series = r) -> Any:
+            v = r.get(col)
+            return None if v is None or (isinstance(v, float) and math.isnan(v)) else v
+
+        folder = str(get("folder") or "")
+        rows.append(
+            {
+                "method": get("method"),
+                "protocol": get("protocol") or "",
+                "eps": eps_text(get("eps_255")),
+                "n": num(get("n"), ".0f"),
+                "accuracy_clean": percent(get("accuracy_clean")),
+                "accuracy_adv": percent(get("accuracy_adv")),
+                "worst": percent(get("worst_class_fooling")),
+                "psnr": num(get("psnr_mean"), ".1f"),
+                "ssim": num(get("ssim_mean"), ".4f"),
+                "fooling": [percent(get(f"fooling_{c}")) for c in fooling_cols],
+                "link": part.folder_links.get(folder),
+            }
+        )
+    return {"rows": rows, "fooling_classes": [_class_row(c) for c in fooling_cols], "link": part.link}
+
+
+_DESIGNS = {
+    "single": "one image at a time; the observer answers whether it was altered",
+    "2afc": "two versions side by side; the observer picks the altered one (two-alternative forced choice)",
+}
+
+
+def _observer(part: ObserverPart) -> Row:
+    s = part.study
+    a = part.analysis or {}
+    facts = [
+        _fact("study", s.get("study_id")),
+        _fact("design", _DESIGNS.get(str(s.get("design")), s.get("design"))),
+        _fact("items", len(s.get("item_ids") or [])),
+    ]
+    if part.perturbed_share is not None:
+        facts.append(_fact("share of items shown perturbed", percent(part.perturbed_share, 0)))
+    rows = []
+    for r in [*(a.get("observers") or []), *([a["combined"]] if a.get("combined") else [])]:
+        rows.append(
+            {
+                "observer": r.get("observer"),
+                "n": r.get("n_ratings"),
+                "sensitivity": interval_text(r.get("sensitivity")),
+                "specificity": interval_text(r.get("specificity")),
+                "accuracy": interval_text(r.get("accuracy")),
+                "altered_chosen": interval_text(r.get("altered_chosen")),
+                "p": p_text(r.get("binomial_p_value")),
+                "confidence": num(r.get("mean_confidence"), ".1f"),
+                "combined": r.get("observer") == "combined",
+            }
+        )
+    ag = a.get("agreement")
+    kappa = None
+    if ag:
+        name = "Cohen's kappa" if ag.get("method") == "cohen" else "Fleiss' kappa"
+        ci = (
+            f" (95% CI {num(ag.get('low'), '.2f')} to {num(ag.get('high'), '.2f')})"
+            if ag.get("low") is not None
+            else ""
+        )
+        kappa = (
+            f"{name} {num(ag.get('kappa'), '.2f')}{ci}, {ag.get('n_raters')} observers × {ag.get('n_items')} items; "
+            "paper: −0.22 (−0.49 to −0.04)"
+        )
+    return {
+        "folder": part.folder,
+        "facts": facts,
+        "design": s.get("design"),
+        "rows": rows,
+        "kappa": kappa,
+        "link": part.analysis_link,
+        "notes": part.notes,
+    }
+
+
+def _command_line(argv: Any) -> str:
+    if not isinstance(argv, list) or not argv:
+        return "n/a"
+    head = "dermadv" if str(argv[0]).endswith(("dermadv", "__main__.py")) else str(argv[0])
+    return shlex.join([head, *map(str, argv[1:])])
+
+
+def _repro(stages: list[Stage], paper_table: Link | None) -> Row:
+    rows: list[Row] = []
+    versions: dict[str, set[str]] = {}
+    hardware: dict[str, list[str]] = {}
+    for s in stages:
+        m = s.manifest
+        timings = m.get("timings_s") or {}
+        rows.append(
+            {
+                "name": s.name,
+                "folder": s.folder,
+                "command": _command_line(m.get("argv")),
+                "status": m.get("status", "n/a"),
+                "seed": m.get("seed"),
+                "fingerprint": m.get("data_fingerprint"),
+                "git": m.get("git_commit"),
+                "started": m.get("started"),
+                "finished": m.get("finished"),
+                "timings": ", ".join(f"{k} {float(v):.1f} s" for k, v in timings.items()) or "n/a",
+                "link": s.link,
+                "config": json.dumps(m.get("config"), indent=2, sort_keys=True, default=str),
+            }
+        )
+        for pkg, version in (m.get("versions") or {}).items():
+            versions.setdefault(pkg, set()).add(str(version))
+        hw = json.dumps(m.get("hardware") or {}, sort_keys=True)
+        hardware.setdefault(hw, []).append(s.name)
+    return {
+        "stages": rows,
+        "versions": [
+            {"package": k, "version": ", ".join(sorted(v)), "differ": len(v) > 1} for k, v in versions.items()
+        ],
+        "hardware": [
+            {"stages": ", ".join(names), "items": [_fact(k, v) for k, v in json.loads(hw).items()]}
+            for hw, names in hardware.items()
+        ],
+        "paper_table": paper_table,
+    }
+
+
+def report_context(data: ReportData) -> dict[str, Any]:
+    """Everything the templates print, as rows of strings and links (pure)."""
+    sections: list[dict[str, Any]] = [{"id": "summary", "title": "Summary"}]
+    optional = [
+        ("data", "Data", data.data is not None and (data.data.split_counts is not None or data.data.source)),
+        ("classifier", "Classifier", data.classifier is not None),
+        ("attack", "Attack", data.attack is not None),
+        ("robustness", "Robustness curves", data.sweep is not None),
+        ("observer", "Observer study", data.observer is not None),
+        ("reproducibility", "Reproducibility", bool(data.stages)),
+    ]
+    sections += [{"id": i, "title": t} for i, t, present in optional if present]
+    for k, section in enumerate(sections, start=1):
+        section["number"] = k
+    present = {s["id"] for s in sections}
+    return {
+        "title": data.title,
+        "generated": data.generated,
+        "run_dir": str(data.run_dir),
+        "kind": data.kind,
+        "summary": data.summary,
+        "measures": data.measures,
+        "notes": data.notes,
+        "sections": sections,
+        "number": {s["id"]: s["number"] for s in sections},
+        "classes": [_class_row(c) for c in data.classes],
+        "data": _data(data.data) if "data" in present and data.data else None,
+        "classifier": _classifier(data.classifier) if data.classifier else None,
+        "attack": _attack(data.attack) if data.attack else None,
+        "sweep": _sweep(data.sweep, data.classes) if data.sweep else None,
+        "observer": _observer(data.observer) if data.observer else None,
+        "repro": _repro(data.stages, data.paper_table_link) if data.stages else None,
+        "figures": data.figures,
+    }

@@ -1,0 +1,194 @@
+"""What a report shows: the parts read from a run folder, as frozen dataclasses, and the files it cites."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pandas as pd
+
+#: Errors that turn a part into a note instead of a crash: unreadable, malformed or truncated files.
+READ_ERRORS = (OSError, ValueError, KeyError, TypeError, IndexError, json.JSONDecodeError, pd.errors.ParserError)
+
+
+@dataclass(frozen=True)
+class Link:
+    """A file the report cites: ``path`` relative to the run folder, ``href`` relative to the report page."""
+
+    path: str
+    href: str
+
+
+class Sources:
+    """The run folder's files the report cites; each is copied under ``report/sources/`` so the page travels alone."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.copies: dict[str, Path] = {}
+        self.generated: dict[str, Any] = {}
+
+    def cite(self, path: Path) -> Link:
+        rel = path.relative_to(self.run_dir).as_posix()
+        href = "sources/" + quote(rel)
+        self.copies[href] = path
+        return Link(rel, href)
+
+    def cite_if(self, path: Path) -> Link | None:
+        return self.cite(path) if path.is_file() else None
+
+    def generate(self, name: str, content: Any) -> Link:
+        """A JSON file the report writes itself (e.g. an observer analysis made at report time)."""
+        self.generated[name] = content
+        return Link(f"report/{name}", quote(name))
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One run folder's ``manifest.json`` (command, config, seed, versions, timings, hardware)."""
+
+    name: str
+    folder: str
+    manifest: dict[str, Any]
+    link: Link
+
+
+@dataclass(frozen=True)
+class DataPart:
+    source: str | None
+    image_size: str | None
+    fingerprint: str | None
+    split_link: Link | None
+    split_counts: pd.DataFrame | None  # index: class; columns: the splits present and total
+    n_images: int | None
+    n_lesions: int | None
+    shared_lesions: int | None  # lesions with images in more than one split
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ClassifierPart:
+    folder: str
+    config: dict[str, Any]
+    manifest: dict[str, Any]
+    manifest_link: Link | None
+    history: pd.DataFrame | None
+    history_link: Link | None
+    metrics: dict[str, Any] | None
+    metrics_link: Link | None
+    per_class_link: Link | None
+    predictions: pd.DataFrame | None
+    predictions_link: Link | None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class GridCell:
+    """One image of the sample grid: ``src`` in the run folder, copied to ``href`` beside the page."""
+
+    kind: str  # clean, adversarial, perturbation
+    src: Path
+    href: str
+    caption: str
+
+
+@dataclass(frozen=True)
+class GridRow:
+    image_id: str
+    label: str
+    cells: list[GridCell]
+
+
+@dataclass(frozen=True)
+class AttackPart:
+    folder: str
+    attack: dict[str, Any]
+    attack_link: Link
+    metrics: dict[str, Any] | None
+    metrics_link: Link | None
+    per_class_link: Link | None
+    per_image: pd.DataFrame | None
+    per_image_link: Link | None
+    predictions_link: Link | None
+    generator: dict[str, Any] | None  # the generator fit's config (AdvGAN only)
+    generator_link: Link | None
+    generator_history: pd.DataFrame | None
+    generator_history_link: Link | None
+    grid: list[GridRow]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def eps_255(self) -> float | None:
+        eps = self.attack.get("eps")
+        return float(eps) * 255 if isinstance(eps, (int, float)) else None
+
+
+@dataclass(frozen=True)
+class SweepPart:
+    table: pd.DataFrame
+    link: Link
+    folder_links: dict[str, Link]  # sweep row's folder -> its attack_metrics.json
+
+
+@dataclass(frozen=True)
+class ObserverPart:
+    folder: str
+    study: dict[str, Any]
+    study_link: Link
+    perturbed_share: float | None
+    analysis: dict[str, Any] | None
+    analysis_link: Link | None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Measure:
+    """One row of the summary table: this run's value, the paper's, and where the value was read.
+
+    ``value`` is the number (or interval dict) found at ``pointer`` (keys into the JSON file ``link.path``);
+    ``None`` for a row stated in words (e.g. the split method, read from ``split.csv``).
+    """
+
+    key: str
+    label: str
+    paper: str
+    display: str
+    value: Any
+    link: Link | None
+    pointer: tuple[str, ...]
+    group: str = "result"  # result or setting
+
+
+@dataclass(frozen=True)
+class FigureFile:
+    """A written figure: ``href`` relative to the page; ``width``/``height`` in CSS pixels (96 per inch)."""
+
+    href: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class ReportData:
+    """Everything a report shows; rendering it is pure (no file access)."""
+
+    run_dir: Path
+    title: str
+    kind: str  # reproduce, attack, classifier, sweep, observer or mixed
+    generated: str
+    classes: tuple[str, ...]
+    summary: list[str]  # paragraphs
+    measures: list[Measure]
+    data: DataPart | None
+    classifier: ClassifierPart | None
+    attack: AttackPart | None
+    sweep: SweepPart | None
+    observer: ObserverPart | None
+    stages: list[Stage]
+    notes: list[str]  # parts missing from the run folder
+    copies: dict[str, Path]  # report-relative href -> file of the run folder
+    generated_files: dict[str, Any]  # report-relative name -> JSON content written by the report
+    paper_table_link: Link | None = None
+    figures: dict[str, FigureFile] = field(default_factory=dict)

@@ -1,0 +1,302 @@
+"""The report's opening: paragraphs in words and the table measure | paper | this run, each value traced to its file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from dermadv.data.classes import CLASS_NAMES, CLASSES
+from dermadv.report.data import AttackPart, ClassifierPart, DataPart, Link, Measure, ObserverPart, SweepPart
+from dermadv.report.format import eps_text, interval_text, num, p_text, percent
+
+#: Allyn et al. 2020, Medicine 99(50):e23568 (see PAPER.md); measures not listed were not reported.
+PAPER: dict[str, str] = {
+    "accuracy_clean": "84% (82–86)",
+    "accuracy_adv": "67% (65–69)",
+    "mcnemar_p": "P < .0001",
+    "fooling_ratio": "100%",  # for every class
+    "worst_class_fooling_ratio": "100%",
+    "observer_sensitivity": "58.3% (45.9–70.8)",
+    "observer_specificity": "42.5% (27.2–57.8)",
+    "observer_kappa": "−0.22 (−0.49 to −0.04)",
+    "observer_study": "sensitivity 58.3%, specificity 42.5%, kappa −0.22",
+    "arch": "DenseNet-201, ImageNet-pretrained",
+    "split": "train/test, method not reported",
+    "fit_on": "the test images (the ones attacked)",
+    "target": "nv (melanocytic nevus)",
+}
+NOT_REPORTED = "not reported"
+
+Display = Callable[[Any], str]
+Spec = tuple[str, str, tuple[str, ...], Display]  # key, label, pointer into the JSON file, display
+
+
+def _signed(fmt: str) -> Display:
+    return lambda v: num(v, fmt).replace("-", "−")
+
+
+_ATTACK: tuple[Spec, ...] = (
+    ("accuracy_adv", "accuracy, adversarial test images", ("accuracy_adv",), interval_text),
+    ("mcnemar_p", "McNemar test, clean vs adversarial (exact)", ("mcnemar", "exact", "p_value"), p_text),
+)
+_SIZES: tuple[Spec, ...] = (
+    ("linf_255_max", "perturbation L∞, largest (8-bit steps)", ("imperceptibility", "linf_255", "max"), eps_text),
+    ("l2_mean", "perturbation L2, mean ([0, 1] scale)", ("imperceptibility", "l2", "mean"), lambda v: num(v, ".3f")),
+    ("psnr_mean", "PSNR, mean (dB)", ("imperceptibility", "psnr", "mean"), lambda v: num(v, ".1f")),
+    ("ssim_mean", "SSIM, mean", ("imperceptibility", "ssim", "mean"), lambda v: num(v, ".4f")),
+    ("inmem_n_differ", "saved PNG vs in-memory prediction differ (images)", ("inmem_agreement", "n_differ"), str),
+)
+_CLASSIFIER: tuple[Spec, ...] = (
+    ("balanced_accuracy", "balanced accuracy, clean test images", ("balanced_accuracy",), percent),
+    ("macro_auc", "macro ROC AUC, one vs rest", ("macro_auc",), lambda v: num(v, ".3f")),
+)
+_OBSERVER: tuple[Spec, ...] = (
+    (
+        "observer_sensitivity",
+        "observers' sensitivity (perturbed called perturbed), combined",
+        ("combined", "sensitivity"),
+        interval_text,
+    ),
+    (
+        "observer_specificity",
+        "observers' specificity (clean called clean), combined",
+        ("combined", "specificity"),
+        interval_text,
+    ),
+    (
+        "observer_altered_chosen",
+        "observers chose the altered image (2AFC), combined",
+        ("combined", "altered_chosen"),
+        interval_text,
+    ),
+    ("observer_kappa", "agreement between observers (kappa)", ("agreement", "kappa"), _signed(".2f")),
+)
+
+
+def _value_at(obj: Any, pointer: tuple[str, ...]) -> Any:
+    for key in pointer:
+        if not isinstance(obj, dict) or key not in obj:
+            return None
+        obj = obj[key]
+    return obj
+
+
+def _rows(specs: Sequence[Spec], source: dict[str, Any], link: Link | None, group: str = "result") -> list[Measure]:
+    rows = []
+    for key, label, pointer, display in specs:
+        value = _value_at(source, pointer)
+        if value is not None:
+            paper = PAPER.get(key.split(".")[0], NOT_REPORTED)  # fooling_ratio.<class> -> fooling_ratio
+            rows.append(Measure(key, label, paper, display(value), value, link, pointer, group))
+    return rows
+
+
+def _fit_on(value: Any) -> str:
+    return {"train": "the training split", "test": "the test images (the ones attacked)"}.get(str(value), str(value))
+
+
+def split_method(part: DataPart) -> str | None:
+    """The split method in words, checked against ``split.csv``: lesion-grouped or not."""
+    if part.n_lesions and part.shared_lesions == 0:
+        return f"grouped by lesion: {part.n_lesions} lesions, none with images in more than one split"
+    if part.n_lesions:
+        return (
+            f"NOT grouped by lesion: {part.shared_lesions} of {part.n_lesions} lesions have images in more than one "
+            "split, so test images may show lesions seen in training"
+        )
+    return "unknown (no lesion_id column in the split file)" if part.split_link else None
+
+
+def setting_rows(
+    classifier: ClassifierPart | None, attack: AttackPart | None, split_method: str | None, split_link: Link | None
+) -> list[Measure]:
+    """What the paper left unreported (size, split, budget) next to this run's choice."""
+    rows: list[Measure] = []
+    if classifier is not None and classifier.manifest_link is not None:
+        init = "ImageNet-pretrained" if classifier.config.get("weights") else "trained from scratch"
+        specs: list[Spec] = [
+            ("arch", "architecture", ("config", "arch"), lambda v: f"{v}, {init}"),
+            ("image_size", "image size (classifier input, px)", ("config", "image_size"), str),
+        ]
+        rows += _rows(specs, classifier.manifest, classifier.manifest_link, "setting")
+    if split_method is not None:
+        rows.append(Measure("split", "split", PAPER["split"], split_method, None, split_link, (), "setting"))
+    if attack is not None:
+        specs = [
+            ("eps", "perturbation budget (L∞)", ("eps",), lambda v: eps_text(255 * v)),
+            ("target", "target class", ("target",), lambda v: f"{v} ({CLASS_NAMES.get(v, v)})"),
+        ]
+        rows += _rows(specs, attack.attack, attack.attack_link, "setting")
+        if attack.generator is not None:
+            fit = [("fit_on", "generator fitted on", ("config", "fit_on"), _fit_on)]
+            rows += _rows(fit, {"config": attack.generator}, attack.generator_link, "setting")
+    return rows
+
+
+def inmem_statement(metrics: dict[str, Any]) -> str:
+    """One sentence on whether rounding the adversarial images to 8-bit PNGs changed any prediction."""
+    agree = metrics.get("inmem_agreement")
+    n = metrics.get("n", 0)
+    if not agree:
+        return (
+            "This attack folder holds no in-memory predictions (inmem_adv_pred), so whether saving the adversarial "
+            "images as 8-bit PNGs changed any prediction cannot be stated."
+        )
+    if agree.get("n_differ") == 0:
+        return (
+            f"Predictions on the saved 8-bit PNGs equal those on the in-memory (floating-point) adversarial images "
+            f"for all {n} images: rounding to 8 bits changed no outcome."
+        )
+    return (
+        f"For {agree['n_differ']} of {n} images ({100 * agree['share_differ']:.1f}%) the prediction on the saved 8-bit "
+        "PNG differs from the one on the in-memory adversarial image; every figure here is computed from the saved "
+        "PNGs, the images a person or a hospital system would see."
+    )
+
+
+def summary_measures(
+    classifier: ClassifierPart | None, attack: AttackPart | None, observer: ObserverPart | None
+) -> list[Measure]:
+    """The side-by-side table; a measure whose file or key is missing is left out."""
+    rows: list[Measure] = []
+    am = attack.metrics if attack else None
+    cm = classifier.metrics if classifier else None
+    if am is not None and attack is not None:
+        ci = str(am.get("ci_method", "wald")).capitalize()
+        specs: list[Spec] = [
+            ("accuracy_clean", f"accuracy, clean test images (95% CI, {ci})", ("accuracy_clean",), interval_text),
+            *_ATTACK,
+        ]
+        target = am.get("target")
+        for cls in am.get("classes") or CLASSES:
+            if _value_at(am, ("per_class", cls, "n")):
+                aim = (f"stays {target}" if cls == target else f"→ {target}") if target else "misclassified"
+                specs.append(
+                    (f"fooling_ratio.{cls}", f"fooling ratio, {cls} ({aim})", ("fooling_ratio", cls), interval_text)
+                )
+        worst = _value_at(am, ("worst_class_fooling_ratio", "class"))
+        specs.append(
+            (
+                "worst_class_fooling_ratio",
+                f"worst-class fooling ratio ({worst})",
+                ("worst_class_fooling_ratio",),
+                interval_text,
+            )
+        )
+        rows += _rows(specs, am, attack.metrics_link)
+        rows += _rows(_SIZES, am, attack.metrics_link)
+    elif cm is not None and classifier is not None:
+        ci = str((cm.get("accuracy") or {}).get("method", "wald")).capitalize()
+        rows += _rows(
+            [("accuracy_clean", f"accuracy, clean test images (95% CI, {ci})", ("accuracy",), interval_text)],
+            cm,
+            classifier.metrics_link,
+        )
+    if cm is not None and classifier is not None:
+        rows += _rows(_CLASSIFIER, cm, classifier.metrics_link)
+    if observer is not None and observer.analysis is not None:
+        rows += _rows(_OBSERVER, observer.analysis, observer.analysis_link)
+    elif observer is not None:
+        label = "observers' sensitivity / specificity / kappa"
+        text = "study kit ready, no answers yet"
+        rows.append(Measure("observer_study", label, PAPER["observer_study"], text, None, observer.study_link, ()))
+    return rows
+
+
+def _source_phrase(source: str | None) -> str:
+    if not source:
+        return "the data"
+    if source.startswith("synthetic"):
+        return "the built-in synthetic data set (not dermatoscopic images)"
+    return f"{source} images"
+
+
+def _classifier_text(clf: ClassifierPart, data_source: str | None) -> str:
+    cfg = clf.config
+    weights = "ImageNet-pretrained" if cfg.get("weights") else "trained from scratch"
+    size = f" at {cfg['image_size']} px" if cfg.get("image_size") else ""
+    text = f"A {cfg.get('arch', '')} classifier ({weights}{size}) was trained on {_source_phrase(data_source)}"
+    cm = clf.metrics
+    if cm is not None:
+        text += (
+            f" and evaluated on {cm.get('n')} held-out test images: accuracy {interval_text(cm.get('accuracy'))}, "
+            f"balanced accuracy {percent(cm.get('balanced_accuracy'))}, macro AUC {num(cm.get('macro_auc'), '.3f')}"
+        )
+    return text.replace("A  classifier", "A classifier") + "."
+
+
+def _attack_text(attack: AttackPart) -> str:
+    a, am = attack.attack, attack.metrics
+    target = a.get("target")
+    aim = f"targeted at {target} ({CLASS_NAMES.get(target, target)})" if target else "untargeted"
+    eps = f" with an L∞ budget of {eps_text(attack.eps_255)}" if attack.eps_255 else ""
+    text = f"The {a.get('method', 'attack')} attack, {aim}{eps}, was applied to {a.get('n_images', 'the')} test images"
+    if am is None:
+        return text + "; it has not been evaluated yet (`dermadv evaluate-attack`)."
+    text += (
+        f" and scored on the saved 8-bit PNGs: accuracy went from {interval_text(am.get('accuracy_clean'))} to "
+        f"{interval_text(am.get('accuracy_adv'))} (McNemar {p_text(_value_at(am, ('mcnemar', 'exact', 'p_value')))})."
+    )
+    fooling = {
+        c: v["estimate"]
+        for c, v in (am.get("fooling_ratio") or {}).items()
+        if _value_at(am, ("per_class", c, "n")) and v.get("estimate") is not None
+    }
+    if fooling and target:
+        lo, hi = min(fooling, key=fooling.__getitem__), max(fooling, key=fooling.__getitem__)
+        text += (
+            f" Per true class, the share of adversarial images predicted {target} ranged from "
+            f"{percent(fooling[lo])} ({lo}) to {percent(fooling[hi])} ({hi}); the paper reported 100% for every class."
+        )
+    imp = am.get("imperceptibility") or {}
+    if imp:
+        text += (
+            f" Mean PSNR {num(_value_at(imp, ('psnr', 'mean')), '.1f')} dB, "
+            f"mean SSIM {num(_value_at(imp, ('ssim', 'mean')), '.4f')}, "
+            f"largest change {eps_text(_value_at(imp, ('linf_255', 'max')))}."
+        )
+    return text + " " + inmem_statement(am)
+
+
+def _sweep_text(sweep: SweepPart) -> str:
+    table = sweep.table
+    methods = sorted(set(table["method"].astype(str)))
+    budgets = ", ".join(eps_text(v) for v in sorted(set(table["eps_255"].dropna())))
+    return f"Robustness curves compare {' and '.join(methods)} at ε = {budgets}."
+
+
+def _observer_text(observer: ObserverPart) -> str:
+    a = observer.analysis or {}
+    comb = a.get("combined") or {}
+    who = f"{len(a.get('observers') or [])} observers rated {a.get('n_items', '?')} items"
+    if comb.get("sensitivity"):
+        kappa = _value_at(a, ("agreement", "kappa"))
+        return (
+            f"In the observer study, {who}: combined sensitivity for spotting perturbed images "
+            f"{interval_text(comb['sensitivity'])}, specificity {interval_text(comb['specificity'])}"
+            + (f", kappa {_signed('.2f')(kappa)}." if kappa is not None else ".")
+            + " The paper found 58.3% and 42.5%: detection at chance."
+        )
+    if comb.get("altered_chosen"):
+        return f"In the observer study, {who}: the altered image was chosen in {interval_text(comb['altered_chosen'])}."
+    return "An observer-study kit is ready in the run folder; it has no answers yet."
+
+
+def summary_paragraphs(
+    data_source: str | None,
+    classifier: ClassifierPart | None,
+    attack: AttackPart | None,
+    sweep: SweepPart | None,
+    observer: ObserverPart | None,
+) -> list[str]:
+    """The summary in words, one paragraph per part present."""
+    parts = []
+    if classifier is not None:
+        parts.append(_classifier_text(classifier, data_source))
+    if attack is not None:
+        parts.append(_attack_text(attack))
+    if sweep is not None:
+        parts.append(_sweep_text(sweep))
+    if observer is not None:
+        parts.append(_observer_text(observer))
+    return parts

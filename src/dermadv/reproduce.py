@@ -1,0 +1,401 @@
+"""``dermadv reproduce``: the whole study in one run folder, ending with measure | paper | this run.
+
+split → classifier → generator → adversarial test set → evaluation → (robustness sweep) →
+observer-study kit → report.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from dermadv import distributed as dd
+from dermadv.config import format_eps, parse_eps
+from dermadv.presets import preset_attack_config, preset_train_config
+from dermadv.runs import Run, read_json, run_complete, write_json
+
+log = logging.getLogger(__name__)
+
+#: The published figures (Allyn et al. 2020, Medicine 99(50):e23568), see ../shared/PAPER.md.
+PAPER = {
+    "accuracy_clean": "84% (82–86)",
+    "accuracy_adv": "67% (65–69)",
+    "mcnemar_p": "P < .0001",
+    "fooling_ratio": "100% for every class",
+    "observer_sensitivity": "58.3% (45.9–70.8)",
+    "observer_specificity": "42.5% (27.2–57.8)",
+    "observer_kappa": "−0.22 (−0.49 to −0.04)",
+    "architecture": "DenseNet-201, ImageNet-pretrained",
+    "image_size": "not reported",
+    "split": "train/test, method not reported",
+    "eps": "not reported",
+    "fit_on": "the test images",
+    "perturbation_size": "not reported",
+}
+
+
+@dataclass(frozen=True)
+class ReproduceConfig:
+    out: Path
+    data: str | None = None
+    preset: str = "demo"
+    checkpoint: Path | None = None  # reuse a trained classifier instead of training one
+    fit_on: str = "train"
+    eps: str | None = None
+    target: str = "nv"
+    seed: int = 0
+    sweep: bool = False
+    sweep_limit: int | None = 350
+    observer_n: int = 50
+    report: bool = True
+
+
+def _pct(iv: dict[str, Any] | None) -> str:
+    if not iv or iv.get("estimate") is None:
+        return "—"
+    return f"{100 * iv['estimate']:.1f}% ({100 * iv['low']:.1f}–{100 * iv['high']:.1f})"
+
+
+def _p(p: float | None) -> str:
+    if p is None:
+        return "—"
+    return "P < .0001" if p < 1e-4 else f"P = {p:.4f}"
+
+
+def paper_table(run_dir: Path) -> list[dict[str, str]]:
+    """Rows measure | paper | this run | source, from the run folder's metrics files."""
+    rows: list[dict[str, str]] = []
+    m = (
+        read_json(run_dir / "adv-test" / "attack_metrics.json")
+        if (run_dir / "adv-test" / "attack_metrics.json").exists()
+        else {}
+    )
+    clf = (
+        read_json(run_dir / "classifier" / "manifest.json")
+        if (run_dir / "classifier" / "manifest.json").exists()
+        else {}
+    )
+    gen = (
+        read_json(run_dir / "generator" / "manifest.json") if (run_dir / "generator" / "manifest.json").exists() else {}
+    )
+    src_attack = "adv-test/attack_metrics.json"
+
+    def add(measure: str, paper: str, ours: str, source: str) -> None:
+        rows.append({"measure": measure, "paper": paper, "this_run": ours, "source": source})
+
+    add(
+        "accuracy, clean test images (95% CI, Wald)", PAPER["accuracy_clean"], _pct(m.get("accuracy_clean")), src_attack
+    )
+    add("accuracy, perturbed test images", PAPER["accuracy_adv"], _pct(m.get("accuracy_adv")), src_attack)
+    mc = (m.get("mcnemar") or {}).get("exact") or {}
+    add("McNemar test (exact binomial)", PAPER["mcnemar_p"], _p(mc.get("p_value")), src_attack)
+    for cls, fr in (m.get("fooling_ratio") or {}).items():
+        add(f"fooling ratio, {cls}", "100%", _pct(fr), src_attack)
+    add("worst-class fooling ratio", "100%", _pct(m.get("worst_class_fooling_ratio")), src_attack)
+    imp = m.get("imperceptibility") or {}
+    if imp:
+        add(
+            "perturbation L∞ (max, 1/255 units)",
+            PAPER["perturbation_size"],
+            f"{imp['linf_255']['max']:.0f}",
+            src_attack,
+        )
+        add("PSNR (mean, dB)", PAPER["perturbation_size"], f"{imp['psnr']['mean']:.1f}", src_attack)
+        add("SSIM (mean)", PAPER["perturbation_size"], f"{imp['ssim']['mean']:.4f}", src_attack)
+    obs = run_dir / "observer" / "analysis.json"
+    if obs.exists():
+        a = read_json(obs)
+        comb = a.get("combined", {})
+        add(
+            "observers' sensitivity",
+            PAPER["observer_sensitivity"],
+            _pct(comb.get("sensitivity")),
+            "observer/analysis.json",
+        )
+        add(
+            "observers' specificity",
+            PAPER["observer_specificity"],
+            _pct(comb.get("specificity")),
+            "observer/analysis.json",
+        )
+    else:
+        add(
+            "observers' sensitivity / specificity / kappa",
+            f"{PAPER['observer_sensitivity']} / {PAPER['observer_specificity']} / {PAPER['observer_kappa']}",
+            "kit in observer/ (run the study to fill this)",
+            "observer/",
+        )
+    cfg = clf.get("config", {})
+    gcfg = gen.get("config", {})
+    add(
+        "architecture",
+        PAPER["architecture"],
+        f"{cfg.get('arch', '—')} ({'ImageNet' if cfg.get('weights') else 'from scratch'})",
+        "classifier/manifest.json",
+    )
+    add("image size", PAPER["image_size"], f"{cfg.get('image_size', '—')} px", "classifier/manifest.json")
+    add("split", PAPER["split"], "70/15/15, grouped by lesion_id, stratified by class", "split.csv")
+    eps_v = gcfg.get("eps_value")
+    add("perturbation budget (L∞)", PAPER["eps"], format_eps(eps_v) if eps_v else "—", "generator/manifest.json")
+    add("generator fitted on", PAPER["fit_on"], f"the {gcfg.get('fit_on', '—')} split", "generator/manifest.json")
+    add("target class", "nv (melanocytic nevus)", str(gcfg.get("target", "—")), "generator/manifest.json")
+    return rows
+
+
+def print_paper_table(rows: list[dict[str, str]]) -> None:
+    t = Table(title="Allyn et al. 2020 vs this run")
+    for col in ("measure", "paper", "this run"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(r["measure"], r["paper"], r["this_run"])
+    Console().print(t)
+
+
+def _markdown(rows: list[dict[str, str]]) -> str:
+    lines = ["| measure | paper | this run | source |", "|---|---|---|---|"]
+    lines += [f"| {r['measure']} | {r['paper']} | {r['this_run']} | `{r['source']}` |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def reproduce(cfg: ReproduceConfig) -> Path:
+    """Run the whole study into ``cfg.out``; stages already complete are skipped (resume)."""
+    from dermadv.attacks.runner import AttackRunConfig, attack_split
+    from dermadv.data.splits import save_splits
+    from dermadv.evaluation.classifier_eval import evaluate_checkpoint
+    from dermadv.training.classifier import TrainConfig, fit
+    from dermadv.training.data import prepare
+    from dermadv.training.generator import GeneratorConfig, fit_generator
+
+    dd.init_from_env()
+    out = Path(cfg.out)
+    tcfg = preset_train_config(cfg.preset)
+    acfg = preset_attack_config(cfg.preset)
+    eps = cfg.eps or acfg["eps"]
+    parse_eps(eps)
+    run = Run(out, command="reproduce", config=cfg, seed=cfg.seed, write=dd.is_main())
+    clf_dir, gen_dir, adv_dir = out / "classifier", out / "generator", out / "adv-test"
+    split_path = out / "split.csv"
+
+    with run.stage("split"):
+        if cfg.checkpoint is not None:
+            src = Path(cfg.checkpoint).parent
+            if dd.is_main() and not run_complete(clf_dir):
+                clf_dir.mkdir(parents=True, exist_ok=True)
+                for name in ("model.safetensors", "history.csv", "manifest.json", "split.csv", "train_metrics.json"):
+                    if (src / name).exists():
+                        shutil.copy2(src / name, clf_dir / name)
+            dd.barrier()
+            if (clf_dir / "split.csv").exists() and dd.is_main():
+                shutil.copy2(clf_dir / "split.csv", split_path)
+        prep = None
+        if not split_path.exists():
+            prep = prepare(cfg.data, image_size=tcfg["image_size"], seed=cfg.seed)
+            if dd.is_main():
+                save_splits(prep.frame, split_path)
+        dd.barrier()
+        fingerprint = prep.dataset.fingerprint if prep else None
+        run.update(data_fingerprint=fingerprint)
+
+    with run.stage("classifier"):
+        if not run_complete(clf_dir):
+            resume = (clf_dir / "train_state.pt").exists()
+            fit(
+                TrainConfig(
+                    out=clf_dir, data=cfg.data, seed=cfg.seed, split_file=str(split_path), resume=resume, **tcfg
+                )
+            )
+    checkpoint = clf_dir / "model.safetensors"
+    with run.stage("evaluate"):
+        if dd.is_main() and not run_complete(clf_dir / "test"):
+            evaluate_checkpoint(
+                checkpoint, data=cfg.data, split="test", split_file=str(split_path), out=clf_dir / "test"
+            )
+        dd.barrier()
+    with run.stage("generator"):
+        if not run_complete(gen_dir):
+            fit_generator(
+                GeneratorConfig(
+                    checkpoint=checkpoint,
+                    out=gen_dir,
+                    data=cfg.data,
+                    target=cfg.target,
+                    eps=eps,
+                    fit_on=cfg.fit_on,  # type: ignore[arg-type]
+                    attack_size=acfg.get("attack_size", "model"),  # type: ignore[arg-type]
+                    epochs=acfg["epochs"],
+                    batch_size=acfg["batch_size"],
+                    seed=cfg.seed,
+                    split_file=str(split_path),
+                    resume=(gen_dir / "generator_state.pt").exists(),
+                )
+            )
+    with run.stage("attack"):
+        if not run_complete(adv_dir):
+            attack_split(
+                AttackRunConfig(
+                    checkpoint=checkpoint,
+                    out=adv_dir,
+                    method="advgan",
+                    generator=gen_dir / "generator.safetensors",
+                    data=cfg.data,
+                    split="test",
+                    split_file=str(split_path),
+                    target=cfg.target,
+                    seed=cfg.seed,
+                )
+            )
+    if cfg.sweep and acfg.get("sweep_eps"):
+        with run.stage("sweep"):
+            run_sweep(
+                cfg,
+                checkpoint=checkpoint,
+                split_path=split_path,
+                eps_values=acfg["sweep_eps"].split(","),
+                gen_epochs=acfg["epochs"],
+                batch_size=acfg["batch_size"],
+            )
+    if dd.is_main():
+        with run.stage("observer"):
+            try:
+                from dermadv.observer.study import create_study
+
+                if not (out / "observer" / "study.json").exists():
+                    create_study(
+                        adv_dir,
+                        out / "observer",
+                        n=min(cfg.observer_n, _n_images(adv_dir)),
+                        perturbed_share=0.6,
+                        seed=cfg.seed,
+                    )
+            except ImportError as exc:
+                log.warning("observer kit skipped (%s); install dermadv[web]", exc)
+        rows = paper_table(out)
+        write_json(out / "paper_table.json", rows)
+        from dermadv.runs import atomic_write_text
+
+        atomic_write_text(out / "paper_table.md", _markdown(rows))
+        run.finish()
+        print_paper_table(rows)
+        if cfg.report:
+            with run.stage("report"):
+                try:
+                    from dermadv.report.build import build_report
+
+                    path = build_report(out)
+                    typer.echo(f"report: {path}")
+                except ImportError as exc:
+                    log.warning("report skipped: %s", exc)
+            run.finish()
+    dd.barrier()
+    return out
+
+
+def _n_images(adv_dir: Path) -> int:
+    return len(list((adv_dir / "images" / "adv").glob("*.png")))
+
+
+def run_sweep(
+    cfg: ReproduceConfig, *, checkpoint: Path, split_path: Path, eps_values: list[str], gen_epochs: int, batch_size: int
+) -> None:
+    """Robustness curves: generator and targeted PGD-20 at each eps, for both protocols."""
+    from dermadv.attacks.runner import AttackRunConfig, attack_split, sweep_row
+    from dermadv.runs import write_csv
+    from dermadv.training.generator import GeneratorConfig, fit_generator
+
+    base = Path(cfg.out) / "sweep"
+    rows: list[dict[str, Any]] = []
+    acfg = AttackRunConfig(
+        checkpoint=checkpoint,
+        out=base,
+        data=cfg.data,
+        split="test",
+        split_file=str(split_path),
+        target=cfg.target,
+        steps=20,
+        limit=cfg.sweep_limit,
+        seed=cfg.seed,
+        progress=True,
+    )
+    for eps in eps_values:
+        tag = format_eps(parse_eps(eps)).replace("/", "_")
+        for protocol, fit_on in (("held-out", "train"), ("paper", "test")):
+            gdir = base / "generators" / f"{protocol}-eps{tag}"
+            if not run_complete(gdir):
+                fit_generator(
+                    GeneratorConfig(
+                        checkpoint=checkpoint,
+                        out=gdir,
+                        data=cfg.data,
+                        target=cfg.target,
+                        eps=eps,
+                        fit_on=fit_on,  # type: ignore[arg-type]
+                        epochs=gen_epochs,
+                        batch_size=batch_size,
+                        seed=cfg.seed,  # type: ignore[arg-type]
+                        split_file=str(split_path),
+                        resume=(gdir / "generator_state.pt").exists(),
+                    )
+                )
+            sub = replace(
+                acfg,
+                method="advgan",
+                eps=eps,
+                generator=gdir / "generator.safetensors",
+                out=base / f"advgan-{protocol}-eps{tag}",
+            )
+            m = read_json(sub.out / "attack_metrics.json") if run_complete(sub.out) else attack_split(sub)
+            if dd.is_main():
+                rows.append(sweep_row(m, method="advgan", eps=parse_eps(eps), protocol=protocol, folder=sub.out.name))
+        sub = replace(acfg, method="pgd", eps=eps, out=base / f"pgd-eps{tag}")
+        m = read_json(sub.out / "attack_metrics.json") if run_complete(sub.out) else attack_split(sub)
+        if dd.is_main():
+            rows.append(sweep_row(m, method="pgd", eps=parse_eps(eps), protocol="per-image", folder=sub.out.name))
+            write_csv(base / "sweep.csv", rows)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("reproduce")
+    def reproduce_cmd(
+        out: Path = typer.Option(Path("runs/repro"), "--out", help="Run folder."),
+        data: str | None = typer.Option(None, "--data", help="HAM10000 folder etc.; default: built-in synthetic set."),
+        preset: str = typer.Option("demo", help="demo (synthetic, minutes), cpu-64 (real data, 2 cores), paper (GPU)."),
+        checkpoint: Path | None = typer.Option(
+            None, "--checkpoint", help="Reuse a trained classifier (skips training)."
+        ),
+        fit_on: str = typer.Option(
+            "train", "--fit-on", help="train (held-out judging) or test (the paper's protocol)."
+        ),
+        eps: str | None = typer.Option(None, help="L∞ budget of the generator; default from the preset."),
+        target: str = typer.Option("nv", help="Target class."),
+        sweep: bool = typer.Option(
+            False, "--sweep/--no-sweep", help="Also run robustness curves (eps × attack × protocol)."
+        ),
+        sweep_limit: int = typer.Option(350, "--sweep-limit", help="Class-stratified test sample per sweep run."),
+        report: bool = typer.Option(True, "--report/--no-report"),
+        seed: int = typer.Option(0),
+    ) -> None:
+        """Run the whole study (split → classifier → generator → attack → evaluation → kit → report)."""
+        if data is None and preset != "demo":
+            log.info("no --data: using the built-in synthetic set")
+        reproduce(
+            ReproduceConfig(
+                out=out,
+                data=data,
+                preset=preset,
+                checkpoint=checkpoint,
+                fit_on=fit_on,
+                eps=eps,
+                target=target,
+                sweep=sweep,
+                sweep_limit=sweep_limit,
+                report=report,
+                seed=seed,
+            )
+        )

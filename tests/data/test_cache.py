@@ -1,0 +1,121 @@
+"""Decode-once cache: equal to decoding directly, read back without any JPEG decode, keyed by data and size."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dermadv.data import cache
+from dermadv.data.cache import decode_image, decoded_images, stored_size
+from dermadv.data.dataset import ImageSet
+from dermadv.data.ham10000 import load_ham10000
+
+SIZE = (24, 32)
+
+
+@pytest.fixture(scope="module")
+def dataset(synthetic_root: Path) -> ImageSet:
+    return load_ham10000(synthetic_root)
+
+
+def reference_decode(path: Path, size: tuple[int, int]) -> np.ndarray:
+    """Plain Pillow, independent of dermadv: RGB, antialiased bilinear resize to (H, W)."""
+    with Image.open(path) as im:
+        rgb = im.convert("RGB").resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=None)
+        return np.asarray(rgb)
+
+
+def cache_files(root: Path) -> list[Path]:
+    return sorted((root / "decoded").glob("*.npy")) if (root / "decoded").exists() else []
+
+
+def forbid_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cached read must not decode any image")
+
+    monkeypatch.setattr(cache, "decode_image", refuse)
+    monkeypatch.setattr(Image, "open", refuse)
+
+
+def test_cache_equals_direct_decoding(dataset: ImageSet, dermadv_cache: Path) -> None:
+    images = decoded_images(dataset, SIZE, progress=False)
+    assert images.shape == (len(dataset), *SIZE, 3) and images.dtype == np.uint8
+    assert dataset.paths is not None
+    for i in range(0, len(dataset), 17):
+        np.testing.assert_array_equal(images[i], reference_decode(dataset.paths[i], SIZE))
+    direct = np.stack([decode_image(p, SIZE) for p in dataset.paths])
+    np.testing.assert_array_equal(images, direct)
+    uncached = decoded_images(dataset, SIZE, cache=False, progress=False)
+    np.testing.assert_array_equal(uncached, direct)
+
+
+def test_second_call_reads_the_memmap(dataset: ImageSet, dermadv_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = np.array(decoded_images(dataset, SIZE, progress=False))
+    files = cache_files(dermadv_cache)
+    assert [f.name for f in files] == [f"{dataset.source}-{dataset.fingerprint}-{SIZE[0]}x{SIZE[1]}.npy"]
+    forbid_decoding(monkeypatch)
+    second = decoded_images(dataset, SIZE, progress=False)
+    assert isinstance(second, np.memmap) and not second.flags.writeable
+    np.testing.assert_array_equal(second, first)
+
+
+def test_keyed_by_size_and_fingerprint(dataset: ImageSet, dermadv_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, int] | None] = []
+    original = cache.decode_image
+
+    def counting(path: Path, size: tuple[int, int] | None) -> np.ndarray:
+        calls.append(size)
+        return original(path, size)
+
+    monkeypatch.setattr(cache, "decode_image", counting)
+    small = decoded_images(dataset, SIZE, progress=False)
+    larger = decoded_images(dataset, (30, 40), progress=False)
+    assert calls.count(SIZE) == len(dataset) and calls.count((30, 40)) == len(dataset)
+    assert larger.shape[1:3] == (30, 40) and small.shape[1:3] == SIZE
+    assert len(cache_files(dermadv_cache)) == 2
+    decoded_images(dataset, [SIZE[0], SIZE[1]], progress=False)  # a list names the same size
+    assert len(calls) == 2 * len(dataset)
+    # other content (another fingerprint) never reads this set's cache
+    other = replace(dataset, fingerprint="0" * 16)
+    decoded_images(other, SIZE, progress=False)
+    assert len(calls) == 3 * len(dataset) and len(cache_files(dermadv_cache)) == 3
+
+
+def test_no_size_means_stored_size(dataset: ImageSet, dermadv_cache: Path) -> None:
+    assert stored_size(dataset) == (60, 80)
+    images = decoded_images(dataset, None, progress=False)
+    assert images.shape == (len(dataset), 60, 80, 3)
+    assert dataset.paths is not None
+    with Image.open(dataset.paths[3]) as im:
+        np.testing.assert_array_equal(images[3], np.asarray(im.convert("RGB")))
+
+
+def test_cache_false_writes_nothing(dataset: ImageSet, dermadv_cache: Path) -> None:
+    decoded_images(dataset, SIZE, cache=False, progress=False)
+    assert not cache_files(dermadv_cache)
+
+
+def test_stale_cache_of_another_shape_is_rebuilt(dataset: ImageSet, dermadv_cache: Path) -> None:
+    path = dermadv_cache / "decoded" / f"{dataset.source}-{dataset.fingerprint}-{SIZE[0]}x{SIZE[1]}.npy"
+    path.parent.mkdir(parents=True)
+    np.save(path, np.zeros((3, *SIZE, 3), dtype=np.uint8))
+    images = decoded_images(dataset, SIZE, progress=False)
+    assert images.shape == (len(dataset), *SIZE, 3)
+    assert images.any()
+    assert np.load(path, mmap_mode="r").shape == images.shape
+
+
+def test_array_sets_are_resized_without_cache(dermadv_cache: Path) -> None:
+    rng = np.random.default_rng(0)
+    arrays = rng.integers(0, 256, size=(5, 28, 28, 3), dtype=np.uint8)
+    ds = ImageSet("dermamnist", None, [str(i) for i in range(5)], np.zeros(5, dtype=np.int64), list("abcde"))
+    ds = replace(ds, arrays=arrays)
+    assert decoded_images(ds, (28, 28)) is arrays
+    resized = decoded_images(ds, (14, 14))
+    expected = np.asarray(Image.fromarray(arrays[2]).resize((14, 14), Image.Resampling.BILINEAR))
+    np.testing.assert_array_equal(resized[2], expected)
+    assert not cache_files(dermadv_cache)

@@ -1,0 +1,186 @@
+"""``dermadv reproduce`` end to end on a tiny variant of the demo preset: outputs, resume, the paper's table."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from dermadv.errors import ConfigError
+from dermadv.presets import PRESETS
+from dermadv.reproduce import PAPER, ReproduceConfig, paper_table, reproduce
+from dermadv.runs import read_json, run_complete
+
+#: the demo preset shrunk to seconds: resnet18 at 32 px for 2 epochs, the generator for 1
+TINY_DEMO = {
+    "train": dict(
+        arch="resnet18", image_size=32, epochs=2, batch_size=32, lr=3e-3, class_balance="sqrt", ema_decay=0.0
+    ),
+    "attack": dict(eps="8/255", epochs=1, batch_size=32, sweep_eps=""),
+}
+
+#: files whose modification time shows whether a stage ran again
+STAGE_OUTPUTS = [
+    "split.csv",
+    "classifier/model.safetensors",
+    "classifier/test/metrics.json",
+    "generator/generator.safetensors",
+    "adv-test/predictions.csv",
+    "adv-test/attack_metrics.json",
+    "observer/study.json",
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[pytest.MonkeyPatch]:
+    """The tiny demo preset and a private cache, for every test of this module."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DERMADV_CACHE", str(tmp_path_factory.mktemp("dermadv-cache")))
+        mp.setitem(PRESETS, "demo", TINY_DEMO)
+        yield mp
+
+
+def _config(out: Path, data: Path) -> ReproduceConfig:
+    return ReproduceConfig(out=out, data=str(data), preset="demo", observer_n=10, report=False)
+
+
+@pytest.fixture(scope="module")
+def repro(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, tiny_demo) -> Path:
+    return reproduce(_config(tmp_path_factory.mktemp("repro") / "run", synthetic_root))
+
+
+def _mtimes(run: Path, names: list[str] = STAGE_OUTPUTS) -> dict[str, int]:
+    return {name: (run / name).stat().st_mtime_ns for name in names}
+
+
+def _forbid_work(monkeypatch: pytest.MonkeyPatch, *targets: str) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a completed stage ran again")
+
+    for target in targets:
+        monkeypatch.setattr(target, refuse)
+
+
+STAGES = {
+    "classifier": "dermadv.training.classifier.fit",
+    "evaluate": "dermadv.evaluation.classifier_eval.evaluate_checkpoint",
+    "generator": "dermadv.training.generator.fit_generator",
+    "attack": "dermadv.attacks.runner.attack_split",
+    "observer": "dermadv.observer.study.create_study",
+}
+
+
+def test_reproduce_writes_the_whole_study(repro: Path) -> None:
+    assert run_complete(repro)
+    for stage in ("classifier", "classifier/test", "generator", "adv-test"):
+        assert run_complete(repro / stage), stage
+    for name in [*STAGE_OUTPUTS, "paper_table.json", "paper_table.md", "classifier/history.csv"]:
+        assert (repro / name).is_file(), name
+    assert (repro / "generator" / "history.csv").is_file()
+    attack = read_json(repro / "adv-test" / "attack.json")
+    assert attack["method"] == "advgan" and attack["target"] == "nv" and attack["eps_255"] == pytest.approx(8)
+    assert attack["image_size"] == [32, 32]
+    metrics = read_json(repro / "adv-test" / "attack_metrics.json")
+    assert metrics["n"] == len(list((repro / "adv-test" / "images" / "adv").glob("*.png"))) > 0
+    assert metrics["imperceptibility"]["linf_255"]["max"] <= 8
+    study = read_json(repro / "observer" / "study.json")
+    assert study  # the observer kit is there to hand out
+
+
+def test_second_call_redoes_no_completed_stage(repro: Path, synthetic_root: Path, monkeypatch) -> None:
+    before = _mtimes(repro)
+    _forbid_work(monkeypatch, *STAGES.values())
+    reproduce(_config(repro, synthetic_root))
+    assert _mtimes(repro) == before
+    assert run_complete(repro)
+
+
+def test_interrupted_study_resumes_at_the_unfinished_stage(
+    repro: Path, synthetic_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(repro, run)  # copy2 keeps the modification times
+    shutil.rmtree(run / "adv-test")  # as if stopped during the attack, before the observer kit
+    shutil.rmtree(run / "observer")
+    kept = [
+        "split.csv",
+        "classifier/model.safetensors",
+        "classifier/test/metrics.json",
+        "generator/generator.safetensors",
+    ]
+    before = _mtimes(run, kept)
+    _forbid_work(monkeypatch, STAGES["classifier"], STAGES["evaluate"], STAGES["generator"])
+    reproduce(_config(run, synthetic_root))
+
+    assert _mtimes(run, kept) == before
+    assert run_complete(run / "adv-test") and (run / "adv-test" / "attack_metrics.json").is_file()
+    assert (run / "observer" / "study.json").is_file()
+
+
+def test_paper_table_sets_the_paper_beside_this_run(repro: Path) -> None:
+    rows = read_json(repro / "paper_table.json")
+    assert rows == paper_table(repro)
+    by_measure = {r["measure"]: r for r in rows}
+    metrics = read_json(repro / "adv-test" / "attack_metrics.json")
+
+    clean = by_measure["accuracy, clean test images (95% CI, Wald)"]
+    assert clean["paper"] == PAPER["accuracy_clean"] == "84% (82–86)"
+    assert clean["this_run"].startswith(f"{100 * metrics['accuracy_clean']['estimate']:.1f}%")
+    adv = by_measure["accuracy, perturbed test images"]
+    assert adv["paper"] == "67% (65–69)"
+    assert adv["this_run"].startswith(f"{100 * metrics['accuracy_adv']['estimate']:.1f}%")
+    assert by_measure["McNemar test (exact binomial)"]["paper"] == "P < .0001"
+    for cls in metrics["fooling_ratio"]:
+        assert by_measure[f"fooling ratio, {cls}"]["paper"] == "100%"
+    assert by_measure["architecture"]["this_run"] == "resnet18 (from scratch)"
+    assert by_measure["architecture"]["paper"] == PAPER["architecture"]
+    assert by_measure["image size"]["this_run"] == "32 px"
+    assert by_measure["perturbation budget (L∞)"]["this_run"] == "8/255"
+    assert by_measure["generator fitted on"]["this_run"] == "the train split"
+    assert by_measure["target class"]["this_run"] == "nv"
+    for row in rows:
+        assert row["paper"] and row["this_run"] and row["this_run"] != "—", row
+        assert (repro / row["source"]).exists(), row  # every figure names the file it came from
+
+    markdown = (repro / "paper_table.md").read_text()
+    assert markdown.startswith("| measure | paper | this run | source |")
+    for row in rows:
+        assert f"| {row['measure']} | {row['paper']} | {row['this_run']} | `{row['source']}` |" in markdown
+
+
+def test_paper_table_of_an_empty_folder_says_what_is_missing(tmp_path: Path) -> None:
+    rows = paper_table(tmp_path)
+    by_measure = {r["measure"]: r for r in rows}
+    assert by_measure["accuracy, clean test images (95% CI, Wald)"]["this_run"] == "—"
+    assert by_measure["accuracy, clean test images (95% CI, Wald)"]["paper"] == PAPER["accuracy_clean"]
+
+
+@pytest.mark.parametrize(("preset", "eps"), [("gpu-9000", None), ("demo", "8")])
+def test_bad_preset_or_eps_is_refused_before_anything_is_written(tmp_path: Path, preset: str, eps: str | None) -> None:
+    out = tmp_path / "run"
+    with pytest.raises(ConfigError, match="unknown preset 'gpu-9000'; choose one of demo" if eps is None else "8/255"):
+        reproduce(ReproduceConfig(out=out, preset=preset, eps=eps))
+    assert not out.exists()
+
+
+@pytest.mark.slow  # the full CLI takes 10-15 s to start on a loaded 2-core machine
+def test_cli_bad_preset_gives_one_error_line(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("dermadv")
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [str(exe), "reproduce", "--preset", "gpu-9000", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "DERMADV_CACHE": str(tmp_path / "cache")},
+        timeout=300,
+    )
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1, proc.stderr
+    assert len(errors) == 1 and "unknown preset 'gpu-9000'; choose one of demo" in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not out.exists()

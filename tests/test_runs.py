@@ -1,0 +1,148 @@
+"""Run folders: atomic writes (no partial file survives a failed or killed writer) and manifest fields."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dermadv.runs import (
+    Run,
+    atomic_path,
+    atomic_write_text,
+    package_versions,
+    read_json,
+    run_complete,
+    write_csv,
+    write_json,
+)
+
+
+class Boom(Exception):
+    pass
+
+
+def test_failed_writer_leaves_no_file(tmp_path: Path) -> None:
+    target = tmp_path / "sub" / "metrics.json"
+    with pytest.raises(Boom), atomic_path(target) as tmp, open(tmp, "w") as f:
+        f.write('{"half": ')
+        raise Boom
+    assert not target.exists()
+    assert list(target.parent.iterdir()) == [], "the temporary file must be removed too"
+
+
+def test_failed_writer_keeps_the_previous_file(tmp_path: Path) -> None:
+    target = tmp_path / "history.csv"
+    atomic_write_text(target, "epoch\n0\n")
+    with pytest.raises(Boom), atomic_path(target) as tmp:
+        tmp.write_text("epoch\n0\n1")
+        raise Boom
+    assert target.read_text() == "epoch\n0\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["history.csv"]
+
+
+def test_unserialisable_json_leaves_no_file(tmp_path: Path) -> None:
+    target = tmp_path / "out.json"
+    with pytest.raises(TypeError):
+        write_json(target, {"x": object()})
+    assert not target.exists() and not list(tmp_path.iterdir())
+
+
+def test_killed_writer_leaves_no_file(tmp_path: Path) -> None:
+    """SIGKILL in the middle of a write: the target name never appears, so nothing half-written is read later."""
+    target = tmp_path / "model.safetensors"
+    code = (
+        "import sys, time\n"
+        "from dermadv.runs import atomic_path\n"
+        f"with atomic_path({str(target)!r}) as tmp, open(tmp, 'wb') as f:\n"
+        "    f.write(b'x' * 100_000); f.flush()\n"
+        "    print('writing', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "writing"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert not target.exists()
+    leftovers = list(tmp_path.iterdir())
+    assert all(p.name.startswith(".model.safetensors.") and p.name.endswith(".tmp") for p in leftovers)
+
+
+def test_written_files_are_readable_by_others(tmp_path: Path) -> None:
+    write_json(tmp_path / "a.json", {"a": 1})
+    assert stat.S_IMODE((tmp_path / "a.json").stat().st_mode) == 0o644
+
+
+def test_write_json_makes_strict_json(tmp_path: Path) -> None:
+    path = tmp_path / "m.json"
+    write_json(path, {"nan": math.nan, "inf": -math.inf, "np": np.float32(0.5), "arr": np.arange(3), "p": tmp_path})
+    text = path.read_text()
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+    assert read_json(path) == {"nan": None, "inf": None, "np": 0.5, "arr": [0, 1, 2], "p": str(tmp_path)}
+
+
+def test_write_csv(tmp_path: Path) -> None:
+    path = tmp_path / "h.csv"
+    write_csv(path, [{"epoch": 0, "loss": np.float64(1.5)}, {"epoch": 1, "loss": math.nan}])
+    assert path.read_text() == "epoch,loss\n0,1.5\n1,\n"
+    write_csv(path, [], fieldnames=["a", "b"])
+    assert path.read_text() == "a,b\n"
+
+
+def test_manifest_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["dermadv", "train", "--out", str(tmp_path)])
+    run = Run(tmp_path / "run", command="train", config={"lr": 0.1, "out": tmp_path}, seed=3, data_fingerprint="fp")
+    manifest = read_json(tmp_path / "run" / "manifest.json")
+    assert manifest["status"] == "running" and not run_complete(tmp_path / "run")
+    assert manifest["command"] == "train"
+    assert manifest["argv"] == ["dermadv", "train", "--out", str(tmp_path)]
+    assert manifest["config"] == {"lr": 0.1, "out": str(tmp_path)}
+    assert manifest["seed"] == 3 and manifest["data_fingerprint"] == "fp"
+    assert manifest["versions"] == package_versions()
+    assert {"python", "torch", "numpy", "dermadv"} <= set(manifest["versions"])
+    assert "git_commit" in manifest and "hardware" in manifest and "started" in manifest
+    commit = manifest["git_commit"]
+    assert commit is None or len(commit.removesuffix("-dirty")) == 40
+    with run.stage("predict"):
+        time.sleep(0.01)
+    assert read_json(tmp_path / "run" / "manifest.json")["timings_s"]["predict"] >= 0.01
+    run.finish(n_images=5)
+    done = read_json(tmp_path / "run" / "manifest.json")
+    assert done["status"] == "complete" and run_complete(tmp_path / "run")
+    assert done["n_images"] == 5 and "finished" in done and done["timings_s"]["total"] >= 0.01
+
+
+def test_stage_timing_is_kept_when_the_stage_fails(tmp_path: Path) -> None:
+    run = Run(tmp_path, command="x", config={})
+    with pytest.raises(Boom), run.stage("train"):
+        raise Boom
+    manifest = read_json(tmp_path / "manifest.json")
+    assert "train" in manifest["timings_s"] and manifest["status"] == "running"
+
+
+def test_run_without_write_touches_nothing(tmp_path: Path) -> None:
+    run = Run(tmp_path / "rank1", command="train", config={}, write=False)
+    run.finish()
+    assert not (tmp_path / "rank1").exists()
+
+
+def test_run_complete_on_odd_folders(tmp_path: Path) -> None:
+    assert not run_complete(tmp_path / "missing")
+    (tmp_path / "manifest.json").write_text('{"status": "comp')
+    assert not run_complete(tmp_path)
+    (tmp_path / "manifest.json").write_text('{"status": "complete"}')
+    assert run_complete(tmp_path)
