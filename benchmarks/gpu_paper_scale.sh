@@ -103,12 +103,12 @@ def stage(name: str, fn, images_of) -> object:  # type: ignore[no-untyped-def]
     start = time.perf_counter()
     result = fn()
     wall = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan")
+    peak = round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None
     rate, note = images_of(result, wall)
-    stages[name] = {"wall_s": round(wall, 1), "images_per_s": round(rate, 1), "peak_gpu_gib": round(peak, 2), "note": note}
+    stages[name] = {"wall_s": round(wall, 1), "images_per_s": round(rate, 1), "peak_gpu_gib": peak, "note": note}
     print(
         f"[stage] {name:12s} wall {wall:7.1f} s   {rate:9.1f} images/s   peak GPU memory "
-        f"{'n/a' if peak != peak else f'{peak:.2f} GiB'}   {note}   (total {time.perf_counter() - T0:.0f} s)"
+        f"{'n/a' if peak is None else f'{peak:.2f} GiB'}   {note}   (total {time.perf_counter() - T0:.0f} s)"
     )
     return result
 
@@ -166,7 +166,7 @@ adv_dir = run_dir / "adv-test"
 def attack_rate(metrics: dict, wall: float) -> tuple[float, str]:  # type: ignore[type-arg]
     timings = read_json(adv_dir / "manifest.json")["timings_s"]
     n = metrics["n"]
-    return n / timings["attack"], f"{n} test images; attack {timings['attack']:.0f} s, evaluate {timings['evaluate']:.0f} s"
+    return n / timings["attack"], f"{n} test images; attack {timings['attack']:.1f} s, evaluate {timings['evaluate']:.1f} s"
 
 
 metrics = stage(

@@ -168,6 +168,28 @@ def test_two_process_state_resumes_in_one_process(runs: Runs, tmp_path: Path) ->
     assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [0, 1]
 
 
+def test_fitted_attack_equals_single_process(runs: Runs, tmp_path: Path) -> None:
+    # the universal perturbation is fitted on every rank, then rank 0's is broadcast
+    checkpoint = runs.classifier / "model.safetensors"
+    common = ["--method", "uap", "--eps", "4/255", "--limit", "35", "--param", "epochs=1"]
+    torchrun("attack", "run", "--checkpoint", checkpoint, "--out", tmp_path / "two", *common)
+    attack_split(
+        AttackRunConfig(
+            checkpoint=checkpoint,
+            out=tmp_path / "one",
+            method="uap",
+            eps="4/255",
+            limit=35,
+            params={"epochs": 1},
+            evaluate=False,
+            progress=False,
+        )
+    )
+    pd.testing.assert_frame_equal(
+        pd.read_csv(tmp_path / "two" / "predictions.csv"), pd.read_csv(tmp_path / "one" / "predictions.csv")
+    )
+
+
 def test_existing_run_is_refused_on_every_rank(runs: Runs) -> None:
     proc = torchrun("train", "--out", runs.classifier, "--config", runs.classifier.parent / "train.yaml", check=False)
     assert proc.returncode != 0

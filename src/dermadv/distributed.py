@@ -118,10 +118,17 @@ def broadcast_buffers(module: torch.nn.Module) -> None:
 
 def broadcast_tensor_attributes(obj: object) -> None:
     """Copy rank 0's values of ``obj``'s tensor attributes to every rank, in place (e.g. a fitted perturbation)."""
-    if is_distributed():
-        for value in vars(obj).values():
-            if isinstance(value, torch.Tensor):
-                dist.broadcast(value.data, src=0)
+    if not is_distributed():
+        return
+    for value in vars(obj).values():
+        if not isinstance(value, torch.Tensor):
+            continue
+        if dist.get_backend() == "nccl" and value.device.type != "cuda":  # NCCL moves GPU tensors only
+            on_gpu = value.data.to(default_device())
+            dist.broadcast(on_gpu, src=0)
+            value.data.copy_(on_gpu)
+        else:
+            dist.broadcast(value.data, src=0)
 
 
 def broadcast_object(obj: T) -> T:

@@ -18,27 +18,14 @@ from rich.table import Table
 
 from dermadv import distributed as dd
 from dermadv.config import format_eps, parse_eps
+from dermadv.errors import RunError
+from dermadv.paper import PAPER as _PAPER
 from dermadv.presets import preset_attack_config, preset_train_config
 from dermadv.runs import Run, read_json, run_complete, write_json
 
 log = logging.getLogger(__name__)
 
-#: The published figures (Allyn et al. 2020, Medicine 99(50):e23568), see ../shared/PAPER.md.
-PAPER = {
-    "accuracy_clean": "84% (82–86)",
-    "accuracy_adv": "67% (65–69)",
-    "mcnemar_p": "P < .0001",
-    "fooling_ratio": "100% for every class",
-    "observer_sensitivity": "58.3% (45.9–70.8)",
-    "observer_specificity": "42.5% (27.2–57.8)",
-    "observer_kappa": "−0.22 (−0.49 to −0.04)",
-    "architecture": "DenseNet-201, ImageNet-pretrained",
-    "image_size": "not reported",
-    "split": "train/test, method not reported",
-    "eps": "not reported",
-    "fit_on": "the test images",
-    "perturbation_size": "not reported",
-}
+PAPER = {**_PAPER, "fooling_ratio": "100% for every class", "architecture": _PAPER["arch"]}
 
 
 @dataclass(frozen=True)
@@ -219,6 +206,7 @@ def reproduce(cfg: ReproduceConfig) -> Path:
             )
         dd.barrier()
     with run.stage("generator"):
+        _check_same_settings(gen_dir, eps=parse_eps(eps), target=cfg.target, fit_on=cfg.fit_on)
         if not run_complete(gen_dir):
             fit_generator(
                 GeneratorConfig(
@@ -295,6 +283,21 @@ def reproduce(cfg: ReproduceConfig) -> Path:
             run.finish()
     dd.barrier()
     return out
+
+
+def _check_same_settings(gen_dir: Path, *, eps: float, target: str, fit_on: str) -> None:
+    """Refuse to resume a run folder whose generator was fitted with other settings."""
+    if not (gen_dir / "manifest.json").exists():
+        return
+    old = read_json(gen_dir / "manifest.json").get("config", {})
+    was = {"eps": old.get("eps_value"), "target": old.get("target"), "fit_on": old.get("fit_on")}
+    now = {"eps": eps, "target": target, "fit_on": fit_on}
+    diff = [k for k in now if was[k] is not None and (abs(was[k] - now[k]) > 1e-9 if k == "eps" else was[k] != now[k])]
+    if diff:
+        raise RunError(
+            f"{gen_dir.parent} was run with other settings ({', '.join(f'{k}={was[k]}' for k in diff)}); "
+            "choose another --out for these settings"
+        )
 
 
 def _n_images(adv_dir: Path) -> int:

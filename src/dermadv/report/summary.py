@@ -6,26 +6,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from dermadv.data.classes import CLASS_NAMES, CLASSES
+from dermadv.paper import NOT_REPORTED, PAPER
 from dermadv.report.data import AttackPart, ClassifierPart, DataPart, Link, Measure, ObserverPart, SweepPart
 from dermadv.report.format import eps_text, interval_text, num, p_text, percent
-
-#: Allyn et al. 2020, Medicine 99(50):e23568 (see PAPER.md); measures not listed were not reported.
-PAPER: dict[str, str] = {
-    "accuracy_clean": "84% (82–86)",
-    "accuracy_adv": "67% (65–69)",
-    "mcnemar_p": "P < .0001",
-    "fooling_ratio": "100%",  # for every class
-    "worst_class_fooling_ratio": "100%",
-    "observer_sensitivity": "58.3% (45.9–70.8)",
-    "observer_specificity": "42.5% (27.2–57.8)",
-    "observer_kappa": "−0.22 (−0.49 to −0.04)",
-    "observer_study": "sensitivity 58.3%, specificity 42.5%, kappa −0.22",
-    "arch": "DenseNet-201, ImageNet-pretrained",
-    "split": "train/test, method not reported",
-    "fit_on": "the test images (the ones attacked)",
-    "target": "nv (melanocytic nevus)",
-}
-NOT_REPORTED = "not reported"
 
 Display = Callable[[Any], str]
 Spec = tuple[str, str, tuple[str, ...], Display]  # key, label, pointer into the JSON file, display
