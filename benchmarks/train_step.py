@@ -58,15 +58,31 @@ def load_images(data: str | None, n: int, size: int, workdir: Path) -> tuple[np.
 
 
 def dermadv_epochs(
-    arch: str, images: np.ndarray, labels: np.ndarray, batch: int, epochs: int, workdir: Path
+    arch: str,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch: int,
+    epochs: int,
+    workdir: Path,
+    *,
+    channels_last: bool | None = None,
 ) -> Iterator[tuple[float, float]]:
     """Per-epoch (wall, CPU) images/s of ``train_one_epoch``; yields after each epoch so the loops can alternate."""
     from dermadv.models.classifier import build_classifier
-    from dermadv.training.classifier import TrainConfig, class_weights, lr_lambda, train_one_epoch
+    from dermadv.training.classifier import TrainConfig, class_weights, lr_lambda, train_one_epoch, use_channels_last
 
-    cfg = TrainConfig(out=workdir / "run", arch=arch, image_size=images.shape[1], batch_size=batch, progress=False)
+    cfg = TrainConfig(
+        out=workdir / "run",
+        arch=arch,
+        image_size=images.shape[1],
+        batch_size=batch,
+        channels_last=channels_last,
+        progress=False,
+    )
     torch.manual_seed(0)
-    model = build_classifier(arch, 7).to(memory_format=torch.channels_last)
+    model = build_classifier(arch, 7)
+    if use_channels_last(cfg, torch.device("cpu")):  # as fit() does
+        model = model.to(memory_format=torch.channels_last)
     criterion = nn.CrossEntropyLoss(weight=class_weights(labels, 7, cfg.class_balance), label_smoothing=0.1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = -(-len(images) // batch) * (epochs + 1)
@@ -127,21 +143,31 @@ def main() -> None:
             f"data: {args.data or 'synthetic (generated)'}  images/epoch: {len(images)}  {args.arch} at {args.size}px  "
             f"batch: {args.batch}  torch threads: {torch.get_num_threads()}"
         )
-        ours_it = dermadv_epochs(args.arch, images, labels, args.batch, args.epochs, Path(tmp))
-        plain_it = plain_epochs(args.arch, images, labels, args.batch, args.epochs)
-        ours: list[tuple[float, float]] = []
-        plain: list[tuple[float, float]] = []
-        for i, (a, b) in enumerate(zip(ours_it, plain_it, strict=True)):
-            if i > 0:  # epoch 0 warms both up
-                ours.append(a)
-                plain.append(b)
+        loops = {
+            "dermadv train_one_epoch (default)": dermadv_epochs(
+                args.arch, images, labels, args.batch, args.epochs, Path(tmp)
+            ),
+            "dermadv, channels_last forced on": dermadv_epochs(
+                args.arch, images, labels, args.batch, args.epochs, Path(tmp), channels_last=True
+            ),
+            "plain DataLoader + transforms.v2": plain_epochs(args.arch, images, labels, args.batch, args.epochs),
+        }
+        rates: dict[str, list[tuple[float, float]]] = {name: [] for name in loops}
+        for i, epoch_rates in enumerate(zip(*loops.values(), strict=True)):
+            if i > 0:  # epoch 0 warms every loop up
+                for name, rate in zip(loops, epoch_rates, strict=True):
+                    rates[name].append(rate)
+    medians = {
+        name: (statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows))
+        for name, rows in rates.items()
+    }
     print(f"{'':36s} {'wall img/s':>11s} {'CPU img/s':>10s}  wall per epoch")
-    for name, rows in [("dermadv train_one_epoch", ours), ("plain DataLoader + transforms.v2", plain)]:
-        wall, cpu = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
-        print(f"{name:36s} {wall:11.1f} {cpu:10.1f}  {', '.join(f'{r[0]:.1f}' for r in rows)}")
-    for k, what in [(0, "wall clock"), (1, "CPU time ")]:
-        ratio = statistics.median(r[k] for r in ours) / statistics.median(r[k] for r in plain)
-        print(f"dermadv / plain, {what}: {ratio:.2f}x  (goal >= 1.0x)")
+    for name, rows in rates.items():
+        print(f"{name:36s} {medians[name][0]:11.1f} {medians[name][1]:10.1f}  {', '.join(f'{r[0]:.1f}' for r in rows)}")
+    plain = medians["plain DataLoader + transforms.v2"]
+    for name in list(loops)[:2]:
+        wall, cpu = (medians[name][k] / plain[k] for k in (0, 1))
+        print(f"{name} / plain: wall {wall:.2f}x, CPU time {cpu:.2f}x  (goal >= 1.0x)")
     print("(medians over epochs; on a shared machine the CPU-time ratio is the steadier one)")
 
 

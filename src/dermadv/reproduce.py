@@ -40,6 +40,9 @@ class ReproduceConfig:
     seed: int = 0
     sweep: bool = False
     sweep_limit: int | None = 350
+    sweep_eps: str | None = None  # default: the preset's
+    sweep_fit_images: int | None = 1500  # generators of the sweep fit on a class-stratified sample
+    sweep_only: bool = False  # skip the main generator/attack stages (e.g. a second process sharing the folder)
     observer_n: int = 50
     report: bool = True
 
@@ -124,7 +127,7 @@ def paper_table(run_dir: Path) -> list[dict[str, str]]:
     add(
         "architecture",
         PAPER["architecture"],
-        f"{cfg.get('arch', '—')} ({'ImageNet' if cfg.get('weights') else 'from scratch'})",
+        f"{cfg.get('arch', '—')} ({'ImageNet' if cfg.get('weights') not in (None, 'none') else 'from scratch'})",
         "classifier/manifest.json",
     )
     add("image size", PAPER["image_size"], f"{cfg.get('image_size', '—')} px", "classifier/manifest.json")
@@ -205,6 +208,11 @@ def reproduce(cfg: ReproduceConfig) -> Path:
                 checkpoint, data=cfg.data, split="test", split_file=str(split_path), out=clf_dir / "test"
             )
         dd.barrier()
+    if cfg.sweep_only:
+        _sweep_stage(cfg, run, acfg, checkpoint, split_path)
+        if dd.is_main():
+            run.finish()
+        return out
     with run.stage("generator"):
         _check_same_settings(gen_dir, eps=parse_eps(eps), target=cfg.target, fit_on=cfg.fit_on)
         if not run_complete(gen_dir):
@@ -239,16 +247,8 @@ def reproduce(cfg: ReproduceConfig) -> Path:
                     seed=cfg.seed,
                 )
             )
-    if cfg.sweep and acfg.get("sweep_eps"):
-        with run.stage("sweep"):
-            run_sweep(
-                cfg,
-                checkpoint=checkpoint,
-                split_path=split_path,
-                eps_values=acfg["sweep_eps"].split(","),
-                gen_epochs=acfg["epochs"],
-                batch_size=acfg["batch_size"],
-            )
+    if cfg.sweep:
+        _sweep_stage(cfg, run, acfg, checkpoint, split_path)
     if dd.is_main():
         with run.stage("observer"):
             try:
@@ -285,6 +285,23 @@ def reproduce(cfg: ReproduceConfig) -> Path:
     return out
 
 
+def _sweep_stage(cfg: ReproduceConfig, run: Run, acfg: dict[str, Any], checkpoint: Path, split_path: Path) -> None:
+    eps_values = (cfg.sweep_eps or acfg.get("sweep_eps") or "").split(",")
+    eps_values = [e for e in eps_values if e.strip()]
+    if not eps_values:
+        log.warning("no sweep budgets for preset %s; pass --sweep-eps", cfg.preset)
+        return
+    with run.stage("sweep"):
+        run_sweep(
+            cfg,
+            checkpoint=checkpoint,
+            split_path=split_path,
+            eps_values=eps_values,
+            gen_epochs=acfg["epochs"],
+            batch_size=acfg["batch_size"],
+        )
+
+
 def _check_same_settings(gen_dir: Path, *, eps: float, target: str, fit_on: str) -> None:
     """Refuse to resume a run folder whose generator was fitted with other settings."""
     if not (gen_dir / "manifest.json").exists():
@@ -307,13 +324,15 @@ def _n_images(adv_dir: Path) -> int:
 def run_sweep(
     cfg: ReproduceConfig, *, checkpoint: Path, split_path: Path, eps_values: list[str], gen_epochs: int, batch_size: int
 ) -> None:
-    """Robustness curves: generator and targeted PGD-20 at each eps, for both protocols."""
-    from dermadv.attacks.runner import AttackRunConfig, attack_split, sweep_row
-    from dermadv.runs import write_csv
+    """Robustness curves: generator (both protocols) and targeted PGD-20 at each eps, scored from saved PNGs.
+
+    Every (method, protocol, eps) is its own attack folder under ``sweep/``; ``sweep.csv`` is rebuilt from
+    all complete folders, so several processes can share one sweep (each with its own ``--sweep-eps``).
+    """
+    from dermadv.attacks.runner import AttackRunConfig, attack_split
     from dermadv.training.generator import GeneratorConfig, fit_generator
 
     base = Path(cfg.out) / "sweep"
-    rows: list[dict[str, Any]] = []
     acfg = AttackRunConfig(
         checkpoint=checkpoint,
         out=base,
@@ -339,9 +358,10 @@ def run_sweep(
                         target=cfg.target,
                         eps=eps,
                         fit_on=fit_on,  # type: ignore[arg-type]
+                        max_fit_images=cfg.sweep_fit_images if fit_on == "train" else None,
                         epochs=gen_epochs,
                         batch_size=batch_size,
-                        seed=cfg.seed,  # type: ignore[arg-type]
+                        seed=cfg.seed,
                         split_file=str(split_path),
                         resume=(gdir / "generator_state.pt").exists(),
                     )
@@ -353,14 +373,31 @@ def run_sweep(
                 generator=gdir / "generator.safetensors",
                 out=base / f"advgan-{protocol}-eps{tag}",
             )
-            m = read_json(sub.out / "attack_metrics.json") if run_complete(sub.out) else attack_split(sub)
-            if dd.is_main():
-                rows.append(sweep_row(m, method="advgan", eps=parse_eps(eps), protocol=protocol, folder=sub.out.name))
+            if not run_complete(sub.out):
+                attack_split(sub)
         sub = replace(acfg, method="pgd", eps=eps, out=base / f"pgd-eps{tag}")
-        m = read_json(sub.out / "attack_metrics.json") if run_complete(sub.out) else attack_split(sub)
+        if not run_complete(sub.out):
+            attack_split(sub)
         if dd.is_main():
-            rows.append(sweep_row(m, method="pgd", eps=parse_eps(eps), protocol="per-image", folder=sub.out.name))
-            write_csv(base / "sweep.csv", rows)
+            write_sweep_csv(base)
+
+
+def write_sweep_csv(base: Path) -> list[dict[str, Any]]:
+    """Collect every complete attack folder under ``base`` into ``sweep.csv`` (method, protocol, eps order)."""
+    from dermadv.attacks.runner import sweep_row
+    from dermadv.runs import write_csv
+
+    rows = []
+    for folder in sorted(p for p in base.iterdir() if p.is_dir() and (p / "attack_metrics.json").exists()):
+        info = read_json(folder / "attack.json")
+        m = read_json(folder / "attack_metrics.json")
+        name = folder.name
+        protocol = "per-image" if info["method"] != "advgan" else ("paper" if "-paper-" in name else "held-out")
+        rows.append(sweep_row(m, method=info["method"], eps=float(info["eps"]), protocol=protocol, folder=name))
+    rows.sort(key=lambda r: (r["method"], r["protocol"], r["eps_255"]))
+    if rows:
+        write_csv(base / "sweep.csv", rows)
+    return rows
 
 
 def register(app: typer.Typer) -> None:
@@ -381,6 +418,13 @@ def register(app: typer.Typer) -> None:
             False, "--sweep/--no-sweep", help="Also run robustness curves (eps × attack × protocol)."
         ),
         sweep_limit: int = typer.Option(350, "--sweep-limit", help="Class-stratified test sample per sweep run."),
+        sweep_eps: str | None = typer.Option(None, "--sweep-eps", help="Budgets of the sweep, e.g. 1/255,2/255."),
+        sweep_fit_images: int = typer.Option(
+            1500, "--sweep-fit-images", help="Train images each sweep generator fits on."
+        ),
+        sweep_only: bool = typer.Option(
+            False, "--sweep-only", help="Only the sweep (a second process can share --out)."
+        ),
         report: bool = typer.Option(True, "--report/--no-report"),
         seed: int = typer.Option(0),
     ) -> None:
@@ -396,8 +440,11 @@ def register(app: typer.Typer) -> None:
                 fit_on=fit_on,
                 eps=eps,
                 target=target,
-                sweep=sweep,
+                sweep=sweep or sweep_only,
                 sweep_limit=sweep_limit,
+                sweep_eps=sweep_eps,
+                sweep_fit_images=sweep_fit_images,
+                sweep_only=sweep_only,
                 report=report,
                 seed=seed,
             )

@@ -57,7 +57,7 @@ class TrainConfig:
     seed: int = 0
     split_file: str | None = None
     amp: Literal["auto", "bf16", "off"] = "auto"
-    channels_last: bool = True
+    channels_last: bool | None = None  # None: on CUDA only (it slows CPU training at 64 px by ~10%)
     compile: bool = False
     sync_batchnorm: bool = False
     max_train_images: int | None = None
@@ -117,6 +117,10 @@ def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManage
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
+    return cfg.channels_last if cfg.channels_last is not None else device.type == "cuda"
+
+
 def lr_lambda(step: int, *, total: int, warmup: int) -> float:
     if step < warmup:
         return (step + 1) / max(1, warmup)
@@ -155,7 +159,9 @@ def predict_logits(
     for s in tqdm(it, desc="predict", disable=not progress, leave=False):
         idx = indices[s : s + batch_size]
         chunk = src[torch.from_numpy(idx)] if src is not None else torch.from_numpy(np.asarray(images_uint8[idx]))
-        x = to_float(chunk.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+        x = to_float(chunk.to(device, non_blocking=True))
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp):
             logits = model(x).float()
             if tta:
@@ -232,7 +238,7 @@ def train_one_epoch(
         x = to_float(chunk.to(device, non_blocking=True))
         if cfg.augment:
             x = augment(x, cfg.augment_config, generator)
-        x = x.contiguous(memory_format=torch.channels_last) if cfg.channels_last else x
+        x = x.contiguous(memory_format=torch.channels_last) if use_channels_last(cfg, device) else x
         y = labels[idx].to(device, non_blocking=True)
         with autocast(device, cfg.amp):
             loss = criterion(model(x).float(), y)
@@ -305,7 +311,7 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
     labels = torch.from_numpy(ds.labels).to(images.device)
 
     model = build_classifier(cfg.arch, ds.num_classes, weights=cfg.weights).to(device)
-    if cfg.channels_last:
+    if use_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
     ema = None
     if cfg.ema_decay > 0:

@@ -50,6 +50,7 @@ class GeneratorConfig:
     target: str = "nv"
     eps: str = "8/255"
     fit_on: Literal["train", "test", "val", "all"] = "train"
+    max_fit_images: int | None = None  # fit on a class-stratified sample of this many images
     attack_size: Literal["model", "stored"] = "model"
     epochs: int = 6
     batch_size: int = 64
@@ -97,6 +98,10 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
     idx = prep.indices(cfg.fit_on)
     if len(idx) == 0:
         raise ConfigError(f"the {cfg.fit_on} split is empty; choose another --fit-on")
+    if cfg.max_fit_images:
+        from dermadv.attacks.runner import stratified_sample
+
+        idx = stratified_sample(prep.dataset.labels, idx, cfg.max_fit_images, cfg.seed)
     images = device_images(prep.images, device)
     spec = GeneratorSpec(
         channels=cfg.channels,
