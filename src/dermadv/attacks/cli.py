@@ -132,6 +132,7 @@ def sweep_cmd(
     target: str = typer.Option("nv"),
     steps: int = typer.Option(20),
     limit: int | None = typer.Option(None, help="Class-stratified sample size per run."),
+    fit_limit: int | None = typer.Option(None, "--fit-limit", help="Train images a universal perturbation fits on."),
     generators: Path | None = typer.Option(None, "--generators", help="Folder with advgan-eps<k>_255/ fits."),
     seed: int = typer.Option(0),
 ) -> None:
@@ -146,7 +147,15 @@ def sweep_cmd(
             if p.exists():
                 gens[e] = p
     cfg = AttackRunConfig(
-        checkpoint=checkpoint, out=out, data=data, split=split, target=target, steps=steps, limit=limit, seed=seed
+        checkpoint=checkpoint,
+        out=out,
+        data=data,
+        split=split,
+        target=target,
+        steps=steps,
+        limit=limit,
+        fit_limit=fit_limit,
+        seed=seed,
     )
     rows = sweep(cfg, methods=methods.split(","), eps_values=eps.split(","), generators=gens)
     _print_sweep(rows)

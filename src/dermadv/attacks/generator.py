@@ -150,9 +150,14 @@ def gan_step(
     target: int,
     eps: float,
     weights: LossWeights,
+    sample_weights: torch.Tensor | None = None,
     autocast_ctx: Callable[[], AbstractContextManager[None]] = nullcontext,
 ) -> torch.Tensor:
-    """One AdvGAN update of D then G on a batch; returns detached [margin loss, GAN loss, D loss, #fooled]."""
+    """One AdvGAN update of D then G on a batch; returns detached [margin loss, GAN loss, D loss, #fooled].
+
+    ``sample_weights`` (mean ≈ 1) weight each image's margin loss, e.g. by inverse class frequency so
+    that rare classes, which decide the worst-class fooling ratio, are not drowned by nevi.
+    """
     with autocast_ctx():
         delta = generator(images)
     adv = (images + delta.float()).clamp(0, 1)
@@ -165,7 +170,8 @@ def gan_step(
     # Generator: make the classifier say the target, look real, keep the L2 norm under the hinge bound.
     with autocast_ctx():
         logits = attacked(adv).float()
-    loss_adv = targeted_margin_loss(logits, target, weights.kappa).mean()
+    margins = targeted_margin_loss(logits, target, weights.kappa)
+    loss_adv = (margins * sample_weights).mean() if sample_weights is not None else margins.mean()
     d_out = discriminator(adv)
     loss_gan = F.mse_loss(d_out, torch.ones_like(d_out))
     l2_bound = weights.hinge_ratio * eps * math.sqrt(adv[0].numel())

@@ -44,6 +44,7 @@ class AttackRunConfig:
     batch_size: int = 64
     seed: int = 0
     fit_split: str = "train"  # for attacks that must be fitted first (universal perturbation)
+    fit_limit: int | None = None  # fit on a class-stratified sample of this many images of fit_split
     params: dict[str, Any] = field(default_factory=dict)
     limit: int | None = None  # attack only the first N images of the split (a class-stratified sample)
     evaluate: bool = True
@@ -136,6 +137,8 @@ def attack_split(cfg: AttackRunConfig) -> dict[str, Any]:
             raise ConfigError(f"{cfg.method} is fitted toward a target class; pass --target")
         with run.stage("fit"):
             fit_idx = prep.indices(cfg.fit_split)
+            if cfg.fit_limit:
+                fit_idx = stratified_sample(prep.dataset.labels, fit_idx, cfg.fit_limit, cfg.seed)
             attack.fit(attacked, np.asarray(prep.images[fit_idx]), target=target)  # type: ignore[attr-defined]
         # every rank fitted the same way; rank 0's result makes them agree even where GPU sums differ
         dd.broadcast_tensor_attributes(attack)

@@ -51,6 +51,7 @@ class GeneratorConfig:
     eps: str = "8/255"
     fit_on: Literal["train", "test", "val", "all"] = "train"
     max_fit_images: int | None = None  # fit on a class-stratified sample of this many images
+    class_balance: bool = True  # weight the margin loss by inverse class frequency (worst-class fooling)
     attack_size: Literal["model", "stored"] = "model"
     epochs: int = 6
     batch_size: int = 64
@@ -163,6 +164,12 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
     weights = LossWeights(
         kappa=cfg.kappa, gan_weight=cfg.gan_weight, hinge_weight=cfg.hinge_weight, hinge_ratio=cfg.hinge_ratio
     )
+    # Per-image margin weights ∝ 1/frequency of its class in the fit set, mean 1 over that set.
+    labels_np = prep.dataset.labels
+    counts = np.bincount(labels_np[idx], minlength=prep.dataset.num_classes).astype(np.float64)
+    per_class = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+    per_class = per_class / per_class[labels_np[idx]].mean() if cfg.class_balance else np.ones_like(per_class)
+    image_weights = torch.from_numpy(per_class[labels_np].astype(np.float32)).to(images.device)
     with run.stage("fit"):
         for epoch in range(start, cfg.epochs):
             t0 = time.time()
@@ -191,6 +198,7 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
                     target=target,
                     eps=eps,
                     weights=weights,
+                    sample_weights=image_weights[b].to(device),
                     autocast_ctx=lambda: autocast(device, cfg.amp),
                 )
                 sched_g.step()
