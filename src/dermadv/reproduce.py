@@ -169,7 +169,11 @@ def reproduce(cfg: ReproduceConfig) -> Path:
     acfg = preset_attack_config(cfg.preset)
     eps = cfg.eps or acfg["eps"]
     parse_eps(eps)
-    run = Run(out, command="reproduce", config=cfg, seed=cfg.seed, write=dd.is_main())
+    # A sweep-only process shares the folder with a main one: it keeps its manifest under sweep/.
+    run_dir = (
+        out / "sweep" / f"manifest-sweep-{'_'.join(e.replace('/', '-') for e in (cfg.sweep_eps or '').split(','))}"
+    )
+    run = Run(run_dir if cfg.sweep_only else out, command="reproduce", config=cfg, seed=cfg.seed, write=dd.is_main())
     clf_dir, gen_dir, adv_dir = out / "classifier", out / "generator", out / "adv-test"
     split_path = out / "split.csv"
 
@@ -203,7 +207,7 @@ def reproduce(cfg: ReproduceConfig) -> Path:
             )
     checkpoint = clf_dir / "model.safetensors"
     with run.stage("evaluate"):
-        if dd.is_main() and not run_complete(clf_dir / "test"):
+        if dd.is_main() and not cfg.sweep_only and not run_complete(clf_dir / "test"):
             evaluate_checkpoint(
                 checkpoint, data=cfg.data, split="test", split_file=str(split_path), out=clf_dir / "test"
             )
