@@ -36,7 +36,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             select="sum",
             calibrate_bias=True,
         ),
-        "attack": dict(eps="8/255", epochs=6, batch_size=32, sweep_eps="1/255,2/255,4/255,8/255,16/255"),
+        "attack": dict(eps="8/255", epochs=8, batch_size=32, sweep_eps="1/255,2/255,4/255,8/255,16/255"),
     },
     "paper": {
         "train": dict(

@@ -11,18 +11,10 @@ import pytest
 from dermadv.observer.analysis import analysis_tables, analyze_study
 from dermadv.observer.storage import StudyDB
 from dermadv.observer.study import create_study, invite_observer
+from dermadv.report.screenshot import CHROMIUM_ARGS as BROWSER_ARGS
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+CHROMIUM_ARGS = BROWSER_ARGS  # one list of flags for this closed-network sandbox
 SCREENSHOT_COPY = Path("/tmp/observer_rating.png")
 
 pytestmark = [

@@ -8,18 +8,10 @@ from pathlib import Path
 import pytest
 
 from dermadv.report import build_report
+from dermadv.report.screenshot import CHROMIUM_ARGS as BROWSER_ARGS
 
 CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+CHROMIUM_ARGS = BROWSER_ARGS  # one list of flags for this closed-network sandbox
 
 pytestmark = [
     pytest.mark.browser,
