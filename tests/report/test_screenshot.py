@@ -25,4 +25,4 @@ def test_screenshot_is_a_tall_png_without_console_errors(run_dir: Path, tmp_path
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width = int.from_bytes(data[16:20], "big")
     height = int.from_bytes(data[20:24], "big")
-    assert width == 1000 and height > 2000  # the whole page, not just the first screen
+    assert width >= 1000 and height > 2000  # the whole page (wide tables may widen it), not just the first screen
