@@ -117,7 +117,9 @@ def train(
     lr: float | None = typer.Option(None),
     optimizer: str | None = typer.Option(None, help="adamw or sgd."),
     class_balance: str | None = typer.Option(None, "--class-balance", help="none, sqrt or inverse loss weights."),
-    weights: str | None = typer.Option(None, help="'imagenet' or a path to ImageNet weights; default random init."),
+    weights: str | None = typer.Option(
+        None, help="'imagenet', a path to ImageNet weights, or 'none' (random init, the default)."
+    ),
     seed: int | None = typer.Option(None),
     split_file: str | None = typer.Option(None, "--split-file", help="Reuse a split CSV."),
     compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
