@@ -22,7 +22,7 @@ from dermadv.data.classes import class_index
 from dermadv.errors import ConfigError, RunError
 from dermadv.models.checkpoints import check_fits, load_checkpoint
 from dermadv.runs import Run, read_json, write_csv
-from dermadv.training.data import prepare
+from dermadv.training.data import prepare, split_beside
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def attack_split(cfg: AttackRunConfig) -> dict[str, Any]:
         attack = gen_attack
     else:
         attack = build_attack(cfg, eps)
-    split_file = cfg.split_file or _split_beside(cfg.checkpoint)
+    split_file = cfg.split_file or split_beside(cfg.checkpoint)
     size = None if attack_size == "stored" else meta.image_size
     with dd.main_first():  # rank 0 fills the decode cache, the others then read it
         prep = prepare(cfg.data, image_size=size, split_file=split_file, seed=cfg.seed, progress=dd.is_main())
@@ -308,8 +308,3 @@ def transfer(source: Path, checkpoint: Path, out: Path) -> dict[str, Any]:
     metrics = evaluate_attack_folder(out, in_run=True)
     run.finish()
     return metrics
-
-
-def _split_beside(checkpoint: Path) -> str | None:
-    p = Path(checkpoint).parent / "split.csv"
-    return str(p) if p.exists() else None

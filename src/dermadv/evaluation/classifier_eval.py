@@ -19,14 +19,9 @@ from dermadv.evaluation.metrics import (
 from dermadv.models.checkpoints import check_fits, load_checkpoint
 from dermadv.runs import Run
 from dermadv.training.classifier import predict_logits
-from dermadv.training.data import prepare
+from dermadv.training.data import prepare, split_beside
 
 log = logging.getLogger(__name__)
-
-
-def split_beside(checkpoint: Path) -> str | None:
-    p = Path(checkpoint).parent / "split.csv"
-    return str(p) if p.exists() else None
 
 
 def evaluate_checkpoint(

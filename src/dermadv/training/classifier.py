@@ -24,12 +24,12 @@ from tqdm.auto import tqdm
 
 from dermadv import distributed as dd
 from dermadv.data.splits import save_splits
-from dermadv.errors import ConfigError, RunError
+from dermadv.errors import ConfigError
 from dermadv.models.checkpoints import CheckpointMeta, save_checkpoint
 from dermadv.models.classifier import Classifier, build_classifier
 from dermadv.runs import Run, atomic_path, write_csv, write_json
 from dermadv.training.augment import AugmentConfig, augment, to_float
-from dermadv.training.data import Prepared, device_images, prepare
+from dermadv.training.data import Prepared, device_images, prepare, start_fit
 
 log = logging.getLogger(__name__)
 
@@ -275,17 +275,8 @@ def _validation_logits(
 
 def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
     """Train a classifier into ``cfg.out``; return the path of ``model.safetensors`` (best on validation)."""
-    dd.init_from_env()
-    torch.manual_seed(cfg.seed)
-    device = dd.default_device()
-    if device.type == "cuda":
-        # one input size throughout: cuDNN times its convolution algorithms once and keeps the fastest
-        torch.backends.cudnn.benchmark = True
     out = Path(cfg.out)
-    state_path = out / "train_state.pt"
-    # Rank 0 decides for all: a rank that looked later could see the state file rank 0 just wrote.
-    if dd.broadcast_object(state_path.exists()) and not cfg.resume:
-        raise RunError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    device, state_path = start_fit(out, "train_state.pt", seed=cfg.seed, resume=cfg.resume, what="a training run")
     if prepared is None:
         with dd.main_first():  # rank 0 fills the decode cache, the others then read it
             prepared = prepare(

@@ -18,6 +18,30 @@ from dermadv.data.splits import load_splits, make_splits, split_indices
 log = logging.getLogger(__name__)
 
 
+def split_beside(checkpoint: str | Path) -> str | None:
+    """The ``split.csv`` a training run wrote beside its checkpoint, so later stages reuse its test split."""
+    p = Path(checkpoint).parent / "split.csv"
+    return str(p) if p.exists() else None
+
+
+def start_fit(out: Path, state_name: str, *, seed: int, resume: bool, what: str) -> tuple[torch.device, Path]:
+    """Common start of a resumable fit: join the process group, seed, pick the device, guard the run folder."""
+    from dermadv import distributed as dd
+    from dermadv.errors import RunError
+
+    dd.init_from_env()
+    torch.manual_seed(seed)
+    device = dd.default_device()
+    if device.type == "cuda":
+        # one input size throughout: cuDNN times its convolution algorithms once and keeps the fastest
+        torch.backends.cudnn.benchmark = True
+    state_path = Path(out) / state_name
+    # Rank 0 decides for all: a rank that looked later could see the state file rank 0 just wrote.
+    if dd.broadcast_object(state_path.exists()) and not resume:
+        raise RunError(f"{out} already holds {what}; pass --resume to continue it or choose another --out")
+    return device, state_path
+
+
 @dataclass
 class Prepared:
     dataset: ImageSet

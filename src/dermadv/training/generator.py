@@ -37,7 +37,7 @@ from dermadv.models.checkpoints import check_fits, load_checkpoint
 from dermadv.runs import Run, atomic_path, write_csv
 from dermadv.training.augment import to_float
 from dermadv.training.classifier import autocast
-from dermadv.training.data import device_images, prepare
+from dermadv.training.data import device_images, prepare, split_beside, start_fit
 
 log = logging.getLogger(__name__)
 
@@ -71,23 +71,14 @@ class GeneratorConfig:
 
 def fit_generator(cfg: GeneratorConfig) -> Path:
     """Fit a generator into ``cfg.out``; return the path of ``generator.safetensors``."""
-    dd.init_from_env()
     eps = parse_eps(cfg.eps)
-    torch.manual_seed(cfg.seed)
-    device = dd.default_device()
-    if device.type == "cuda":
-        # one input size throughout: cuDNN times its convolution algorithms once and keeps the fastest
-        torch.backends.cudnn.benchmark = True
     out = Path(cfg.out)
-    state_path = out / "generator_state.pt"
-    # Rank 0 decides for all: a rank that looked later could see the state file rank 0 just wrote.
-    if dd.broadcast_object(state_path.exists()) and not cfg.resume:
-        raise RunError(f"{out} already holds a generator fit; pass --resume to continue it or choose another --out")
+    device, state_path = start_fit(out, "generator_state.pt", seed=cfg.seed, resume=cfg.resume, what="a generator fit")
     classifier, meta = load_checkpoint(cfg.checkpoint, device=device)
     for p in classifier.parameters():
         p.requires_grad_(False)
     target = class_index(cfg.target, meta.classes)
-    split_file = cfg.split_file or _split_beside(cfg.checkpoint)
+    split_file = cfg.split_file or split_beside(cfg.checkpoint)
     size = None if cfg.attack_size == "stored" else meta.image_size
     with dd.main_first():  # rank 0 fills the decode cache, the others then read it
         prep = prepare(
@@ -243,11 +234,6 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
         run.finish(epochs_run=len(history))
     dd.barrier()
     return out / "generator.safetensors"
-
-
-def _split_beside(checkpoint: Path) -> str | None:
-    p = Path(checkpoint).parent / "split.csv"
-    return str(p) if p.exists() else None
 
 
 __all__ = ["GeneratorConfig", "fit_generator"]
