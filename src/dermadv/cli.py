@@ -122,7 +122,7 @@ def train(
     out: Path = typer.Option(..., "--out", help="Run folder to write."),
     data: str | None = DataOpt,
     config: Path | None = typer.Option(None, "--config", help="YAML file of training options (see recipes/)."),
-    preset: str | None = typer.Option(None, "--preset", help="demo, cpu-64 or paper."),
+    preset: str | None = typer.Option(None, "--preset", help="demo, cpu, cpu-64 or paper."),
     arch: str | None = typer.Option(
         None, help="torchvision name or timm:<name> (default densenet201); `dermadv models` lists them."
     ),

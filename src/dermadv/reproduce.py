@@ -231,6 +231,7 @@ def reproduce(cfg: ReproduceConfig) -> Path:
                     attack_size=acfg.get("attack_size", "model"),  # type: ignore[arg-type]
                     epochs=acfg["epochs"],
                     batch_size=acfg["batch_size"],
+                    **acfg.get("generator", {}),
                     seed=cfg.seed,
                     split_file=str(split_path),
                     resume=(gen_dir / "generator_state.pt").exists(),
@@ -303,6 +304,7 @@ def _sweep_stage(cfg: ReproduceConfig, run: Run, acfg: dict[str, Any], checkpoin
             eps_values=eps_values,
             gen_epochs=acfg["epochs"],
             batch_size=acfg["batch_size"],
+            gen_options=acfg.get("generator", {}),
         )
 
 
@@ -326,7 +328,14 @@ def _n_images(adv_dir: Path) -> int:
 
 
 def run_sweep(
-    cfg: ReproduceConfig, *, checkpoint: Path, split_path: Path, eps_values: list[str], gen_epochs: int, batch_size: int
+    cfg: ReproduceConfig,
+    *,
+    checkpoint: Path,
+    split_path: Path,
+    eps_values: list[str],
+    gen_epochs: int,
+    batch_size: int,
+    gen_options: dict[str, Any] | None = None,
 ) -> None:
     """Robustness curves: generator (both protocols) and targeted PGD-20 at each eps, scored from saved PNGs.
 
@@ -365,6 +374,7 @@ def run_sweep(
                         max_fit_images=cfg.sweep_fit_images if fit_on == "train" else None,
                         epochs=gen_epochs,
                         batch_size=batch_size,
+                        **(gen_options or {}),
                         seed=cfg.seed,
                         split_file=str(split_path),
                         resume=(gdir / "generator_state.pt").exists(),
@@ -409,7 +419,10 @@ def register(app: typer.Typer) -> None:
     def reproduce_cmd(
         out: Path = typer.Option(Path("runs/repro"), "--out", help="Run folder."),
         data: str | None = typer.Option(None, "--data", help="HAM10000 folder etc.; default: built-in synthetic set."),
-        preset: str = typer.Option("demo", help="demo (synthetic, minutes), cpu-64 (real data, 2 cores), paper (GPU)."),
+        preset: str = typer.Option(
+            "demo",
+            help="demo (synthetic, minutes), cpu (real data, 2 cores), cpu-64 (from-scratch baseline), paper (GPU).",
+        ),
         checkpoint: Path | None = typer.Option(
             None, "--checkpoint", help="Reuse a trained classifier (skips training)."
         ),

@@ -44,6 +44,10 @@ def fit(
     kappa: float = typer.Option(5.0, help="Logit margin the target must win by."),
     gan_weight: float = typer.Option(0.05, "--gan-weight", help="Weight of the least-squares GAN loss."),
     hinge_weight: float = typer.Option(1.0, "--hinge-weight", help="Weight of the L2 hinge."),
+    condition: str = typer.Option(
+        "gradient", help="gradient (image + the classifier's input gradient; stronger) or image (AdvGAN's original)."
+    ),
+    channels: int = typer.Option(16, help="Width of the generator."),
     seed: int = typer.Option(0),
     split_file: str | None = typer.Option(None, "--split-file"),
     resume: bool = typer.Option(False, "--resume"),
@@ -65,6 +69,8 @@ def fit(
         kappa=kappa,  # type: ignore[arg-type]
         gan_weight=gan_weight,
         hinge_weight=hinge_weight,
+        condition=condition,
+        channels=channels,
         seed=seed,
         split_file=split_file,
         resume=resume,

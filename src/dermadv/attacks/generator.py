@@ -2,6 +2,10 @@
 
 A fully convolutional generator maps an image to a perturbation bounded by a hard L∞ budget
 (``eps · tanh``); one forward pass per batch attacks any number of images of any size.
+
+``condition="gradient"`` also feeds the generator the classifier's input gradient toward the target
+(one backward pass per image, as in learned-optimiser attacks, Jiang et al. 2019): an image-only
+generator learns an almost universal pattern (FGSM-strength), the conditioned one adapts to each lesion.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -25,8 +30,13 @@ from dermadv.errors import CheckpointError
 from dermadv.models.checkpoints import load_state, save_state
 
 
+Condition = Literal["image", "gradient"]
+CONDITIONS: tuple[str, ...] = ("image", "gradient")
+
+
 @dataclass(frozen=True)
 class GeneratorSpec:
+    condition: str = "image"  # "image" (AdvGAN) or "gradient" (image + the classifier's input gradient)
     channels: int = 16
     res_blocks: int = 3
     eps: float = 8 / 255
@@ -59,12 +69,14 @@ class PerturbationGenerator(nn.Module):
     The decoder upsamples to the exact input size, so odd and non-square sizes (150×200) work.
     """
 
-    def __init__(self, eps: float, *, channels: int = 16, res_blocks: int = 3) -> None:
+    def __init__(self, eps: float, *, channels: int = 16, res_blocks: int = 3, condition: str = "image") -> None:
         super().__init__()
         c = channels
         self.eps = eps
+        self.condition = condition
+        in_channels = 3 if condition == "image" else 9
         self.encoder = nn.Sequential(
-            nn.Conv2d(3, c, 3, padding=1, bias=False), nn.InstanceNorm2d(c, affine=True), nn.ReLU(inplace=True),
+            nn.Conv2d(in_channels, c, 3, padding=1, bias=False), nn.InstanceNorm2d(c, affine=True), nn.ReLU(inplace=True),
             nn.Conv2d(c, 2 * c, 3, stride=2, padding=1, bias=False), nn.InstanceNorm2d(2 * c, affine=True),
             nn.ReLU(inplace=True),
             nn.Conv2d(2 * c, 4 * c, 3, stride=2, padding=1, bias=False), nn.InstanceNorm2d(4 * c, affine=True),
@@ -81,15 +93,31 @@ class PerturbationGenerator(nn.Module):
         )
         self.head = nn.Conv2d(c, 3, 3, padding=1)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        h, w = images.shape[-2:]
-        x = images * 2 - 1
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """``inputs``: the images in [0, 1], with the conditioning channels of :func:`generator_inputs`."""
+        h, w = inputs.shape[-2:]
+        x = inputs * 2 - 1
         skip = self.encoder[:3](x)
         z = self.blocks(self.encoder[3:](skip))
         z = self.up1(F.interpolate(z, size=((h + 1) // 2, (w + 1) // 2), mode="bilinear", align_corners=False))
         z = F.interpolate(z, size=(h, w), mode="bilinear", align_corners=False)
         z = self.up2(torch.cat([z, skip], 1))
         return self.eps * torch.tanh(self.head(z))
+
+
+def generator_inputs(model: nn.Module, images: torch.Tensor, *, target: int, condition: str) -> torch.Tensor:
+    """What the generator sees: the images, and for ``condition="gradient"`` the descent direction of the
+    cross-entropy toward ``target`` at the images, as a standardised map and as its sign (9 channels in [0, 1])."""
+    if condition == "image":
+        return images
+    with torch.enable_grad():
+        x = images.detach().requires_grad_(True)
+        logits = model(x).float()
+        loss = F.cross_entropy(logits, torch.full((len(x),), target, device=x.device), reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+    step = -grad
+    scaled = step / (step.flatten(1).std(1).view(-1, 1, 1, 1) + 1e-12)
+    return torch.cat([images, scaled.clamp(-3, 3) / 6 + 0.5, step.sign() * 0.5 + 0.5], 1).detach()
 
 
 class PatchDiscriminator(nn.Module):
@@ -158,8 +186,10 @@ def gan_step(
     ``sample_weights`` (mean ≈ 1) weight each image's margin loss, e.g. by inverse class frequency so
     that rare classes, which decide the worst-class fooling ratio, are not drowned by nevi.
     """
+    condition = getattr(generator, "module", generator).condition
+    inputs = generator_inputs(attacked, images, target=target, condition=condition)
     with autocast_ctx():
-        delta = generator(images)
+        delta = generator(inputs)
     adv = (images + delta.float()).clamp(0, 1)
     # Discriminator: clean images are "real", adversarial ones "fake" (least squares, Mao et al. 2017).
     d_real, d_fake = discriminator(images), discriminator(adv.detach())
@@ -279,7 +309,13 @@ class GeneratorAttack(Attack):
         self, model: nn.Module, images: torch.Tensor, *, labels: torch.Tensor | None, target: int | None
     ) -> torch.Tensor:
         self.generator.to(images.device)
-        return (images + self.generator(images)).clamp(0, 1)
+        index = self.spec.target_index if self.spec.target_index is not None else target  # fitted for its target
+        if index is None and self.spec.condition != "image":
+            raise CheckpointError(
+                "this gradient-conditioned generator names no target; fit it with `dermadv attack fit`"
+            )
+        inputs = generator_inputs(model, images, target=int(index or 0), condition=self.spec.condition)
+        return (images + self.generator(inputs)).clamp(0, 1)
 
     def __repr__(self) -> str:
         return f"GeneratorAttack(eps={self.spec.eps:.5f}, target={self.spec.target!r})"
@@ -302,7 +338,7 @@ def load_generator(path: str | os.PathLike[str], *, device: str | torch.device =
     values["classes"] = tuple(values.get("classes", ()))
     values["image_size"] = tuple(values["image_size"])
     spec = GeneratorSpec(**values)
-    gen = PerturbationGenerator(spec.eps, channels=spec.channels, res_blocks=spec.res_blocks)
+    gen = PerturbationGenerator(spec.eps, channels=spec.channels, res_blocks=spec.res_blocks, condition=spec.condition)
     gen.load_state_dict(state)
     return GeneratorAttack(generator=gen.to(device).eval(), spec=spec)
 

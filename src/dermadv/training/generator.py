@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from dermadv import distributed as dd
 from dermadv.attacks.generator import (
+    CONDITIONS,
     GeneratorSpec,
     LossWeights,
     PatchDiscriminator,
@@ -60,6 +61,9 @@ class GeneratorConfig:
     gan_weight: float = 0.05
     hinge_weight: float = 1.0
     hinge_ratio: float = 0.8  # hinge bound: this share of the largest L2 norm the eps box allows
+    condition: str = (
+        "gradient"  # "image": AdvGAN's image-only generator; "gradient": also the classifier's input gradient
+    )
     channels: int = 16
     res_blocks: int = 3
     seed: int = 0
@@ -72,6 +76,8 @@ class GeneratorConfig:
 def fit_generator(cfg: GeneratorConfig) -> Path:
     """Fit a generator into ``cfg.out``; return the path of ``generator.safetensors``."""
     eps = parse_eps(cfg.eps)
+    if cfg.condition not in CONDITIONS:
+        raise ConfigError(f"condition must be one of {', '.join(CONDITIONS)}; got {cfg.condition!r}")
     out = Path(cfg.out)
     device, state_path = start_fit(out, "generator_state.pt", seed=cfg.seed, resume=cfg.resume, what="a generator fit")
     classifier, meta = load_checkpoint(cfg.checkpoint, device=device)
@@ -96,6 +102,7 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
         idx = stratified_sample(prep.dataset.labels, idx, cfg.max_fit_images, cfg.seed)
     images = device_images(prep.images, device)
     spec = GeneratorSpec(
+        condition=cfg.condition,
         channels=cfg.channels,
         res_blocks=cfg.res_blocks,
         eps=eps,
@@ -106,7 +113,9 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
         attack_size=cfg.attack_size,
         classifier_fingerprint=file_fingerprint(cfg.checkpoint),
     )
-    gen = PerturbationGenerator(eps, channels=cfg.channels, res_blocks=cfg.res_blocks).to(device)
+    gen = PerturbationGenerator(eps, channels=cfg.channels, res_blocks=cfg.res_blocks, condition=cfg.condition).to(
+        device
+    )
     disc = PatchDiscriminator().to(device)
     g_model: nn.Module = gen
     d_model: nn.Module = disc
