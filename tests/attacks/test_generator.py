@@ -425,7 +425,7 @@ def test_gradient_inputs_carry_the_descent_direction_toward_the_target(tiny) -> 
 
     images, target = tiny.test_images[:32], 1
     inputs = generator_inputs(tiny.model, images, target=target, condition="gradient")
-    assert inputs.shape == (32, 9, *images.shape[-2:]) and 0 <= float(inputs.min()) and float(inputs.max()) <= 1
+    assert inputs.shape == (32, 9, *images.shape[-2:]) and float(inputs.min()) >= 0 and float(inputs.max()) <= 1
     assert torch.equal(inputs[:, :3], images)
     assert torch.equal(generator_inputs(tiny.model, images, target=target, condition="image"), images)
     step = (inputs[:, 6:] - 0.5) * 2  # the sign channel

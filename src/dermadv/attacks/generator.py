@@ -29,7 +29,6 @@ from dermadv.attacks.registry import register_attack
 from dermadv.errors import CheckpointError
 from dermadv.models.checkpoints import load_state, save_state
 
-
 Condition = Literal["image", "gradient"]
 CONDITIONS: tuple[str, ...] = ("image", "gradient")
 
