@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -48,6 +49,20 @@ class Classifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone((images - self.mean) / self.std) + self.logit_bias
+
+
+class ResizedClassifier(nn.Module):
+    """The attacked pipeline for ``attack_size='stored'``: resize the stored-size image, then classify."""
+
+    def __init__(self, model: nn.Module, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.model = model
+        self.size = tuple(size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if tuple(images.shape[-2:]) != self.size:
+            images = F.interpolate(images, size=self.size, mode="bilinear", antialias=True, align_corners=False)
+        return self.model(images)
 
 
 def list_architectures() -> list[str]:
