@@ -122,7 +122,7 @@ def _generator_rate(
             # an untrained generator runs exactly as fast as a trained one
             from dermadv.attacks.generator import PerturbationGenerator
 
-            attack = GeneratorAttack(eps, generator=PerturbationGenerator(eps).to(images.device).eval())
+            attack = GeneratorAttack(PerturbationGenerator(eps).to(images.device).eval())
     except (ImportError, TypeError) as exc:
         print(f"cannot build the generator attack ({exc}); skipping it")
         return None
