@@ -4,11 +4,13 @@ and the real pipeline on that set (two classifiers, a fitted generator, an attac
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from dermadv.data.dataset import ImageSet
 
@@ -136,3 +138,41 @@ def adv_folder(tmp_path_factory: pytest.TempPathFactory, pipeline: Pipeline) -> 
         )
     )
     return out
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Classifier A of :func:`pipeline` and its held-out test split."""
+
+    model: torch.nn.Module
+    image_ids: list[str]
+    images: torch.Tensor  # uint8 N×H×W×3
+    labels: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def held_out(pipeline: Pipeline) -> HeldOut:
+    from dermadv.data.load import prepare
+    from dermadv.models.checkpoints import load_checkpoint
+
+    model, meta = load_checkpoint(pipeline.checkpoint)
+    split_file = pipeline.checkpoint.parent / "split.csv"
+    prep = prepare(str(pipeline.data), image_size=meta.image_size, split_file=split_file, progress=False)
+    idx = prep.indices("test")
+    ids = [prep.dataset.image_ids[i] for i in idx]
+    return HeldOut(model, ids, torch.from_numpy(np.asarray(prep.images[idx])), prep.dataset.labels[idx])
+
+
+@pytest.fixture()
+def saturated_generator() -> Callable[[float], torch.nn.Module]:
+    """A generator whose ``tanh`` is driven to ±1, so its perturbation sits at the edge of the budget."""
+    from dermadv.attacks.generator import PerturbationGenerator
+
+    def make(eps: float) -> torch.nn.Module:
+        torch.manual_seed(0)
+        generator = PerturbationGenerator(eps, channels=8, res_blocks=1).eval()
+        with torch.no_grad():
+            generator.head.weight.mul_(1e3)
+        return generator
+
+    return make

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -11,21 +10,10 @@ from dermadv.attacks.generator import GeneratorAttack, PerturbationGenerator, lo
 from dermadv.attacks.registry import create_attack
 from dermadv.config import parse_eps
 from dermadv.data.classes import CLASSES
-from dermadv.data.load import prepare
 from dermadv.errors import ConfigError
-from dermadv.models.checkpoints import load_checkpoint
 from dermadv.pipeline.apply import quantise
 
 EPS_VALUES = [1 / 255, 2 / 255, 8 / 255]
-
-
-def _saturated_generator(eps: float, *, seed: int = 0) -> PerturbationGenerator:
-    """A generator whose ``tanh`` is driven to ±1, so its perturbation sits at the edge of the budget."""
-    torch.manual_seed(seed)
-    generator = PerturbationGenerator(eps, channels=8, res_blocks=1).eval()
-    with torch.no_grad():
-        generator.head.weight.mul_(1e3)
-    return generator
 
 
 # --- the budget ---
@@ -33,8 +21,8 @@ def _saturated_generator(eps: float, *, seed: int = 0) -> PerturbationGenerator:
 
 @pytest.mark.parametrize("shape", [(30, 40), (33, 47), (150, 200)], ids=lambda s: f"{s[0]}x{s[1]}")
 @pytest.mark.parametrize("eps", EPS_VALUES, ids=lambda e: f"{round(e * 255)}/255")
-def test_generator_output_keeps_shape_and_budget(eps: float, shape: tuple[int, int]) -> None:
-    generator = _saturated_generator(eps)
+def test_generator_output_keeps_shape_and_budget(eps: float, shape: tuple[int, int], saturated_generator) -> None:
+    generator = saturated_generator(eps)
     images = torch.rand(2, 3, *shape)
     with torch.no_grad():
         delta = generator(images)
@@ -46,20 +34,6 @@ def test_generator_output_keeps_shape_and_budget(eps: float, shape: tuple[int, i
 # --- the effect on held-out images, and the PNG round trip (pipeline fixtures in conftest.py) ---
 
 
-def _test_split(pipeline) -> tuple[nn.Module, list[str], torch.Tensor, np.ndarray]:
-    """Classifier A and its held-out test split: image ids, uint8 N×H×W×3 images, labels."""
-    model, meta = load_checkpoint(pipeline.checkpoint)
-    prep = prepare(
-        str(pipeline.data),
-        image_size=meta.image_size,
-        split_file=pipeline.checkpoint.parent / "split.csv",
-        progress=False,
-    )
-    idx = prep.indices("test")
-    ids = [prep.dataset.image_ids[i] for i in idx]
-    return model, ids, torch.from_numpy(np.asarray(prep.images[idx])), prep.dataset.labels[idx]
-
-
 def _target_log_odds(model: nn.Module, images_uint8: torch.Tensor, target: int) -> torch.Tensor:
     """Per-image log-odds of ``target`` for uint8 N×3×H×W images; registers moves near probability 0 or 1."""
     with torch.no_grad():
@@ -69,8 +43,8 @@ def _target_log_odds(model: nn.Module, images_uint8: torch.Tensor, target: int) 
     return log_prob[:, target] - others.logsumexp(1)
 
 
-def test_short_fit_raises_target_probability_on_held_out_images(pipeline) -> None:
-    model, _, images, labels = _test_split(pipeline)
+def test_short_fit_raises_target_probability_on_held_out_images(pipeline, held_out) -> None:
+    model, images, labels = held_out.model, held_out.images, held_out.labels
     fitted = load_generator(pipeline.generator)
     target = CLASSES.index(pipeline.target)
     assert fitted.spec.target_index == target

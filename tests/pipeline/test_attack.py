@@ -12,40 +12,16 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from torch import nn
 
 from dermadv.attacks.generator import load_generator, save_generator
 from dermadv.data.classes import CLASSES
-from dermadv.data.load import prepare, to_float
+from dermadv.data.load import to_float
 from dermadv.errors import CheckpointError, ConfigError, RunError
 from dermadv.models.checkpoints import load_checkpoint
 from dermadv.pipeline.apply import quantise, read_png
 from dermadv.pipeline.attack import AttackRunConfig, attack_split, transfer
 from dermadv.runs import read_json, run_complete
 from dermadv.training.generator import GeneratorConfig, fit_generator
-
-
-def _test_split(pipeline) -> tuple[nn.Module, list[str], torch.Tensor, np.ndarray]:
-    """Classifier A and its held-out test split: image ids, uint8 N×H×W×3 images, labels."""
-    model, meta = load_checkpoint(pipeline.checkpoint)
-    prep = prepare(
-        str(pipeline.data),
-        image_size=meta.image_size,
-        split_file=pipeline.checkpoint.parent / "split.csv",
-        progress=False,
-    )
-    idx = prep.indices("test")
-    ids = [prep.dataset.image_ids[i] for i in idx]
-    return model, ids, torch.from_numpy(np.asarray(prep.images[idx])), prep.dataset.labels[idx]
-
-
-def _target_log_odds(model: nn.Module, images_uint8: torch.Tensor, target: int) -> torch.Tensor:
-    """Per-image log-odds of ``target`` for uint8 N×3×H×W images; registers moves near probability 0 or 1."""
-    with torch.no_grad():
-        log_prob = model(images_uint8.float() / 255).log_softmax(1)
-    others = log_prob.clone()
-    others[:, target] = -torch.inf
-    return log_prob[:, target] - others.logsumexp(1)
 
 
 def _predict(checkpoint: Path, folder: Path, kind: str, ids: list[str]) -> list[str]:
@@ -93,9 +69,9 @@ def test_transfer_from_a_folder_that_is_not_an_attack_run(pipeline, tmp_path: Pa
         transfer(tmp_path, pipeline.other_checkpoint, tmp_path / "out")
 
 
-def test_saved_png_round_trip_reproduces_in_memory_predictions(pipeline, adv_folder: Path) -> None:
+def test_saved_png_round_trip_reproduces_in_memory_predictions(pipeline, held_out, adv_folder: Path) -> None:
     preds = pd.read_csv(adv_folder / "predictions.csv")
-    model, ids, images, _ = _test_split(pipeline)
+    model, ids, images = held_out.model, held_out.image_ids, held_out.images
     assert preds["image_id"].tolist() == ids and len(ids) > 0
 
     # Deterministic: the generator's in-memory output, rounded to 8 bits, is bit for bit the saved PNG,
