@@ -18,6 +18,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(data.app, name="data")
+app.command()(train.models)
 app.command()(train.train)
 app.command()(train.evaluate)
 app.add_typer(attack.app, name="attack")

