@@ -162,105 +162,64 @@ class AttackMetrics:
         """The paper's table for this run, in the order every view prints it."""
         d = definitions(self.target, self.ci_method)
         aim = f"→ {self.target}" if self.target else "misclassified"
-        table = self.mcnemar.table
-        rows = [
-            Measure("accuracy_clean", "accuracy, clean images", self.accuracy_clean, d["accuracy_clean"]),
-            Measure("accuracy_adv", "accuracy, adversarial images", self.accuracy_adv, d["accuracy_adv"]),
-            Measure(
-                "mcnemar_p",
-                "McNemar test, exact",
-                self.mcnemar.p_value,
-                d["mcnemar"],
-                ("mcnemar", "exact", "p_value"),
-                "p",
-            ),
-            Measure(
-                "mcnemar_chi2_p",
-                "McNemar test, chi-square with continuity correction",
-                self.mcnemar_chi2.p_value if self.mcnemar_chi2 else 1.0,
-                d["mcnemar"],
-                ("mcnemar", "chi2", "p_value"),
-                "p",
-            ),
-            Measure(
-                "mcnemar_discordant",
-                "discordant pairs: right → wrong / wrong → right (clean → adversarial)",
-                f"{table[0][1]} / {table[1][0]}",
-                d["mcnemar"],
-                ("mcnemar", "table"),
-            ),
-        ]
+        rows: list[Measure] = []
+
+        def add(
+            name: str, label: str, value: Any, key: str = "", pointer: tuple[str, ...] = (), fmt: str = "g"
+        ) -> None:
+            rows.append(Measure(name, label, value, d[key or name.split(".")[0]], pointer, fmt))
+
+        add("accuracy_clean", "accuracy, clean images", self.accuracy_clean)
+        add("accuracy_adv", "accuracy, adversarial images", self.accuracy_adv)
+        add("mcnemar_p", "McNemar test, exact", self.mcnemar.p_value, "mcnemar", ("mcnemar", "exact", "p_value"), "p")
+        chi2_p, chi2_at = self.mcnemar_chi2.p_value if self.mcnemar_chi2 else 1.0, ("mcnemar", "chi2", "p_value")
+        add("mcnemar_chi2_p", "McNemar test, chi-square with continuity correction", chi2_p, "mcnemar", chi2_at, "p")
+        t, pairs = self.mcnemar.table, "discordant pairs: right → wrong / wrong → right (clean → adversarial)"
+        add("mcnemar_discordant", pairs, f"{t[0][1]} / {t[1][0]}", "mcnemar", ("mcnemar", "table"))
         for c, share in self.fooling_ratio.items():
             if self.per_class[c].n:
-                rows.append(Measure(f"fooling_ratio.{c}", f"fooling ratio, {c} ({aim})", share, d["fooling_ratio"]))
-        rows.append(
-            Measure(
-                "fooling_ratio_all",
-                f"fooling ratio, all images ({aim})",
-                self.fooling_ratio_all,
-                d["fooling_ratio_all"],
-            )
-        )
+                add(f"fooling_ratio.{c}", f"fooling ratio, {c} ({aim})", share)
+        add("fooling_ratio_all", f"fooling ratio, all images ({aim})", self.fooling_ratio_all)
         if self.worst_class is not None:
-            label = f"worst-class fooling ratio ({self.worst_class})"
-            pointer = ("fooling_ratio", self.worst_class)
-            rows.append(
-                Measure(
-                    "worst_class_fooling_ratio",
-                    label,
-                    self.worst_class_fooling_ratio,
-                    d["worst_class_fooling_ratio"],
-                    pointer,
-                )
-            )
+            worst, at = f"worst-class fooling ratio ({self.worst_class})", ("fooling_ratio", self.worst_class)
+            add("worst_class_fooling_ratio", worst, self.worst_class_fooling_ratio, pointer=at)
         if self.targeted_success is not None:
-            label = f"targeted success (right when clean, not {self.target})"
-            rows.append(Measure("targeted_success", label, self.targeted_success, d["targeted_success"]))
-        rows += [
-            Measure(
-                "untargeted_success",
-                "untargeted success (right when clean → wrong)",
-                self.untargeted_success,
-                d["untargeted_success"],
-            ),
-            Measure("flip_rate", "flip rate (adversarial ≠ clean prediction)", self.flip_rate, d["flip_rate"]),
-        ]
+            add("targeted_success", f"targeted success (right when clean, not {self.target})", self.targeted_success)
+        add("untargeted_success", "untargeted success (right when clean → wrong)", self.untargeted_success)
+        add("flip_rate", "flip rate (adversarial ≠ clean prediction)", self.flip_rate)
         if self.inmem_n_differ is not None:
-            label = "saved PNG vs in-memory prediction differ (images)"
-            rows.append(
-                Measure(
-                    "inmem_n_differ", label, self.inmem_n_differ, d["inmem_agreement"], ("inmem_agreement", "n_differ")
-                )
-            )
-        if self.imperceptibility is not None:
-            identical = self.size("psnr", "n_identical")
-            for name, label, measure, statistic, fmt in (
-                ("linf_255_median", "L∞ (8-bit steps), median", "linf_255", "median", "g"),
-                ("linf_255_max", "L∞ (8-bit steps), largest", "linf_255", "max", "g"),
-                ("l2_mean", "L2 ([0, 1] scale), mean", "l2", "mean", ".3f"),
-                ("l0_mean", "L0 (pixels changed), mean", "l0", "mean", ".0f"),
-                (
-                    "psnr_mean",
-                    "PSNR (dB), mean" + (f", {identical} identical images left out" if identical else ""),
-                    "psnr",
-                    "mean",
-                    ".1f",
-                ),
-                ("psnr_min", "PSNR (dB), lowest", "psnr", "min", ".1f"),
-                ("ssim_mean", "SSIM, mean", "ssim", "mean", ".4f"),
-                ("ssim_min", "SSIM, lowest", "ssim", "min", ".4f"),
-            ):
-                value = self.size(measure, statistic)
-                rows.append(Measure(name, label, value, d[measure], ("imperceptibility", measure, statistic), fmt))
+            differ, at = "saved PNG vs in-memory prediction differ (images)", ("inmem_agreement", "n_differ")
+            add("inmem_n_differ", differ, self.inmem_n_differ, "inmem_agreement", at)
+        identical = self.size("psnr", "n_identical")
+        sizes = (
+            ("linf_255", "median", "L∞ (8-bit steps), median", "g"),
+            ("linf_255", "max", "L∞ (8-bit steps), largest", "g"),
+            ("l2", "mean", "L2 ([0, 1] scale), mean", ".3f"),
+            ("l0", "mean", "L0 (pixels changed), mean", ".0f"),
+            (
+                "psnr",
+                "mean",
+                "PSNR (dB), mean" + (f", {identical} identical images left out" if identical else ""),
+                ".1f",
+            ),
+            ("psnr", "min", "PSNR (dB), lowest", ".1f"),
+            ("ssim", "mean", "SSIM, mean", ".4f"),
+            ("ssim", "min", "SSIM, lowest", ".4f"),
+        )
+        for measure, stat, label, fmt in sizes if self.imperceptibility is not None else ():
+            add(f"{measure}_{stat}", label, self.size(measure, stat), measure, ("imperceptibility", measure, stat), fmt)
         if self.n_over_budget is not None:
-            label = "images over the budget (beyond 8-bit rounding)"
-            rows.append(Measure("n_over_budget", label, self.n_over_budget, d["n_over_budget"]))
+            add("n_over_budget", "images over the budget (beyond 8-bit rounding)", self.n_over_budget)
         return rows
 
     def as_dict(self) -> dict[str, Any]:
         """The JSON form: ``attack_metrics.json``."""
-        sized = self.imperceptibility is not None
-        chi2 = self.mcnemar_chi2
+        sized, chi2, worst, differ = (
+            self.imperceptibility is not None,
+            self.mcnemar_chi2,
+            self.worst_class,
+            self.inmem_n_differ,
+        )
         out: dict[str, Any] = {"attack": self.attack} if self.attack else {}
         out |= {
             "n": self.n,
@@ -279,11 +238,7 @@ class AttackMetrics:
             },
             "fooling_ratio": {c: iv.as_dict() for c, iv in self.fooling_ratio.items()},
             "fooling_ratio_all": self.fooling_ratio_all.as_dict(),
-            "worst_class_fooling_ratio": (
-                {"class": self.worst_class, **self.fooling_ratio[self.worst_class].as_dict()}
-                if self.worst_class is not None
-                else None
-            ),
+            "worst_class_fooling_ratio": {"class": worst, **self.fooling_ratio[worst].as_dict()} if worst else None,
             "targeted_success": self.targeted_success.as_dict() if self.targeted_success else None,
             "untargeted_success": self.untargeted_success.as_dict(),
             "flip_rate": self.flip_rate.as_dict(),
@@ -293,21 +248,12 @@ class AttackMetrics:
                 c: {k: v for k, v in asdict(r).items() if sized or k not in _SIZE_KEYS}
                 for c, r in self.per_class.items()
             },
-            "inmem_agreement": (
-                {
-                    "n_differ": self.inmem_n_differ,
-                    "share_differ": self.inmem_n_differ / self.n if self.n else float("nan"),
-                }
-                if self.inmem_n_differ is not None
-                else None
-            ),
+            "inmem_agreement": None
+            if differ is None
+            else {"n_differ": differ, "share_differ": differ / self.n if self.n else float("nan")},
         }
         if sized:
-            out |= {
-                "imperceptibility": self.imperceptibility,
-                "eps_255": self.eps_255,
-                "n_over_budget": self.n_over_budget,
-            }
+            out |= {k: getattr(self, k) for k in ("imperceptibility", "eps_255", "n_over_budget")}
         out["definitions"] = definitions(self.target, self.ci_method)
         return out
 
@@ -316,7 +262,6 @@ class AttackMetrics:
         """Read the JSON form back (``KeyError``/``TypeError`` on a file that is not one)."""
         mc = d["mcnemar"]
         exact, chi2 = mc["exact"], mc["chi2"]
-        optional = {k: d.get(k) for k in ("imperceptibility", "eps_255", "n_over_budget")}
         worst = d.get("worst_class_fooling_ratio")
         return cls(
             n=int(d["n"]),
@@ -342,7 +287,7 @@ class AttackMetrics:
             per_class={c: ClassResult.from_dict(r) for c, r in d["per_class"].items()},
             inmem_n_differ=(d.get("inmem_agreement") or {}).get("n_differ"),
             attack=d.get("attack") or {},
-            **optional,
+            **{k: d.get(k) for k in ("imperceptibility", "eps_255", "n_over_budget")},
         )
 
 
