@@ -13,6 +13,7 @@ import os
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -145,6 +146,7 @@ def _package_weights(name: str, model: nn.Module) -> dict[str, torch.Tensor]:
 def _timm_backbone(name: str, num_classes: int, weights: str | None) -> tuple[nn.Module, WeightsInfo]:
     import timm
 
+    model: Any  # timm's models: their attributes (pretrained_cfg, reset_classifier) are not typed through nn.Module
     if weights is None:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes)
         cfg = model.pretrained_cfg

@@ -108,10 +108,7 @@ def sweep_row(metrics: AttackMetrics, *, method: str, eps: float, protocol: str,
 def _protocol(folder: str, method: str) -> str:
     """The protocol named in an attack folder; otherwise fitted on the training split, or per image."""
     named = folder[len(method.replace(":", "-")) + 1 : folder.rindex("-eps")]
-    if named:
-        return named
-    fitted = not method.startswith("art:") and get_attack_class(method).needs_fit
-    return "held-out" if fitted else "per-image"
+    return named or ("held-out" if get_attack_class(method).needs_fit else "per-image")
 
 
 def write_sweep_csv(base: Path) -> list[dict[str, Any]]:

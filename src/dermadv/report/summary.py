@@ -21,12 +21,9 @@ _ATTACK_ROWS: dict[str, str | None] = {
     "accuracy_adv": "accuracy, perturbed test images",
     "mcnemar_p": "McNemar test (exact binomial)",
     "fooling_ratio": "fooling ratio, {cls}",
-    "worst_class_fooling_ratio": None,
-    "inmem_n_differ": None,
-    "linf_255_max": None,
-    "l2_mean": None,
-    "psnr_mean": None,
-    "ssim_mean": None,
+    **dict.fromkeys(
+        ("worst_class_fooling_ratio", "inmem_n_differ", "linf_255_max", "l2_mean", "psnr_mean", "ssim_mean")
+    ),
 }
 
 
