@@ -7,6 +7,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -122,21 +123,23 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, ses
 
 
 @pytest.fixture(scope="session")
-def adv_folder(tmp_path_factory: pytest.TempPathFactory, pipeline: Pipeline) -> Path:
+def generator_run(pipeline: Pipeline) -> Any:
+    """The ``AttackRunConfig`` of the fitted generator on the test split of classifier A (``out`` still to set)."""
+    from dermadv.pipeline.attack import AttackRunConfig
+
+    data, target = str(pipeline.data), pipeline.target
+    return AttackRunConfig(
+        pipeline.checkpoint, Path(), generator=pipeline.generator, data=data, target=target, progress=False
+    )
+
+
+@pytest.fixture(scope="session")
+def adv_folder(tmp_path_factory: pytest.TempPathFactory, generator_run: Any) -> Path:
     """``attack run`` of the fitted generator on the test split of classifier A."""
-    from dermadv.pipeline.attack import AttackRunConfig, attack_split
+    from dermadv.pipeline.attack import attack_split
 
     out = tmp_path_factory.mktemp("adv") / "adv-test"
-    attack_split(
-        AttackRunConfig(
-            checkpoint=pipeline.checkpoint,
-            out=out,
-            generator=pipeline.generator,
-            data=str(pipeline.data),
-            target=pipeline.target,
-            progress=False,
-        )
-    )
+    attack_split(replace(generator_run, out=out))
     return out
 
 

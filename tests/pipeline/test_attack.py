@@ -130,44 +130,36 @@ def test_stored_size_attack_perturbs_the_non_square_file_resolution(pipeline, tm
     assert metrics is not None and metrics.n_over_budget == 0
 
 
-def _run_generator(pipeline, out: Path, **changes) -> None:
-    cfg = AttackRunConfig(
-        checkpoint=pipeline.checkpoint,
-        out=out,
-        generator=pipeline.generator,
-        data=str(pipeline.data),
-        target=pipeline.target,
-        progress=False,
-    )
-    attack_split(replace(cfg, **changes))
+def _run_generator(generator_run, out: Path, **changes) -> None:
+    attack_split(replace(generator_run, out=out, **changes))
 
 
-def test_generator_for_another_target_is_refused(pipeline, tmp_path: Path) -> None:
+def test_generator_for_another_target_is_refused(pipeline, generator_run, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="fitted for target 'df', not 'nv'"):
-        _run_generator(pipeline, tmp_path / "adv", target="nv")
+        _run_generator(generator_run, tmp_path / "adv", target="nv")
     assert not (tmp_path / "adv").exists()
 
 
-def test_generator_from_another_image_size_is_refused(pipeline, tmp_path: Path) -> None:
+def test_generator_from_another_image_size_is_refused(pipeline, generator_run, tmp_path: Path) -> None:
     attack = load_generator(pipeline.generator)
     other = tmp_path / "generator-24px.safetensors"
     save_generator(other, attack.generator, replace(attack.spec, image_size=(24, 24)))
     with pytest.raises(CheckpointError, match="fitted at 24x24 but the images here are 32x32"):
-        _run_generator(pipeline, tmp_path / "adv", generator=other)
+        _run_generator(generator_run, tmp_path / "adv", generator=other)
     assert not (tmp_path / "adv").exists()
 
 
-def test_generator_from_another_classifier_is_refused(pipeline, tmp_path: Path) -> None:
+def test_generator_from_another_classifier_is_refused(pipeline, generator_run, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="fitted against another classifier"):
-        _run_generator(pipeline, tmp_path / "adv", checkpoint=pipeline.other_checkpoint)
+        _run_generator(generator_run, tmp_path / "adv", checkpoint=pipeline.other_checkpoint)
     assert not (tmp_path / "adv").exists()
 
 
-def test_classifier_and_generator_swapped_are_refused(pipeline, tmp_path: Path) -> None:
+def test_classifier_and_generator_swapped_are_refused(pipeline, generator_run, tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="is not a dermadv generator"):
-        _run_generator(pipeline, tmp_path / "adv", generator=pipeline.checkpoint)
+        _run_generator(generator_run, tmp_path / "adv", generator=pipeline.checkpoint)
     with pytest.raises(CheckpointError, match="is not a dermadv classifier"):
-        _run_generator(pipeline, tmp_path / "adv", checkpoint=pipeline.generator)
+        _run_generator(generator_run, tmp_path / "adv", checkpoint=pipeline.generator)
     with pytest.raises(CheckpointError, match="is not a dermadv classifier"):
         fit_generator(GeneratorConfig(checkpoint=pipeline.generator, out=tmp_path / "gen", data=str(pipeline.data)))
     assert not (tmp_path / "adv").exists() and not (tmp_path / "gen").exists()

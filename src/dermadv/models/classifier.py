@@ -175,7 +175,7 @@ def _timm_backbone(name: str, num_classes: int, weights: str | None) -> tuple[nn
             )
     else:
         state = _state_from_file(Path(weights))
-    _load_strict(model, state, weights)
+    _load_strict(model, state, weights, TIMM_PREFIX + name)
     model.reset_classifier(num_classes)
     return model, info
 
@@ -190,11 +190,11 @@ def _state_from_file(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], weights: object) -> None:
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], weights: object, arch: str) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"weights in {weights} do not fit the architecture: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(f"weights in {weights} do not fit {arch}: {str(exc).splitlines()[0]}") from None
 
 
 def _replace_head(model: nn.Module, num_classes: int) -> None:
@@ -242,7 +242,7 @@ def load_backbone(arch: str, num_classes: int, *, weights: str | Path | None = N
         source = f"torchvision:{enum.url.rsplit('/', 1)[-1]}"
     else:
         state, source = _state_from_file(Path(wanted)), wanted
-    _load_strict(model, state, weights)
+    _load_strict(model, state, weights, arch)
     _replace_head(model, num_classes)
     return model, WeightsInfo(source)
 
