@@ -124,7 +124,7 @@ def _generator_rate(
 
             spec = GeneratorSpec(condition=condition, eps=eps, target_index=target)
             net = PerturbationGenerator(eps, condition=condition).to(images.device).eval()
-            attack = GeneratorAttack(eps, generator=net, spec=spec)
+            attack = GeneratorAttack(net, spec=spec)
     except (ImportError, TypeError) as exc:
         print(f"cannot build the generator attack ({exc}); skipping it")
         return None
