@@ -141,6 +141,10 @@ def train(
     split_file: str | None = typer.Option(None, "--split-file", help="Reuse a split CSV."),
     compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    adversarial: str | None = typer.Option(None, help="Adversarial training: none, pgd, fgsm-rs or generator."),
+    adv_eps: str | None = typer.Option(None, "--adv-eps", help="L∞ budget of the training attack [default: 2/255]."),
+    adv_steps: int | None = typer.Option(None, "--adv-steps", help="PGD steps of the training attack [default: 10]."),
+    adv_generator: str | None = typer.Option(None, "--adv-generator", help="generator.safetensors for generator."),
 ) -> None:
     """Train a classifier; writes model.safetensors, history.csv and a manifest."""
     from dermadv.presets import preset_train_config
@@ -162,6 +166,10 @@ def train(
         split_file=split_file,
         compile=compile,
         resume=resume or None,
+        adversarial=adversarial,
+        adv_eps=adv_eps,
+        adv_steps=adv_steps,
+        adv_generator=adv_generator,
     )
     cfg = load_config(config, TrainConfig, overrides, base=base)
     path = fit(cfg)

@@ -98,4 +98,4 @@ def create_attack(name: str, **kwargs: Any) -> Attack:
 
 # Importing the registry registers the native attacks. These imports come last because each module
 # imports ``register_attack`` from here.
-from dermadv.attacks import gradient, natural, pixel, universal  # noqa: E402, F401
+from dermadv.attacks import artefacts, gradient, natural, pixel, reliable, universal  # noqa: E402, F401
