@@ -1,13 +1,20 @@
-"""Fixtures shared across the suite: the real HAM10000 folder (or a skip), a small synthetic set, a private cache."""
+"""Fixtures shared across the suite: the real HAM10000 folder (or a skip), a small synthetic set, a private cache,
+and a tiny in-memory classifier for attack and defence tests."""
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
+from torch import nn
 
 from dermadv.data.dataset import ImageSet
+from dermadv.models.classifier import Classifier
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,3 +65,107 @@ def dermadv_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "dermadv-cache"
     monkeypatch.setenv("DERMADV_CACHE", str(cache))
     return cache
+
+
+# --- a tiny in-memory classifier: colour-cast classes, trained in a second ---
+
+NUM_CLASSES = 4
+SIZE = 16
+
+
+@dataclass(frozen=True)
+class TinySetup:
+    model: Classifier
+    train_images: torch.Tensor  # float N×3×H×W on the 8-bit grid
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int = NUM_CLASSES
+
+
+def make_images(n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grey textured images whose class is a colour cast of random strength (some images near the boundary)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % NUM_CLASSES
+    casts = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, -1.0, -1.0]])
+    strength = 0.02 + 0.12 * torch.rand(n, generator=g)
+    texture = 0.08 * torch.randn(n, 1, SIZE, SIZE, generator=g) + 0.03 * torch.randn(n, 3, SIZE, SIZE, generator=g)
+    images = 0.5 + texture + (strength[:, None] * casts[labels])[:, :, None, None]
+    return (images.clamp(0, 1) * 255).round() / 255, labels
+
+
+def tiny_backbone(*, kernel: int = 3, channels: int = 8, num_classes: int = NUM_CLASSES) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, channels, kernel, padding=kernel // 2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(channels, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, num_classes),
+    )
+
+
+BatchHook = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def fit_tiny(
+    model: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int = 8,
+    batch_hook: BatchHook | None = None,
+) -> Classifier:
+    """Adam (lr 0.01), batches of 64, seeded order; ``batch_hook(model, x, y)`` may replace each batch (adversarial training)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(epochs):
+        for index in torch.randperm(len(images), generator=g).split(64):
+            x, y = images[index], labels[index]
+            if batch_hook is not None:
+                x = batch_hook(model, x, y)
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tiny() -> TinySetup:
+    torch.manual_seed(0)
+    train_images, train_labels = make_images(800, seed=1)
+    test_images, test_labels = make_images(200, seed=2)
+    model = fit_tiny(Classifier(tiny_backbone(), NUM_CLASSES), train_images, train_labels)
+    return TinySetup(model, train_images, train_labels, test_images, test_labels)
+
+
+@pytest.fixture(scope="session")
+def tiny_fit() -> Callable[..., Classifier]:
+    """:func:`fit_tiny`, for tests that train their own tiny model (e.g. adversarially)."""
+    return fit_tiny
+
+
+def gratings(n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noisy sine gratings of period 4 px on grey whose class is the orientation (0°, 45°, 90°, 135°)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % NUM_CLASSES
+    angle = labels.float() * math.pi / NUM_CLASSES + 0.1 * torch.randn(n, generator=g)
+    yy, xx = torch.meshgrid(torch.arange(SIZE).float(), torch.arange(SIZE).float(), indexing="ij")
+    along = xx[None] * angle.cos()[:, None, None] + yy[None] * angle.sin()[:, None, None]
+    wave = torch.sin(2 * math.pi * along / 4 + 2 * math.pi * torch.rand(n, 1, 1, generator=g))
+    amplitude = 0.04 + 0.08 * torch.rand(n, 1, 1, 1, generator=g)
+    images = 0.5 + amplitude * wave[:, None] + 0.03 * torch.randn(n, 3, SIZE, SIZE, generator=g)
+    return (images.clamp(0, 1) * 255).round() / 255, labels
+
+
+@pytest.fixture(scope="session")
+def texture() -> TinySetup:
+    """A tiny texture classifier: smoothing and compression touch the fine gratings it reads, unlike colour casts."""
+    torch.manual_seed(1)
+    train_images, train_labels = gratings(800, seed=11)
+    test_images, test_labels = gratings(200, seed=12)
+    model = fit_tiny(Classifier(tiny_backbone(kernel=5, channels=16), NUM_CLASSES), train_images, train_labels)
+    return TinySetup(model, train_images, train_labels, test_images, test_labels)

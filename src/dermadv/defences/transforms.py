@@ -6,7 +6,7 @@
 * ``bpda=True`` — the adaptive attacker: Backward Pass Differentiable Approximation (Athalye et al. 2018),
   the forward pass runs the real transform, the backward pass treats it as the identity.
 * ``bpda=False`` — the plain attacker, who ignores the defence: the forward pass is the defended model,
-  the gradient is the undefended model's at the input.
+  the derivative of the logits is the undefended model's at the input.
 
 Randomised transforms (``gauss``) are averaged over samples by :class:`EOT` (Athalye et al. 2018's
 expectation over transformation) for the adaptive attack.
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dermadv.attacks.artefacts import jpeg_roundtrip
+from dermadv.attacks.base import Attack
 from dermadv.errors import ConfigError
 
 DEFENCES = ("jpeg", "bits", "median", "gauss")
@@ -197,3 +198,59 @@ def parse_defence(spec: str) -> DefenceSpec:
     parsed = DefenceSpec(name, number)
     parsed(nn.Identity())  # the constructor checks the range
     return parsed
+
+
+@dataclass(frozen=True)
+class DefenceAttackResult:
+    """One attack on one input-transform defence, plain and adaptive, scored per image on the defended model.
+
+    ``adaptive`` is the per-image worst case of the plain and the BPDA(+EOT) attack: an attacker who knows
+    the defence tries both, and BPDA's identity approximation is not always the better one where the
+    transform is far from the identity (Athalye et al. 2018, section 4.1).
+    """
+
+    defence: str
+    attack: str
+    plain: torch.Tensor  # N bool: success of the attack that ignores the defence
+    bpda: torch.Tensor  # N bool: success of the BPDA attack (with EOT for randomised defences)
+    adv_images: torch.Tensor  # the adaptive worst case: BPDA's image where it succeeded, else the plain one
+
+    @property
+    def adaptive(self) -> torch.Tensor:
+        return self.plain | self.bpda
+
+    def rates(self) -> dict[str, float]:
+        return {name: float(getattr(self, name).float().mean()) for name in ("plain", "bpda", "adaptive")}
+
+
+def attack_defence(
+    model: nn.Module,
+    defence: DefenceSpec | str,
+    attack: Attack,
+    images: torch.Tensor,
+    *,
+    labels: torch.Tensor | None = None,
+    target: int | None = None,
+    eot_samples: int = 8,
+    seed: int = 0,
+) -> DefenceAttackResult:
+    """Run ``attack`` against ``defence(model)`` without and with BPDA (and EOT if randomised).
+
+    Both sets of images are scored on the defended model with the same random draw (``seed``), so a
+    randomised defence judges them alike.
+    """
+    spec = parse_defence(defence) if isinstance(defence, str) else defence
+    plain = attack(spec(model, bpda=False), images, labels=labels, target=target).adv_images
+    adaptive_model: nn.Module = spec(model, bpda=True)
+    if getattr(adaptive_model, "randomised", False):
+        adaptive_model = EOT(adaptive_model, eot_samples)
+    bpda = attack(adaptive_model, images, labels=labels, target=target).adv_images
+    defended = spec(model).eval()
+    scores = []
+    for adv in (plain, bpda):
+        with torch.random.fork_rng(devices=[adv.device] if adv.is_cuda else []), torch.no_grad():
+            torch.manual_seed(seed)
+            pred = defended(adv).argmax(1)
+        scores.append(pred == target if target is not None else pred != labels)
+    adv_images = torch.where(scores[1].view(-1, 1, 1, 1), bpda, plain)
+    return DefenceAttackResult(str(spec), repr(attack), scores[0], scores[1], adv_images)
