@@ -163,17 +163,22 @@ def detection_scores(
 
 
 class DetectorAwarePGD(PGD):
-    """PGD whose gain subtracts ``weight`` × the detector's score: fool the classifier *and* stay unflagged.
+    """PGD that fools the classifier *and* stays below the detector's threshold.
 
-    The adaptive attack against detectors of Carlini & Wagner (2017, "Adversarial examples are not easily
-    detected"); the detector is the one the defender fitted, on the penultimate features of ``model``.
+    The gain is the attack's loss minus ``weight · max(0, score - threshold)``: once an image's detector
+    score is under the defender's threshold (e.g. :attr:`DetectionScores.threshold` at 5% FPR) only the
+    classifier counts. The adaptive attack on detectors of Carlini & Wagner (2017, "Adversarial examples
+    are not easily detected"); the detector is the one the defender fitted on ``model``'s features.
     """
 
-    def __init__(self, detector: Detector, eps: float | str, *, weight: float = 1.0, **pgd: object) -> None:
+    def __init__(
+        self, detector: Detector, eps: float | str, *, threshold: float, weight: float = 1.0, **pgd: object
+    ) -> None:
         super().__init__(eps, **pgd)  # type: ignore[arg-type]
         if weight < 0:
             raise ConfigError(f"the detector weight must be ≥ 0; got {weight}")
         self.detector = detector
+        self.threshold = float(threshold)
         self.weight = float(weight)
 
     def _gradient(
@@ -182,7 +187,8 @@ class DetectorAwarePGD(PGD):
         x = adv.detach().requires_grad_(True)
         logits, features = logits_and_features(model, x)
         gain = attack_gain(logits, classes, targeted=targeted, loss=self.loss)
-        gain = gain - self.weight * self.detector.to(x.device)(features)
+        excess = (self.detector.to(x.device)(features) - self.threshold).clamp(min=0)
+        gain = gain - self.weight * excess
         (grad,) = torch.autograd.grad(gain.sum(), x)
         return grad, logits.detach()
 
