@@ -67,7 +67,7 @@ def dermadv_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache
 
 
-# --- a tiny in-memory classifier: colour-cast classes, trained in a second ---
+# --- tiny in-memory classifiers (colour casts, gratings), each trained in a second ---
 
 NUM_CLASSES = 4
 SIZE = 16
@@ -133,21 +133,6 @@ def fit_tiny(
     return model.eval()
 
 
-@pytest.fixture(scope="session")
-def tiny() -> TinySetup:
-    torch.manual_seed(0)
-    train_images, train_labels = make_images(800, seed=1)
-    test_images, test_labels = make_images(200, seed=2)
-    model = fit_tiny(Classifier(tiny_backbone(), NUM_CLASSES), train_images, train_labels)
-    return TinySetup(model, train_images, train_labels, test_images, test_labels)
-
-
-@pytest.fixture(scope="session")
-def tiny_fit() -> Callable[..., Classifier]:
-    """:func:`fit_tiny`, for tests that train their own tiny model (e.g. adversarially)."""
-    return fit_tiny
-
-
 def gratings(n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Noisy sine gratings of period 4 px on grey whose class is the orientation (0°, 45°, 90°, 135°)."""
     g = torch.Generator().manual_seed(seed)
@@ -161,11 +146,35 @@ def gratings(n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     return (images.clamp(0, 1) * 255).round() / 255, labels
 
 
+def build_tiny(kind: str = "colour", *, batch_hook: BatchHook | None = None, epochs: int = 8) -> TinySetup:
+    """A tiny classifier on ``kind`` images: ``colour`` casts (3×3 convolutions) or ``texture`` gratings (5×5)."""
+    if kind == "colour":
+        torch.manual_seed(0)
+        (train_images, train_labels), test = make_images(800, seed=1), make_images(200, seed=2)
+        backbone = tiny_backbone()
+    else:
+        torch.manual_seed(1)
+        (train_images, train_labels), test = gratings(800, seed=11), gratings(200, seed=12)
+        backbone = tiny_backbone(kernel=5, channels=16)
+    model = fit_tiny(
+        Classifier(backbone, NUM_CLASSES), train_images, train_labels, epochs=epochs, batch_hook=batch_hook
+    )
+    return TinySetup(model, train_images, train_labels, *test)
+
+
+@pytest.fixture(scope="session")
+def tiny() -> TinySetup:
+    """A tiny classifier of colour casts, trained in a second."""
+    return build_tiny("colour")
+
+
 @pytest.fixture(scope="session")
 def texture() -> TinySetup:
     """A tiny texture classifier: smoothing and compression touch the fine gratings it reads, unlike colour casts."""
-    torch.manual_seed(1)
-    train_images, train_labels = gratings(800, seed=11)
-    test_images, test_labels = gratings(200, seed=12)
-    model = fit_tiny(Classifier(tiny_backbone(kernel=5, channels=16), NUM_CLASSES), train_images, train_labels)
-    return TinySetup(model, train_images, train_labels, test_images, test_labels)
+    return build_tiny("texture")
+
+
+@pytest.fixture(scope="session")
+def train_tiny() -> Callable[..., TinySetup]:
+    """:func:`build_tiny`, for tests that train their own, e.g. adversarially: ``train_tiny("texture", batch_hook=...)``."""
+    return build_tiny
