@@ -38,6 +38,11 @@ CORE_MODULES = (
     "dermadv.attacks.cli",
     "dermadv.evaluation.attack_eval",
     "dermadv.evaluation.cli",
+    "dermadv.training.adversarial",
+    "dermadv.defences.transforms",
+    "dermadv.defences.smoothing",
+    "dermadv.defences.detection",
+    "dermadv.defences.card",
 )
 
 

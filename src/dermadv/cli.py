@@ -142,8 +142,8 @@ def train(
     compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
     adversarial: str | None = typer.Option(None, help="Adversarial training: none, pgd, fgsm-rs or generator."),
-    adv_eps: str | None = typer.Option(None, "--adv-eps", help="L∞ budget of the training attack [default: 2/255]."),
-    adv_steps: int | None = typer.Option(None, "--adv-steps", help="PGD steps of the training attack [default: 10]."),
+    adv_eps: str | None = typer.Option(None, "--adv-eps", help="L∞ budget of the training attack (default 2/255)."),
+    adv_steps: int | None = typer.Option(None, "--adv-steps", help="PGD steps of the training attack (default 10)."),
     adv_generator: str | None = typer.Option(None, "--adv-generator", help="generator.safetensors for generator."),
 ) -> None:
     """Train a classifier; writes model.safetensors, history.csv and a manifest."""
