@@ -93,99 +93,95 @@ class Artefact(Attack):
         raise NotImplementedError
 
 
+class DrawnArtefact(Artefact):
+    """An artefact drawn on a transparent layer: ``counts[severity - 1]`` calls of :meth:`draw_one` per image."""
+
+    counts: tuple[int, ...] = (1, 1, 1, 1, 1)
+
+    def apply(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        return _overlay(images, self._paint, rng)
+
+    def _paint(self, draw: ImageDraw.ImageDraw, h: int, w: int, rng: np.random.Generator) -> None:
+        for _ in range(self.counts[self.severity - 1]):
+            self.draw_one(draw, h, w, rng)
+
+    def draw_one(self, draw: ImageDraw.ImageDraw, h: int, w: int, rng: np.random.Generator) -> None:
+        raise NotImplementedError
+
+
 @register_attack("hair")
-class Hair(Artefact):
+class Hair(DrawnArtefact):
     """Dark curved hairs (quadratic Bézier strokes): 3 to 32 per image."""
 
     counts = (3, 6, 12, 20, 32)
 
-    def apply(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        def paint(draw: ImageDraw.ImageDraw, h: int, w: int, rng: np.random.Generator) -> None:
-            side = min(h, w)
-            t = np.linspace(0, 1, 24)[:, None]
-            for _ in range(self.counts[self.severity - 1]):
-                start = rng.uniform((0, 0), (w, h))
-                angle = rng.uniform(0, 2 * np.pi)
-                length = rng.uniform(0.3, 0.9) * side
-                end = start + length * np.array([np.cos(angle), np.sin(angle)])
-                bend = (start + end) / 2 + rng.normal(0, 0.15 * length, 2)
-                points = (1 - t) ** 2 * start + 2 * (1 - t) * t * bend + t**2 * end
-                shade = int(rng.integers(10, 60))
-                width = max(1, round(rng.uniform(0.005, 0.012) * side))
-                draw.line([tuple(p) for p in points], fill=(shade, shade * 3 // 4, shade // 2, 235), width=width)
-
-        return _overlay(images, paint, rng)
+    def draw_one(self, draw: ImageDraw.ImageDraw, h: int, w: int, rng: np.random.Generator) -> None:
+        side = min(h, w)
+        start = rng.uniform((0, 0), (w, h))
+        angle = rng.uniform(0, 2 * np.pi)
+        length = rng.uniform(0.3, 0.9) * side
+        end = start + length * np.array([np.cos(angle), np.sin(angle)])
+        bend = (start + end) / 2 + rng.normal(0, 0.15 * length, 2)
+        t = np.linspace(0, 1, 24)[:, None]
+        points = (1 - t) ** 2 * start + 2 * (1 - t) * t * bend + t**2 * end
+        shade = int(rng.integers(10, 60))
+        width = max(1, round(rng.uniform(0.005, 0.012) * side))
+        draw.line([tuple(p) for p in points], fill=(shade, shade * 3 // 4, shade // 2, 235), width=width)
 
 
 @register_attack("ruler")
-class Ruler(Artefact):
+class Ruler(DrawnArtefact):
     """A translucent ruler band with tick marks along one random edge; wider and denser with severity."""
 
-    def apply(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    def draw_one(self, draw: ImageDraw.ImageDraw, h: int, w: int, rng: np.random.Generator) -> None:
         s = self.severity
-
-        def paint(draw: ImageDraw.ImageDraw, h: int, w: int, rng: np.random.Generator) -> None:
-            band = round((0.04 + 0.03 * s) * min(h, w))
-            edge = int(rng.integers(4))  # top, bottom, left, right
-            horizontal = edge < 2
-            length = w if horizontal else h
-            at = 0 if edge in (0, 2) else (h if horizontal else w) - band
-            box = (0, at, w, at + band) if horizontal else (at, 0, at + band, h)
-            draw.rectangle(box, fill=(235, 230, 200, round(255 * (0.25 + 0.1 * s))))
-            step = length / (10 + 3 * s)
-            width = max(1, round(0.006 * min(h, w)))
-            for k, pos in enumerate(np.arange(rng.uniform(0, step), length, step)):
-                tick = band * (0.9 if k % 5 == 0 else 0.5)
-                inner = at if edge in (0, 2) else at + band - tick
-                line = [(pos, inner), (pos, inner + tick)] if horizontal else [(inner, pos), (inner + tick, pos)]
-                draw.line(line, fill=(20, 20, 20, 230), width=width)
-
-        return _overlay(images, paint, rng)
+        band = round((0.04 + 0.03 * s) * min(h, w))
+        edge = int(rng.integers(4))  # top, bottom, left, right
+        horizontal = edge < 2
+        length = w if horizontal else h
+        at = 0 if edge in (0, 2) else (h if horizontal else w) - band
+        box = (0, at, w, at + band) if horizontal else (at, 0, at + band, h)
+        draw.rectangle(box, fill=(235, 230, 200, round(255 * (0.25 + 0.1 * s))))
+        step = length / (10 + 3 * s)
+        width = max(1, round(0.006 * min(h, w)))
+        for k, pos in enumerate(np.arange(rng.uniform(0, step), length, step)):
+            tick = band * (0.9 if k % 5 == 0 else 0.5)
+            inner = at if edge in (0, 2) else at + band - tick
+            line = [(pos, inner), (pos, inner + tick)] if horizontal else [(inner, pos), (inner + tick, pos)]
+            draw.line(line, fill=(20, 20, 20, 230), width=width)
 
 
 @register_attack("ink")
-class InkMarks(Artefact):
+class InkMarks(DrawnArtefact):
     """Gentian-violet skin-marker strokes (arcs and dots), 1 to 8 per image."""
 
     counts = (1, 2, 3, 5, 8)
 
-    def apply(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        def paint(draw: ImageDraw.ImageDraw, h: int, w: int, rng: np.random.Generator) -> None:
-            side = min(h, w)
-            for _ in range(self.counts[self.severity - 1]):
-                colour = (int(rng.integers(90, 140)), int(rng.integers(30, 70)), int(rng.integers(130, 180)), 200)
-                cx, cy = rng.uniform((0, 0), (w, h))
-                r = rng.uniform(0.05, 0.2) * side
-                width = max(1, round(rng.uniform(0.015, 0.03) * side))
-                if rng.random() < 0.3:
-                    draw.ellipse((cx - width, cy - width, cx + width, cy + width), fill=colour)
-                else:
-                    start = rng.uniform(0, 360)
-                    draw.arc((cx - r, cy - r, cx + r, cy + r), start, start + rng.uniform(40, 200), colour, width)
-
-        return _overlay(images, paint, rng)
+    def draw_one(self, draw: ImageDraw.ImageDraw, h: int, w: int, rng: np.random.Generator) -> None:
+        colour = (int(rng.integers(90, 140)), int(rng.integers(30, 70)), int(rng.integers(130, 180)), 200)
+        cx, cy = rng.uniform((0, 0), (w, h))
+        r = rng.uniform(0.05, 0.2) * min(h, w)
+        width = max(1, round(rng.uniform(0.015, 0.03) * min(h, w)))
+        if rng.random() < 0.3:
+            draw.ellipse((cx - width, cy - width, cx + width, cy + width), fill=colour)
+        else:
+            start = rng.uniform(0, 360)
+            draw.arc((cx - r, cy - r, cx + r, cy + r), start, start + rng.uniform(40, 200), colour, width)
 
 
 @register_attack("bubbles")
-class Bubbles(Artefact):
+class Bubbles(DrawnArtefact):
     """Air bubbles in the immersion fluid: faint discs with a bright rim and a highlight, 1 to 12 per image."""
 
     counts = (1, 2, 4, 7, 12)
 
-    def apply(self, images: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
-        def paint(draw: ImageDraw.ImageDraw, h: int, w: int, rng: np.random.Generator) -> None:
-            side = min(h, w)
-            for _ in range(self.counts[self.severity - 1]):
-                cx, cy = rng.uniform((0, 0), (w, h))
-                r = rng.uniform(0.03, 0.12) * side
-                rim = max(1, round(0.15 * r))
-                box = (cx - r, cy - r, cx + r, cy + r)
-                draw.ellipse(box, fill=(255, 255, 255, 40), outline=(250, 250, 250, 200), width=rim)
-                hr = 0.25 * r
-                hx, hy = cx - 0.4 * r, cy - 0.4 * r
-                draw.ellipse((hx - hr, hy - hr, hx + hr, hy + hr), fill=(255, 255, 255, 170))
-
-        return _overlay(images, paint, rng)
+    def draw_one(self, draw: ImageDraw.ImageDraw, h: int, w: int, rng: np.random.Generator) -> None:
+        cx, cy = rng.uniform((0, 0), (w, h))
+        r = rng.uniform(0.03, 0.12) * min(h, w)
+        box = (cx - r, cy - r, cx + r, cy + r)
+        draw.ellipse(box, fill=(255, 255, 255, 40), outline=(250, 250, 250, 200), width=max(1, round(0.15 * r)))
+        hr, hx, hy = 0.25 * r, cx - 0.4 * r, cy - 0.4 * r
+        draw.ellipse((hx - hr, hy - hr, hx + hr, hy + hr), fill=(255, 255, 255, 170))
 
 
 @register_attack("vignette")

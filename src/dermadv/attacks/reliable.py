@@ -24,11 +24,14 @@ from dermadv.attacks.registry import register_attack
 from dermadv.errors import ConfigError
 
 
-def _check(steps: int, restarts: int, norm: str) -> None:
-    if steps < 1 or restarts < 1:
-        raise ConfigError(f"steps and restarts must be ≥ 1; got steps={steps}, restarts={restarts}")
+def _budget(eps: float | str, norm: str, **counts: int) -> float:
+    """Check the norm and the iteration counts; return the budget as a number."""
     if norm not in ("linf", "l2"):
         raise ConfigError(f"norm must be 'linf' or 'l2'; got {norm!r}")
+    for name, value in counts.items():
+        if value < 1:
+            raise ConfigError(f"{name} must be a whole number of at least 1; got {value}")
+    return parse_budget(eps, norm)
 
 
 @contextmanager
@@ -52,12 +55,8 @@ class APGD(Attack):
     loss_type = "cross_entropy"
 
     def __init__(self, eps: float | str, *, steps: int = 100, restarts: int = 1, norm: str = "linf", seed: int = 0):
-        _check(steps, restarts, norm)
-        self.eps = parse_budget(eps, norm)
-        self.steps = int(steps)
-        self.restarts = int(restarts)
-        self.norm = norm
-        self.seed = int(seed)
+        self.eps, self.norm, self.seed = _budget(eps, norm, steps=steps, restarts=restarts), norm, int(seed)
+        self.steps, self.restarts = int(steps), int(restarts)
 
     def perturb(
         self, model: nn.Module, images: torch.Tensor, *, labels: torch.Tensor | None, target: int | None
@@ -91,14 +90,10 @@ class Square(Attack):
     def __init__(
         self, eps: float | str, *, queries: int = 5000, p_init: float = 0.8, norm: str = "linf", seed: int = 0
     ) -> None:
-        _check(queries, 1, norm)
         if not 0 < p_init <= 1:
             raise ConfigError(f"p_init (the first square's share of the image) must be in (0, 1]; got {p_init}")
-        self.eps = parse_budget(eps, norm)
-        self.queries = int(queries)
-        self.p_init = float(p_init)
-        self.norm = norm
-        self.seed = int(seed)
+        self.eps, self.norm, self.seed = _budget(eps, norm, queries=queries), norm, int(seed)
+        self.queries, self.p_init = int(queries), float(p_init)
 
     def perturb(
         self, model: nn.Module, images: torch.Tensor, *, labels: torch.Tensor | None, target: int | None
@@ -177,12 +172,8 @@ class AutoAttack(Attack):
     def __init__(
         self, eps: float | str, *, steps: int = 100, queries: int = 5000, norm: str = "linf", seed: int = 0
     ) -> None:
-        _check(steps, 1, norm)
-        self.eps = parse_budget(eps, norm)
-        self.steps = int(steps)
-        self.queries = int(queries)
-        self.norm = norm
-        self.seed = int(seed)
+        self.eps, self.norm, self.seed = _budget(eps, norm, steps=steps, queries=queries), norm, int(seed)
+        self.steps, self.queries = int(steps), int(queries)
 
     def attacks(self) -> list[Attack]:
         norm, seed = self.norm, self.seed

@@ -14,6 +14,7 @@ expectation over transformation) for the adaptive attack.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -24,19 +25,32 @@ from dermadv.attacks.artefacts import jpeg_roundtrip
 from dermadv.attacks.base import Attack
 from dermadv.errors import ConfigError
 
-DEFENCES = ("jpeg", "bits", "median", "gauss")
-_FORMS = "jpeg:<quality 1–95>, bits:<1–8>, median:<odd window ≥ 3> or gauss:<sigma in (0, 1]>"
-
 
 class InputTransform(nn.Module):
-    """``model(transform(images))`` with the gradient chosen by ``bpda`` (see the module docstring)."""
+    """``model(transform(images))`` with the gradient chosen by ``bpda`` (see the module docstring).
 
+    Subclasses name the defence, say which ``value`` is valid and implement :meth:`transform`.
+    """
+
+    name: str = ""
+    rule: str = ""  # the valid values, for the error message
+    default: float = 0.0
+    bounds: tuple[float, float] = (0.0, 1.0)  # inclusive; whole numbers only where ``whole``
+    whole: bool = True
     randomised: bool = False
 
-    def __init__(self, model: nn.Module, *, bpda: bool = True) -> None:
+    def __init__(self, model: nn.Module, value: float | None = None, *, bpda: bool = True) -> None:
         super().__init__()
-        self.model = model
-        self.bpda = bpda
+        value = self.default if value is None else value
+        if not self.valid(value):
+            raise ConfigError(
+                f"{self.name} takes {self.rule}; got {value:g} — write it like {self.name}:{self.default:g}"
+            )
+        self.model, self.value, self.bpda = model, value, bpda
+
+    @classmethod
+    def valid(cls, value: float) -> bool:
+        return cls.bounds[0] <= value <= cls.bounds[1] and (float(value).is_integer() or not cls.whole)
 
     def transform(self, images: torch.Tensor) -> torch.Tensor:
         """The defence's preprocessing of images in [0, 1] (need not be differentiable)."""
@@ -44,7 +58,7 @@ class InputTransform(nn.Module):
 
     @property
     def spec(self) -> str:
-        raise NotImplementedError
+        return f"{self.name}:{self.value:g}"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
@@ -64,37 +78,21 @@ class InputTransform(nn.Module):
 
 
 class Jpeg(InputTransform):
-    """JPEG compression at ``quality`` (Dziugaite et al. 2016; Guo et al. 2018), Pillow's encoder as ART's."""
+    """JPEG compression at quality ``value`` (Dziugaite et al. 2016; Guo et al. 2018), Pillow's encoder as ART's."""
 
-    def __init__(self, model: nn.Module, quality: int = 75, *, bpda: bool = True) -> None:
-        super().__init__(model, bpda=bpda)
-        if not 1 <= quality <= 95:
-            raise ConfigError(f"JPEG quality must be from 1 to 95; got {quality} — write it like jpeg:75")
-        self.quality = int(quality)
-
-    @property
-    def spec(self) -> str:
-        return f"jpeg:{self.quality}"
+    name, rule, default, bounds = "jpeg", "a whole-number quality from 1 to 95", 75, (1, 95)
 
     def transform(self, images: torch.Tensor) -> torch.Tensor:
-        return jpeg_roundtrip(images, self.quality)
+        return jpeg_roundtrip(images, int(self.value))
 
 
 class BitDepth(InputTransform):
-    """Bit-depth reduction to ``bits`` per channel: feature squeezing (Xu et al. 2018)."""
+    """Bit-depth reduction to ``value`` bits per channel: feature squeezing (Xu et al. 2018)."""
 
-    def __init__(self, model: nn.Module, bits: int = 5, *, bpda: bool = True) -> None:
-        super().__init__(model, bpda=bpda)
-        if not 1 <= bits <= 8:
-            raise ConfigError(f"bit depth must be from 1 to 8; got {bits} — write it like bits:5")
-        self.bits = int(bits)
-
-    @property
-    def spec(self) -> str:
-        return f"bits:{self.bits}"
+    name, rule, default, bounds = "bits", "a whole number of bits from 1 to 8", 5, (1, 8)
 
     def transform(self, images: torch.Tensor) -> torch.Tensor:
-        levels = 2**self.bits - 1
+        levels = 2 ** int(self.value) - 1
         return torch.round(images * levels) / levels  # round half to even, as numpy's rint in ART
 
 
@@ -105,44 +103,36 @@ def _reflect_pad(images: torch.Tensor, pad: int) -> torch.Tensor:
 
 
 class MedianSmoothing(InputTransform):
-    """Median filter of ``window``×``window`` per channel (Xu et al. 2018), borders as scipy's ``reflect``."""
+    """Median filter of ``value``×``value`` pixels per channel (Xu et al. 2018), borders as scipy's ``reflect``."""
 
-    def __init__(self, model: nn.Module, window: int = 3, *, bpda: bool = True) -> None:
-        super().__init__(model, bpda=bpda)
-        if window < 3 or window % 2 == 0:
-            raise ConfigError(f"median window must be odd and at least 3; got {window} — write it like median:3")
-        self.window = int(window)
+    name, rule, default, bounds = "median", "an odd window of at least 3 pixels", 3, (3, math.inf)
 
-    @property
-    def spec(self) -> str:
-        return f"median:{self.window}"
+    @classmethod
+    def valid(cls, value: float) -> bool:
+        return super().valid(value) and value % 2 == 1
 
     def transform(self, images: torch.Tensor) -> torch.Tensor:
         n, c, h, w = images.shape
-        pad = self.window // 2
+        window = int(self.value)
+        pad = window // 2
         if pad > min(h, w):
-            raise ConfigError(f"median window {self.window} is larger than the {h}×{w} image; use a smaller window")
-        patches = F.unfold(_reflect_pad(images, pad).reshape(n * c, 1, h + 2 * pad, w + 2 * pad), self.window)
+            raise ConfigError(f"median window {window} is larger than the {h}×{w} image; use a smaller window")
+        patches = F.unfold(_reflect_pad(images, pad).reshape(n * c, 1, h + 2 * pad, w + 2 * pad), window)
         return patches.median(dim=1).values.reshape(n, c, h, w)
 
 
 class GaussianNoise(InputTransform):
-    """Additive Gaussian noise of ``sigma``, clipped to [0, 1]: a randomised input defence (fresh noise per call)."""
+    """Additive Gaussian noise of sigma ``value``, clipped to [0, 1]: randomised (fresh noise per call)."""
 
-    randomised = True
-
-    def __init__(self, model: nn.Module, sigma: float = 0.05, *, bpda: bool = True) -> None:
-        super().__init__(model, bpda=bpda)
-        if not 0 < sigma <= 1:
-            raise ConfigError(f"noise sigma must be in (0, 1]; got {sigma} — write it like gauss:0.05")
-        self.sigma = float(sigma)
-
-    @property
-    def spec(self) -> str:
-        return f"gauss:{self.sigma:g}"
+    name, rule, default, bounds = "gauss", "a noise sigma in (0, 1]", 0.05, (1e-9, 1.0)
+    whole, randomised = False, True
 
     def transform(self, images: torch.Tensor) -> torch.Tensor:
-        return (images + self.sigma * torch.randn_like(images)).clamp(0, 1)
+        return (images + self.value * torch.randn_like(images)).clamp(0, 1)
+
+
+DEFENCES: dict[str, type[InputTransform]] = {cls.name: cls for cls in (Jpeg, BitDepth, MedianSmoothing, GaussianNoise)}
+_FORMS = ", ".join(f"{cls.name}:{cls.default:g}" for cls in DEFENCES.values())
 
 
 class EOT(nn.Module):
@@ -172,13 +162,7 @@ class DefenceSpec:
     value: float
 
     def __call__(self, model: nn.Module, *, bpda: bool = True) -> InputTransform:
-        if self.name == "jpeg":
-            return Jpeg(model, int(self.value), bpda=bpda)
-        if self.name == "bits":
-            return BitDepth(model, int(self.value), bpda=bpda)
-        if self.name == "median":
-            return MedianSmoothing(model, int(self.value), bpda=bpda)
-        return GaussianNoise(model, self.value, bpda=bpda)
+        return DEFENCES[self.name](model, self.value, bpda=bpda)
 
     def __str__(self) -> str:
         return f"{self.name}:{self.value:g}"
@@ -188,15 +172,13 @@ def parse_defence(spec: str) -> DefenceSpec:
     """Parse ``jpeg:75``, ``bits:5``, ``median:3`` or ``gauss:0.05``; one-line ``ConfigError`` otherwise."""
     name, _, value = spec.strip().lower().partition(":")
     if name not in DEFENCES or not value:
-        raise ConfigError(f"unknown defence {spec!r}; write {_FORMS}")
+        raise ConfigError(f"unknown defence {spec!r}; write one of {_FORMS}")
     try:
         number = float(value)
     except ValueError:
-        raise ConfigError(f"defence {spec!r} needs a number after the colon; write {_FORMS}") from None
-    if name != "gauss" and not number.is_integer():
-        raise ConfigError(f"defence {spec!r} needs a whole number; write {_FORMS}")
+        raise ConfigError(f"defence {spec!r} needs a number after the colon; write one of {_FORMS}") from None
     parsed = DefenceSpec(name, number)
-    parsed(nn.Identity())  # the constructor checks the range
+    parsed(nn.Identity())  # the constructor checks the value
     return parsed
 
 
