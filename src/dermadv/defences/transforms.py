@@ -151,7 +151,7 @@ class EOT(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         log_probs = torch.stack([self.model(images).log_softmax(1) for _ in range(self.samples)])
-        return log_probs.logsumexp(0) - torch.log(torch.tensor(float(self.samples)))
+        return log_probs.logsumexp(0) - math.log(self.samples)
 
 
 @dataclass(frozen=True)
