@@ -86,3 +86,19 @@ def test_fit_records_the_training_attack_in_the_checkpoint(fit_run: Path) -> Non
     assert json.loads(meta.extra)["training_attack"] == {"method": "pgd", "eps": "4/255", "steps": 2}
     manifest = json.loads((fit_run.parent / "manifest.json").read_text())
     assert manifest["config"]["adversarial"] == "pgd"
+
+
+def test_generator_training_attack_loads_a_fitted_generator(tmp_path: Path, tiny) -> None:
+    from dermadv.attacks.generator import GeneratorAttack, save_generator
+
+    classes = ("a", "b", "c", "d")
+    untrained = GeneratorAttack(EPS, channels=4, res_blocks=1, seed=0)
+    path = tmp_path / "generator.safetensors"
+    save_generator(path, untrained.generator, replace(untrained.spec, classes=classes, target="a", target_index=0))
+    attack, record = training_attack("generator", "2/255", generator=str(path), classes=classes)  # type: ignore[misc]
+    images, labels = tiny.test_images[:8], tiny.test_labels[:8]
+    adv = adversarial_batch(tiny.model, images, labels, attack)
+    torch.testing.assert_close(adv, (images + untrained.generator(images)).clamp(0, 1).detach())
+    assert record.describe() == {"method": "generator", "eps": "8/255", "generator": str(path)}
+    with pytest.raises(ConfigError, match="classes"):
+        training_attack("generator", "2/255", generator=str(path), classes=("x", "y", "z", "w"))
