@@ -385,7 +385,19 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
             gen.manual_seed(_augment_seed(cfg.seed, epoch, dd.rank()))
             order = torch.from_numpy(train_idx[np.fromiter(iter(sampler), dtype=np.int64)]).to(images.device)
             train_loss = train_one_epoch(
-                ddp_model, criterion, optimizer, scheduler, images, labels, order, cfg, device, gen, ema, epoch, attack
+                ddp_model,
+                criterion,
+                optimizer,
+                scheduler,
+                images,
+                labels,
+                order,
+                cfg,
+                device,
+                gen,
+                ema,
+                epoch,
+                attack=attack,
             )
             train_loss = float(dd.all_reduce_sum(torch.tensor([train_loss], device=device))[0]) / dd.world_size()
             seconds = time.time() - t0
