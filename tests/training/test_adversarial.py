@@ -89,16 +89,18 @@ def test_fit_records_the_training_attack_in_the_checkpoint(fit_run: Path) -> Non
 
 
 def test_generator_training_attack_loads_a_fitted_generator(tmp_path: Path, tiny) -> None:
-    from dermadv.attacks.generator import GeneratorAttack, save_generator
+    from dermadv.attacks.generator import GeneratorSpec, PerturbationGenerator, save_generator
 
     classes = ("a", "b", "c", "d")
-    untrained = GeneratorAttack(EPS, channels=4, res_blocks=1, seed=0)
+    torch.manual_seed(0)
+    generator = PerturbationGenerator(EPS, channels=4, res_blocks=1).eval()
     path = tmp_path / "generator.safetensors"
-    save_generator(path, untrained.generator, replace(untrained.spec, classes=classes, target="a", target_index=0))
+    spec = GeneratorSpec(channels=4, res_blocks=1, eps=EPS, target="a", target_index=0, classes=classes)
+    save_generator(path, generator, spec)
     attack, record = training_attack("generator", "2/255", generator=str(path), classes=classes)  # type: ignore[misc]
     images, labels = tiny.test_images[:8], tiny.test_labels[:8]
     adv = adversarial_batch(tiny.model, images, labels, attack)
-    torch.testing.assert_close(adv, (images + untrained.generator(images)).clamp(0, 1).detach())
+    torch.testing.assert_close(adv, (images + generator(images)).clamp(0, 1).detach())
     assert record.describe() == {"method": "generator", "eps": "8/255", "generator": str(path)}
     with pytest.raises(ConfigError, match="classes"):
         training_attack("generator", "2/255", generator=str(path), classes=("x", "y", "z", "w"))

@@ -13,8 +13,10 @@ import os
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -54,6 +56,20 @@ class Classifier(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.backbone((images - self.mean) / self.std) + self.logit_bias
+
+
+class ResizedClassifier(nn.Module):
+    """The attacked pipeline for ``attack_size='stored'``: resize the stored-size image, then classify."""
+
+    def __init__(self, model: nn.Module, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.model = model
+        self.size = tuple(size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if tuple(images.shape[-2:]) != self.size:
+            images = F.interpolate(images, size=self.size, mode="bilinear", antialias=True, align_corners=False)
+        return self.model(images)
 
 
 TIMM_PREFIX = "timm:"
@@ -130,6 +146,7 @@ def _package_weights(name: str, model: nn.Module) -> dict[str, torch.Tensor]:
 def _timm_backbone(name: str, num_classes: int, weights: str | None) -> tuple[nn.Module, WeightsInfo]:
     import timm
 
+    model: Any  # timm's models: their attributes (pretrained_cfg, reset_classifier) are not typed through nn.Module
     if weights is None:
         model = timm.create_model(name, pretrained=False, num_classes=num_classes)
         cfg = model.pretrained_cfg
@@ -158,7 +175,7 @@ def _timm_backbone(name: str, num_classes: int, weights: str | None) -> tuple[nn
             )
     else:
         state = _state_from_file(Path(weights))
-    _load_strict(model, state, weights)
+    _load_strict(model, state, weights, TIMM_PREFIX + name)
     model.reset_classifier(num_classes)
     return model, info
 
@@ -173,11 +190,11 @@ def _state_from_file(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], weights: object) -> None:
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], weights: object, arch: str) -> None:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise CheckpointError(f"weights in {weights} do not fit the architecture: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(f"weights in {weights} do not fit {arch}: {str(exc).splitlines()[0]}") from None
 
 
 def _replace_head(model: nn.Module, num_classes: int) -> None:
@@ -225,7 +242,7 @@ def load_backbone(arch: str, num_classes: int, *, weights: str | Path | None = N
         source = f"torchvision:{enum.url.rsplit('/', 1)[-1]}"
     else:
         state, source = _state_from_file(Path(wanted)), wanted
-    _load_strict(model, state, weights)
+    _load_strict(model, state, weights, arch)
     _replace_head(model, num_classes)
     return model, WeightsInfo(source)
 

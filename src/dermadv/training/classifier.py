@@ -24,14 +24,15 @@ from tqdm.auto import tqdm
 
 from dermadv import distributed as dd
 from dermadv.attacks.base import Attack
+from dermadv.data.load import Prepared, prepare, to_float
 from dermadv.data.splits import save_splits
 from dermadv.errors import ConfigError
 from dermadv.models.checkpoints import CheckpointMeta, save_checkpoint
 from dermadv.models.classifier import Classifier, WeightsInfo, build_classifier
 from dermadv.runs import Run, atomic_path, write_csv, write_json
 from dermadv.training.adversarial import adversarial_batch, check_adversarial, training_attack
-from dermadv.training.augment import AugmentConfig, augment, to_float
-from dermadv.training.data import Prepared, device_images, prepare, start_fit
+from dermadv.training.augment import AugmentConfig, augment
+from dermadv.training.data import device_images, start_fit
 
 log = logging.getLogger(__name__)
 

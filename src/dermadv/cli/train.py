@@ -1,9 +1,7 @@
-"""The command line: thin wiring from options to library functions."""
+"""``dermadv models``, ``train`` and ``evaluate``: a classifier from options, a YAML config or a preset."""
 
 from __future__ import annotations
 
-import logging
-import sys
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -11,28 +9,8 @@ from typing import Any
 import typer
 import yaml
 
+from dermadv.cli.data import DataOpt
 from dermadv.errors import DermadvError
-
-app = typer.Typer(
-    help="dermadv: audit dermatoscopic image classifiers against adversarial attacks "
-    "(reproduces Allyn et al. 2020, Medicine 99(50):e23568).",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-)
-data_app = typer.Typer(help="Inspect, split and download data.", no_args_is_help=True)
-app.add_typer(data_app, name="data")
-
-DataOpt = typer.Option(
-    None, "--data", help="HAM10000 folder, DermaMNIST .npz, class-folder tree; default: built-in synthetic set."
-)
-
-
-def _setup_logging(verbose: bool = False) -> None:
-    from dermadv import distributed as dd
-
-    level = logging.INFO if verbose or dd.is_main() else logging.WARNING
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
 def load_config(path: Path | None, cls: type, overrides: dict[str, Any], *, base: dict[str, Any] | None = None) -> Any:
@@ -53,58 +31,6 @@ def load_config(path: Path | None, cls: type, overrides: dict[str, Any], *, base
     return cls(**values)
 
 
-@data_app.command("info")
-def data_info(data: str | None = DataOpt) -> None:
-    """Print source, size, class counts and fingerprint of a data set."""
-    from dermadv.data.cache import stored_size
-    from dermadv.data.load import load_dataset
-
-    ds = load_dataset(data)
-    typer.echo(f"source: {ds.source}\nroot: {ds.root}\nimages: {len(ds)}\nlesions: {len(set(ds.lesion_ids))}")
-    typer.echo(f"stored size (HxW): {stored_size(ds)}\nfingerprint: {ds.fingerprint}")
-    for c, n in ds.class_counts().items():
-        typer.echo(f"  {c:6s} {n:6d}  {100 * n / len(ds):5.1f}%")
-
-
-@data_app.command("split")
-def data_split(
-    out: Path = typer.Option(..., "--out", help="CSV to write (image_id,lesion_id,dx,split)."),
-    data: str | None = DataOpt,
-    seed: int = typer.Option(0, help="Seed of the lesion shuffle."),
-    fractions: str = typer.Option("0.70,0.15,0.15", help="train,val,test shares."),
-) -> None:
-    """Write a lesion-grouped, class-stratified train/val/test split."""
-    from dermadv.data.load import load_dataset
-    from dermadv.data.splits import make_splits, save_splits, split_summary
-
-    try:
-        fr = tuple(float(x) for x in fractions.split(","))
-    except ValueError:
-        raise DermadvError(f"--fractions must be three numbers such as 0.70,0.15,0.15; got {fractions!r}") from None
-    ds = load_dataset(data)
-    frame = make_splits(ds, fractions=fr, seed=seed)  # type: ignore[arg-type]
-    save_splits(frame, out)
-    typer.echo(split_summary(frame).to_string())
-    typer.echo(f"wrote {out}")
-
-
-@data_app.command("download")
-def data_download(
-    name: str = typer.Argument(..., help="Only 'dermamnist' can be fetched automatically."),
-    size: int = typer.Option(28, "--size", help="28, 64, 128 or 224."),
-    out: Path = typer.Option(Path("data"), "--out", help="Folder for the .npz."),
-) -> None:
-    """Download DermaMNIST through the medmnist package (needs internet)."""
-    from dermadv.data.dermamnist import download_dermamnist
-
-    if name != "dermamnist":
-        raise DermadvError(
-            f"cannot download {name!r}; only dermamnist (HAM10000 needs a manual download from Harvard Dataverse)"
-        )
-    typer.echo(f"wrote {download_dermamnist(size, out)}")
-
-
-@app.command()
 def models(pattern: str | None = typer.Argument(None, help="Glob such as 'resnet*' or 'timm:*efficientnet*'.")) -> None:
     """List the architectures --arch accepts: torchvision names and timm:<name>."""
     from dermadv.models.classifier import OFFLINE_WEIGHTS, TIMM_PREFIX, list_architectures
@@ -117,12 +43,11 @@ def models(pattern: str | None = typer.Argument(None, help="Glob such as 'resnet
         typer.echo(f"{name}  (ImageNet weights offline)" if offline else name)
 
 
-@app.command()
 def train(
     out: Path = typer.Option(..., "--out", help="Run folder to write."),
     data: str | None = DataOpt,
     config: Path | None = typer.Option(None, "--config", help="YAML file of training options (see recipes/)."),
-    preset: str | None = typer.Option(None, "--preset", help="demo, cpu-64 or paper."),
+    preset: str | None = typer.Option(None, "--preset", help="demo, cpu, cpu-64 or paper."),
     arch: str | None = typer.Option(
         None, help="torchvision name or timm:<name> (default densenet201); `dermadv models` lists them."
     ),
@@ -176,7 +101,6 @@ def train(
     typer.echo(f"checkpoint: {path}")
 
 
-@app.command()
 def evaluate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="model.safetensors of a train run."),
     data: str | None = DataOpt,
@@ -189,59 +113,12 @@ def evaluate(
     ci: str = typer.Option("wald", "--ci", help="wald (default, as the paper), wilson or exact."),
 ) -> None:
     """Evaluate a checkpoint: accuracy with CI, balanced accuracy, per-class metrics, AUC, confusion."""
-    from dermadv.evaluation.classifier_eval import evaluate_checkpoint, print_report
+    from rich.console import Console
+
+    from dermadv.evaluation.metrics import format_classification_table
+    from dermadv.pipeline.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(
         checkpoint, data=data, split=split, split_file=split_file, out=out, tta=tta, ci_method=ci
     )
-    print_report(report)
-
-
-def _mount_optional() -> None:
-    """Sub-apps live beside the code they drive; mount those present."""
-    import importlib
-
-    for module, name in [
-        ("dermadv.attacks.cli", "attack"),
-        ("dermadv.observer.cli", "observer"),
-    ]:
-        try:
-            mod = importlib.import_module(module)
-        except ImportError as exc:  # an optional dependency (e.g. fastapi) is missing
-            logging.getLogger(__name__).debug("%s not available: %s", module, exc)
-            continue
-        app.add_typer(mod.app, name=name)
-    for module in ("dermadv.evaluation.cli", "dermadv.reproduce", "dermadv.report.cli"):
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue
-        mod.register(app)
-
-
-def main() -> None:
-    from dermadv import distributed as dd
-
-    # Under torchrun, join the process group first so that logging knows which rank this is.
-    dd.init_from_env()
-    _setup_logging()
-    _mount_optional()
-    try:
-        app(standalone_mode=False)
-    except DermadvError as exc:
-        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(1)
-    except (typer.Abort, KeyboardInterrupt):
-        typer.secho("interrupted", err=True)
-        sys.exit(130)
-    except SystemExit:
-        raise
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        # Duck-typed: typer >= 0.23 raises its vendored click's exceptions (typer._click), older typer click's own.
-        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-        if callable(show) and isinstance(code, int):
-            show()
-            sys.exit(code)
-        raise
-    finally:
-        dd.cleanup()
+    Console().print(format_classification_table(report))
