@@ -45,6 +45,9 @@ CORE_MODULES = (
     "dermadv.defences.smoothing",
     "dermadv.defences.detection",
     "dermadv.defences.card",
+    "dermadv.defences.results",
+    "dermadv.pipeline.defences",
+    "dermadv.report.defences",
 )
 
 

@@ -111,6 +111,9 @@ def evaluate(
     out: Path | None = typer.Option(None, "--out", help="Run folder; default: <checkpoint folder>/eval-<split>."),
     tta: bool = typer.Option(False, "--tta", help="Average logits over flips (test-time augmentation)."),
     ci: str = typer.Option("wald", "--ci", help="wald (default, as the paper), wilson or exact."),
+    defence: str | None = typer.Option(
+        None, "--defence", help="Classify through jpeg:75, bits:5, median:3 or gauss:0.05."
+    ),
 ) -> None:
     """Evaluate a checkpoint: accuracy with CI, balanced accuracy, per-class metrics, AUC, confusion."""
     from rich.console import Console
@@ -119,6 +122,6 @@ def evaluate(
     from dermadv.pipeline.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(
-        checkpoint, data=data, split=split, split_file=split_file, out=out, tta=tta, ci_method=ci
+        checkpoint, data=data, split=split, split_file=split_file, out=out, tta=tta, ci_method=ci, defence=defence
     )
     Console().print(format_classification_table(report))

@@ -15,6 +15,7 @@ expectation over transformation) for the adaptive attack.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -205,6 +206,22 @@ class DefenceAttackResult:
         return {name: float(getattr(self, name).float().mean()) for name in ("plain", "bpda", "adaptive")}
 
 
+def attacked_model(model: nn.Module, defence: DefenceSpec, *, adaptive: bool, eot_samples: int = 8) -> nn.Module:
+    """What an attacker differentiates: BPDA (+EOT for a randomised defence) if ``adaptive``, else the plain wrapper."""
+    wrapped: nn.Module = defence(model, bpda=adaptive)
+    if adaptive and getattr(wrapped, "randomised", False):
+        wrapped = EOT(wrapped, eot_samples)
+    return wrapped
+
+
+@torch.no_grad()
+def seeded_predictions(model: nn.Module, images: torch.Tensor, seed: int) -> torch.Tensor:
+    """``model(images).argmax(1)`` with torch's generator seeded and restored: a randomised defence draws alike."""
+    with torch.random.fork_rng(devices=[images.device] if images.is_cuda else []):
+        torch.manual_seed(seed)
+        return model.eval()(images).argmax(1)
+
+
 def attack_defence(
     model: nn.Module,
     defence: DefenceSpec | str,
@@ -215,24 +232,30 @@ def attack_defence(
     target: int | None = None,
     eot_samples: int = 8,
     seed: int = 0,
+    finish: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> DefenceAttackResult:
     """Run ``attack`` against ``defence(model)`` without and with BPDA (and EOT if randomised).
 
     Both sets of images are scored on the defended model with the same random draw (``seed``), so a
-    randomised defence judges them alike.
+    randomised defence judges them alike; ``finish`` (e.g. rounding to 8 bits) is applied before scoring.
     """
     spec = parse_defence(defence) if isinstance(defence, str) else defence
-    plain = attack(spec(model, bpda=False), images, labels=labels, target=target).adv_images
-    adaptive_model: nn.Module = spec(model, bpda=True)
-    if getattr(adaptive_model, "randomised", False):
-        adaptive_model = EOT(adaptive_model, eot_samples)
-    bpda = attack(adaptive_model, images, labels=labels, target=target).adv_images
-    defended = spec(model).eval()
-    scores = []
-    for adv in (plain, bpda):
-        with torch.random.fork_rng(devices=[adv.device] if adv.is_cuda else []), torch.no_grad():
-            torch.manual_seed(seed)
-            pred = defended(adv).argmax(1)
-        scores.append(pred == target if target is not None else pred != labels)
+    found = [
+        attack(
+            attacked_model(model, spec, adaptive=adaptive, eot_samples=eot_samples),
+            images,
+            labels=labels,
+            target=target,
+        ).adv_images
+        for adaptive in (False, True)
+    ]
+    if finish is not None:
+        found = [finish(adv) for adv in found]
+    plain, bpda = found
+    defended = spec(model)
+    scores: list[torch.Tensor] = []
+    for adv in found:
+        pred = seeded_predictions(defended, adv, seed)
+        scores.append(pred == target if target is not None else pred != labels)  # type: ignore[arg-type]
     adv_images = torch.where(scores[1].view(-1, 1, 1, 1), bpda, plain)
     return DefenceAttackResult(str(spec), repr(attack), scores[0], scores[1], adv_images)
