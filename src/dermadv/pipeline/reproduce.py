@@ -40,7 +40,7 @@ class ReproduceConfig:
     data: str | None = None
     preset: str = "demo"
     checkpoint: Path | None = None  # reuse a trained classifier instead of training one
-    fit_on: str = "train"
+    fit_on: str | None = None  # None: the preset's ("test", the paper's protocol, except cpu-64)
     eps: str | None = None
     target: str = "nv"
     seed: int = 0
@@ -120,10 +120,11 @@ def reproduce(cfg: ReproduceConfig) -> Path:
         dd.barrier()
     if not cfg.sweep_only:
         with run.stage("generator"):
-            _check_same_settings(gen_dir, eps=parse_eps(eps), target=cfg.target, fit_on=cfg.fit_on)
+            fit_on = cfg.fit_on or acfg.get("fit_on", "train")
+            _check_same_settings(gen_dir, eps=parse_eps(eps), target=cfg.target, fit_on=fit_on)
             fit_once(
                 fit_generator,
-                _generator_config(cfg, acfg, checkpoint, split_path, gen_dir, eps, cfg.fit_on),
+                _generator_config(cfg, acfg, checkpoint, split_path, gen_dir, eps, fit_on),
                 "generator_state.pt",
             )
         with run.stage("attack"):
@@ -209,8 +210,12 @@ def _sweep_stage(cfg: ReproduceConfig, run: Run, acfg: dict[str, Any], checkpoin
                     eps,
                     fit_on,
                 )
+                # The paper protocol fits on exactly the images it attacks: the sweep's stratified sample (same seed).
                 gen = replace(
-                    gen, attack_size="model", max_fit_images=cfg.sweep_fit_images if fit_on == "train" else None
+                    gen,
+                    attack_size="model",
+                    max_fit_images=cfg.sweep_fit_images if fit_on == "train" else cfg.sweep_limit,
+                    epochs=acfg.get("sweep_epochs", {}).get(protocol, gen.epochs),
                 )
                 fit_once(fit_generator, gen, "generator_state.pt")
             sweep(attack, methods=["advgan", "pgd"], eps_values=[eps], generators=base / "generators", resume=True)
