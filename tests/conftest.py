@@ -1,8 +1,10 @@
 """Fixtures shared across the suite: the real HAM10000 folder (or a skip), a small synthetic set, a private cache,
-and the real pipeline on that set (two classifiers, a fitted generator, an attack folder)."""
+the real pipeline on that set (two classifiers, a fitted generator, an attack folder) and tiny in-memory
+classifiers for attack and defence tests."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -12,8 +14,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from dermadv.data.dataset import ImageSet
+from dermadv.models.classifier import Classifier
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,3 +183,116 @@ def saturated_generator() -> Callable[[float], torch.nn.Module]:
         return generator
 
     return make
+
+
+# --- tiny in-memory classifiers (colour casts, gratings), each trained in a second ---
+
+NUM_CLASSES = 4
+SIZE = 16
+
+
+@dataclass(frozen=True)
+class TinySetup:
+    model: Classifier
+    train_images: torch.Tensor  # float N×3×H×W on the 8-bit grid
+    train_labels: torch.Tensor
+    test_images: torch.Tensor
+    test_labels: torch.Tensor
+    num_classes: int = NUM_CLASSES
+
+
+def make_images(n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grey textured images whose class is a colour cast of random strength (some images near the boundary)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % NUM_CLASSES
+    casts = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, -1.0, -1.0]])
+    strength = 0.02 + 0.12 * torch.rand(n, generator=g)
+    texture = 0.08 * torch.randn(n, 1, SIZE, SIZE, generator=g) + 0.03 * torch.randn(n, 3, SIZE, SIZE, generator=g)
+    images = 0.5 + texture + (strength[:, None] * casts[labels])[:, :, None, None]
+    return (images.clamp(0, 1) * 255).round() / 255, labels
+
+
+def tiny_backbone(*, kernel: int = 3, channels: int = 8, num_classes: int = NUM_CLASSES) -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, channels, kernel, padding=kernel // 2),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(channels, 16, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, num_classes),
+    )
+
+
+BatchHook = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def fit_tiny(
+    model: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    epochs: int = 8,
+    batch_hook: BatchHook | None = None,
+) -> Classifier:
+    """Adam (lr 0.01), batches of 64, seeded order; ``batch_hook(model, x, y)`` may replace each batch (adversarial training)."""
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    g = torch.Generator().manual_seed(3)
+    for _ in range(epochs):
+        for index in torch.randperm(len(images), generator=g).split(64):
+            x, y = images[index], labels[index]
+            if batch_hook is not None:
+                x = batch_hook(model, x, y)
+            loss = nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return model.eval()
+
+
+def gratings(n: int, *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noisy sine gratings of period 4 px on grey whose class is the orientation (0°, 45°, 90°, 135°)."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % NUM_CLASSES
+    angle = labels.float() * math.pi / NUM_CLASSES + 0.1 * torch.randn(n, generator=g)
+    yy, xx = torch.meshgrid(torch.arange(SIZE).float(), torch.arange(SIZE).float(), indexing="ij")
+    along = xx[None] * angle.cos()[:, None, None] + yy[None] * angle.sin()[:, None, None]
+    wave = torch.sin(2 * math.pi * along / 4 + 2 * math.pi * torch.rand(n, 1, 1, generator=g))
+    amplitude = 0.04 + 0.08 * torch.rand(n, 1, 1, 1, generator=g)
+    images = 0.5 + amplitude * wave[:, None] + 0.03 * torch.randn(n, 3, SIZE, SIZE, generator=g)
+    return (images.clamp(0, 1) * 255).round() / 255, labels
+
+
+def build_tiny(kind: str = "colour", *, batch_hook: BatchHook | None = None, epochs: int = 8) -> TinySetup:
+    """A tiny classifier on ``kind`` images: ``colour`` casts (3×3 convolutions) or ``texture`` gratings (5×5)."""
+    if kind == "colour":
+        torch.manual_seed(0)
+        (train_images, train_labels), test = make_images(800, seed=1), make_images(200, seed=2)
+        backbone = tiny_backbone()
+    else:
+        torch.manual_seed(1)
+        (train_images, train_labels), test = gratings(800, seed=11), gratings(200, seed=12)
+        backbone = tiny_backbone(kernel=5, channels=16)
+    model = fit_tiny(
+        Classifier(backbone, NUM_CLASSES), train_images, train_labels, epochs=epochs, batch_hook=batch_hook
+    )
+    return TinySetup(model, train_images, train_labels, *test)
+
+
+@pytest.fixture(scope="session")
+def tiny() -> TinySetup:
+    """A tiny classifier of colour casts, trained in a second."""
+    return build_tiny("colour")
+
+
+@pytest.fixture(scope="session")
+def texture() -> TinySetup:
+    """A tiny texture classifier: smoothing and compression touch the fine gratings it reads, unlike colour casts."""
+    return build_tiny("texture")
+
+
+@pytest.fixture(scope="session")
+def train_tiny() -> Callable[..., TinySetup]:
+    """:func:`build_tiny`, for tests that train their own, e.g. adversarially: ``train_tiny("texture", batch_hook=...)``."""
+    return build_tiny

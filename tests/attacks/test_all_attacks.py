@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dermadv.attacks.artefacts import ARTEFACTS
 from dermadv.attacks.base import Attack
 from dermadv.attacks.generator import PerturbationGenerator
 from dermadv.attacks.registry import create_attack, get_attack_class, list_attacks
@@ -25,6 +26,11 @@ FAST_PARAMS: dict[str, dict[str, object]] = {
     "colour": {},
     "rotation": {},
     "translation": {},
+    "apgd-ce": {"eps": EPS, "steps": 10},
+    "apgd-dlr": {"eps": EPS, "steps": 10},
+    "square": {"eps": EPS, "queries": 200},
+    "autoattack": {"eps": EPS, "steps": 5, "queries": 100},
+    **{name: {"severity": 3} for name in ARTEFACTS},
 }
 #: the budget each attack promises: ("linf", eps) or ("l0", pixels); others are unbounded
 BUDGETS: dict[str, tuple[str, float]] = {
@@ -33,12 +39,17 @@ BUDGETS: dict[str, tuple[str, float]] = {
     "uap": ("linf", EPS),
     "advgan": ("linf", EPS),
     "pixel": ("l0", 3),
+    "apgd-ce": ("linf", EPS),
+    "apgd-dlr": ("linf", EPS),
+    "square": ("linf", EPS),
+    "autoattack": ("linf", EPS),
 }
 
 
 def _is_control(name: str) -> bool:
-    """Attacks whose effect is not tested here: natural perturbations, and the generator (fitted elsewhere)."""
-    return get_attack_class(name).__module__ in ("dermadv.attacks.natural", "dermadv.attacks.generator")
+    """Attacks whose effect is not tested here: natural perturbations, artefacts, and the generator (fitted elsewhere)."""
+    module = get_attack_class(name).__module__
+    return module in ("dermadv.attacks.natural", "dermadv.attacks.artefacts", "dermadv.attacks.generator")
 
 
 def _build(name: str, tiny, *, target: int | None) -> Attack:

@@ -40,6 +40,14 @@ CORE_MODULES = (
     "dermadv.pipeline.reproduce",
     "dermadv.evaluation.attack_eval",
     "dermadv.report.build",
+    "dermadv.training.adversarial",
+    "dermadv.defences.transforms",
+    "dermadv.defences.smoothing",
+    "dermadv.defences.detection",
+    "dermadv.defences.card",
+    "dermadv.defences.results",
+    "dermadv.pipeline.defences",
+    "dermadv.report.defences",
 )
 
 

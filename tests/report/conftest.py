@@ -13,6 +13,10 @@ import pytest
 from PIL import Image
 
 from dermadv.data.classes import CLASSES
+from dermadv.defences import results as r
+from dermadv.defences.card import ClassRobustness, RobustnessCard
+from dermadv.defences.detection import DetectionScores
+from dermadv.defences.smoothing import CertifiedAccuracy
 from dermadv.evaluation.attack_eval import evaluate_attack_folder
 from dermadv.evaluation.attack_metrics import AttackMetrics
 from dermadv.evaluation.metrics import classification_metrics, write_classification_outputs
@@ -181,6 +185,46 @@ def write_sweep(folder: Path, metrics: AttackMetrics) -> None:
     write_csv(folder / "sweep.csv", rows)
 
 
+def write_defences(folder: Path) -> None:
+    """One folder per ``dermadv defend`` command, as the library's result dataclasses write them."""
+    classes = [c for c in CLASSES if c != "nv"]
+
+    def outcome(k: int) -> r.TargetedOutcome:
+        return r.TargetedOutcome({c: r.Share(min(PER_CLASS, k + j % 2), PER_CLASS) for j, c in enumerate(classes)})
+
+    rows = [r.TransformRow("none", e, r.Share(20, 28), outcome(4), None) for e in (2 / 255, 8 / 255)]
+    rows += [
+        r.TransformRow(d, e, r.Share(18, 28), outcome(1), outcome(3))
+        for d in ("jpeg:75", "bits:5")
+        for e in (2 / 255, 8 / 255)
+    ]
+    transforms = r.TransformsResult("nv", "PGD-20 (L∞, seeded random start), targeted", 8, 28, tuple(rows))
+    certify = r.CertifyResult(
+        CertifiedAccuracy((0.0, 0.25, 0.5), (0.5, 0.25, 0.0), 28, 0.25, 500, 0.001), 50, r.Share(20, 28), r.Share(3, 28)
+    )
+    scores = DetectionScores(0.9, 0.6, 12.0, 28, 28)
+    detect = r.DetectResult(
+        "mahalanobis", 70, 11.5, (r.DetectionOutcome("pgd (adv-test)", scores, r.Share(20, 28), r.Share(9, 28)),)
+    )
+    budgets = (1 / 255, 2 / 255, 4 / 255)
+    card = RobustnessCard(
+        "nv",
+        budgets,
+        "PGD(eps=4/255)",
+        tuple(ClassRobustness(c, PER_CLASS, (0.25, 0.5, 1.0), 2 / 255, 4 / 255) for c in classes),
+    )
+    results = {
+        "transforms": transforms,
+        "certify": certify,
+        "detect": detect,
+        "card": r.CardResult((r.DefendedCard("none", False, card), r.DefendedCard("jpeg:75", True, card))),
+    }
+    for name, result in results.items():
+        run = Run(folder / name, command=f"defend {name}", config={"limit": 28}, seed=0, data_fingerprint="fp-test")
+        write_json(folder / name / f"{name}.json", result)
+        run.finish(n_images=28)
+
+
 def answer_study(study_dir: Path, rng: np.random.Generator, observers: int = 2) -> None:
     key = load_answer_key(study_dir)
     for o in range(observers):
@@ -194,7 +238,7 @@ def answer_study(study_dir: Path, rng: np.random.Generator, observers: int = 2) 
 
 
 def make_run(root: Path, *, seed: int = 0) -> Path:
-    """A complete reproduce-style folder: classifier, test evaluation, generator, attack, sweep, answered study."""
+    """A complete reproduce-style folder: classifier, test evaluation, generator, attack, sweep, defences, answered study."""
     rng = np.random.default_rng(seed)
     run = Run(root, command="reproduce", config={"preset": "demo", "data": None}, seed=seed)
     write_split(root / "split.csv")
@@ -202,6 +246,7 @@ def make_run(root: Path, *, seed: int = 0) -> Path:
     write_generator(root / "generator")
     metrics = write_attack(root / "adv-test", rng)
     write_sweep(root / "sweep", metrics)
+    write_defences(root / "defences")
     create_study(root / "adv-test", root / "observer", n=10, seed=seed)
     answer_study(root / "observer", rng)
     write_json(root / "paper_table.json", [{"measure": "accuracy", "paper": "84%", "this_run": "x", "source": "y"}])

@@ -20,7 +20,7 @@ from dermadv.report import build_report, collect, render_markdown, render_report
 from dermadv.report.context import report_context
 from dermadv.runs import read_json
 
-ALL_SECTIONS = ["summary", "data", "classifier", "attack", "robustness", "observer", "reproducibility"]
+ALL_SECTIONS = ["summary", "data", "classifier", "attack", "robustness", "defences", "observer", "reproducibility"]
 
 
 class _Refs(HTMLParser):
@@ -73,6 +73,7 @@ def test_report_folder_is_complete_and_every_reference_exists(built: Path) -> No
         "robustness",
         "class_counts",
         "generator_curves",
+        "robustness_card",
     ):
         assert (out / "figures" / f"{figure}.png").stat().st_size > 1000, figure
     assert all(not r.startswith(("/", "..")) for r in refs), "links must stay inside report/"
@@ -122,12 +123,12 @@ def test_rendering_is_pure_and_matches_between_html_and_markdown(run_dir: Path) 
 
 
 def test_missing_parts_become_notes_not_crashes(run_copy) -> None:
-    folder = run_copy(drop=("classifier", "generator", "sweep", "observer", "split.csv"))
+    folder = run_copy(drop=("classifier", "generator", "sweep", "observer", "split.csv", "defences"))
     page = build_report(folder)
     summary = read_json(page.parent / "summary.json")
     assert summary["sections"] == ["summary", "data", "attack", "reproducibility"]
     notes = " ".join(summary["notes"])
-    for part in ("Classifier:", "Robustness curves:", "Observer study:"):
+    for part in ("Classifier:", "Robustness curves:", "Observer study:", "Defences:"):
         assert part in notes
     text = page.read_text(encoding="utf-8")
     assert "Not in this report" in text and "generator settings left out" in text
@@ -196,3 +197,24 @@ def test_cli_report_command(run_copy) -> None:
     assert result.exit_code == 0, result.output
     assert (folder / "report" / "index.html").is_file()
     assert "report:" in result.output
+
+
+def test_defence_numbers_are_the_files_numbers(run_dir: Path, built: Path) -> None:
+    from dermadv.defences.results import TransformsResult, from_dict
+    from dermadv.evaluation.stats import format_interval, proportion_ci
+
+    text = built.read_text(encoding="utf-8")
+    result = from_dict(TransformsResult, read_json(run_dir / "defences" / "transforms" / "transforms.json"))
+    for row in result.rows:
+        worst = (row.adaptive or row.plain).worst_class_fooling
+        assert worst is not None
+        assert f"{format_interval(proportion_ci(worst.k, worst.n, method='wilson'))} {worst.k}/{worst.n}" in text
+    assert "≥ 99% moved at" in text and "TPR at 5% FPR" in text and "L2 radius" in text
+    assert "defence: certify" in text  # each defence folder's manifest in the reproducibility table
+
+
+def test_a_bare_defence_folder_reports_its_defences(run_dir: Path, tmp_path: Path) -> None:
+    folder = shutil.copytree(run_dir / "defences" / "card", tmp_path / "card")
+    summary = read_json(build_report(folder).parent / "summary.json")
+    assert "defences" in summary["sections"]
+    assert not any(n.startswith("Defences:") for n in summary["notes"])

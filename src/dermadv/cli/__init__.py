@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from dermadv.cli import attack, data, observer, report, reproduce, train
+from dermadv.cli import attack, data, defend, observer, report, reproduce, train
 from dermadv.errors import DermadvError
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.command()(train.train)
 app.command()(train.evaluate)
 app.add_typer(attack.app, name="attack")
 app.command("evaluate-attack")(attack.evaluate_attack)
+app.add_typer(defend.app, name="defend")
 app.add_typer(observer.app, name="observer")
 app.command()(reproduce.reproduce)
 app.command()(report.report)

@@ -99,6 +99,12 @@ def run(
     param: list[str] = typer.Option([], "--param", help="Extra hyperparameter key=value (repeatable)."),
     seed: int = typer.Option(0),
     split_file: str | None = typer.Option(None, "--split-file"),
+    defence: str | None = typer.Option(None, "--defence", help="Attack the model behind jpeg:75, bits:5, median:3 …"),
+    adaptive: bool = typer.Option(
+        True,
+        "--adaptive/--no-adaptive",
+        help="With --defence: BPDA/EOT gradients, or the plain attack that ignores it.",
+    ),
 ) -> None:
     """Attack a split; save 8-bit PNGs; score the saved images; print the paper's table."""
     from dermadv.evaluation.attack_eval import format_attack_table
@@ -121,6 +127,8 @@ def run(
         params=_params(param),  # type: ignore[arg-type]
         seed=seed,
         split_file=split_file,
+        defence=defence,
+        adaptive=adaptive,
     )
     metrics = attack_split(cfg)
     if metrics is not None:
@@ -184,12 +192,15 @@ def transfer_cmd(
     source: Path = typer.Option(..., "--from", help="Attack output folder made against another model."),
     to: Path = typer.Option(..., "--to", help="Classifier model.safetensors to score the images on."),
     out: Path = typer.Option(..., "--out"),
+    defence: str | None = typer.Option(
+        None, "--defence", help="Score through jpeg:75, bits:5, median:3 or gauss:0.05."
+    ),
 ) -> None:
-    """Black-box transfer: score saved adversarial images on another classifier."""
+    """Black-box transfer: score saved adversarial images on another classifier (or on a defence of it)."""
     from dermadv.evaluation.attack_eval import format_attack_table
     from dermadv.pipeline.attack import transfer
 
-    Console().print(format_attack_table(transfer(source, to, out)))
+    Console().print(format_attack_table(transfer(source, to, out, defence=defence)))
 
 
 @app.command("list")

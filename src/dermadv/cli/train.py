@@ -66,6 +66,10 @@ def train(
     split_file: str | None = typer.Option(None, "--split-file", help="Reuse a split CSV."),
     compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
     resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    adversarial: str | None = typer.Option(None, help="Adversarial training: none, pgd, fgsm-rs or generator."),
+    adv_eps: str | None = typer.Option(None, "--adv-eps", help="L∞ budget of the training attack (default 2/255)."),
+    adv_steps: int | None = typer.Option(None, "--adv-steps", help="PGD steps of the training attack (default 10)."),
+    adv_generator: str | None = typer.Option(None, "--adv-generator", help="generator.safetensors for generator."),
 ) -> None:
     """Train a classifier; writes model.safetensors, history.csv and a manifest."""
     from dermadv.presets import preset_train_config
@@ -87,6 +91,10 @@ def train(
         split_file=split_file,
         compile=compile,
         resume=resume or None,
+        adversarial=adversarial,
+        adv_eps=adv_eps,
+        adv_steps=adv_steps,
+        adv_generator=adv_generator,
     )
     cfg = load_config(config, TrainConfig, overrides, base=base)
     path = fit(cfg)
@@ -103,6 +111,9 @@ def evaluate(
     out: Path | None = typer.Option(None, "--out", help="Run folder; default: <checkpoint folder>/eval-<split>."),
     tta: bool = typer.Option(False, "--tta", help="Average logits over flips (test-time augmentation)."),
     ci: str = typer.Option("wald", "--ci", help="wald (default, as the paper), wilson or exact."),
+    defence: str | None = typer.Option(
+        None, "--defence", help="Classify through jpeg:75, bits:5, median:3 or gauss:0.05."
+    ),
 ) -> None:
     """Evaluate a checkpoint: accuracy with CI, balanced accuracy, per-class metrics, AUC, confusion."""
     from rich.console import Console
@@ -111,6 +122,6 @@ def evaluate(
     from dermadv.pipeline.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(
-        checkpoint, data=data, split=split, split_file=split_file, out=out, tta=tta, ci_method=ci
+        checkpoint, data=data, split=split, split_file=split_file, out=out, tta=tta, ci_method=ci, defence=defence
     )
     Console().print(format_classification_table(report))

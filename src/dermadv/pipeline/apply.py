@@ -42,6 +42,7 @@ class AttackTask:
     eps: float | None
     batch_size: int = 64
     device: torch.device | str = "cpu"
+    score_model: nn.Module | None = None  # what judges the images, if not ``model`` (a defence without its EOT)
 
 
 def quantise(adv: torch.Tensor, clean_uint8: torch.Tensor, eps: float | None) -> torch.Tensor:
@@ -115,6 +116,7 @@ def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> None:
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     model = task.model.eval()
+    scorer = task.score_model.eval() if task.score_model is not None else model
     device = task.device
     mine = task.indices[dd.shard_indices(len(task.indices))]
     rows_idx, clean_probs, adv_probs, inmem = [], [], [], []
@@ -133,7 +135,7 @@ def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> None:
         labels = torch.from_numpy(task.labels[idx]).to(device)
         result = task.attack(model, x, labels=labels, target=task.target)
         with torch.no_grad():
-            inmem.append(model(result.adv_images).argmax(1).cpu())
+            inmem.append(scorer(result.adv_images).argmax(1).cpu())
         adv_u8 = quantise(result.adv_images, clean_u8.permute(0, 3, 1, 2), task.eps).permute(0, 2, 3, 1).cpu().numpy()
         clean_np = clean_u8.cpu().numpy()
         names = [f"{task.image_ids[i]}.png" for i in idx]
@@ -144,8 +146,8 @@ def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> None:
         # Score the files as saved, not the tensors in memory.
         clean_back = np.stack(list(pool.map(read_png, [dirs["clean"] / n for n in names])))
         adv_back = np.stack(list(pool.map(read_png, [dirs["adv"] / n for n in names])))
-        clean_probs.append(predict_probs(model, clean_back, device).numpy())
-        adv_probs.append(predict_probs(model, adv_back, device).numpy())
+        clean_probs.append(predict_probs(scorer, clean_back, device).numpy())
+        adv_probs.append(predict_probs(scorer, adv_back, device).numpy())
         rows_idx.append(idx)
     pool.shutdown()
     k = len(task.classes)

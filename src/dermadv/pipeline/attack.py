@@ -20,6 +20,7 @@ from dermadv.config import parse_eps
 from dermadv.data.classes import class_index
 from dermadv.data.load import prepare, split_beside
 from dermadv.data.splits import stratified_sample
+from dermadv.defences.transforms import attacked_model, parse_defence
 from dermadv.errors import ConfigError, RunError
 from dermadv.evaluation.attack_eval import AttackMetrics, evaluate_attack_folder
 from dermadv.models.checkpoints import check_fits, load_checkpoint
@@ -50,6 +51,9 @@ class AttackRunConfig:
     limit: int | None = None  # attack only the first N images of the split (a class-stratified sample)
     evaluate: bool = True
     progress: bool = True
+    defence: str | None = None  # attack and score the model behind an input transform (jpeg:75, …)
+    adaptive: bool = True  # with a defence: BPDA (+EOT) gradients; False: the plain attack that ignores it
+    eot_samples: int = 8
 
 
 #: how to give a required hyperparameter on the command line
@@ -75,7 +79,10 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
     eps = parse_eps(cfg.eps) if cfg.eps is not None else None
     model, meta = load_checkpoint(cfg.checkpoint, device=device)
     target = class_index(cfg.target, meta.classes) if cfg.target else None
+    defence = parse_defence(cfg.defence) if cfg.defence else None
     attack = build_attack(cfg, eps)
+    if "eps" not in inspect.signature(type(attack)).parameters:
+        eps = None  # natural perturbations, artefacts, C&W, few pixels: no L∞ budget to clip the saved images to
     spec = attack.spec  # an attack loaded fitted brings its own budget, target and image size
     attack_size = spec.attack_size if spec else cfg.attack_size
     if spec is not None:
@@ -93,6 +100,10 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
     check_fits(meta, prep.dataset.classes, path=cfg.checkpoint)
     attacked: nn.Module = model if attack_size == "model" else ResizedClassifier(model, meta.image_size)
     attacked.eval()
+    scorer = None
+    if defence is not None:
+        scorer = defence(attacked).eval()
+        attacked = attacked_model(attacked, defence, adaptive=cfg.adaptive, eot_samples=cfg.eot_samples).eval()
     if spec is not None:
         fingerprint = file_fingerprint(cfg.checkpoint)
         check_fit_spec(
@@ -143,6 +154,8 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
         "attack_size": attack_size,
         "n_images": int(len(idx)),
         "sampled": bool(cfg.limit),
+        "defence": str(defence) if defence is not None else None,
+        "adaptive": cfg.adaptive if defence is not None else None,
     }
     write_attack_info(out, info)
     task = AttackTask(
@@ -157,6 +170,7 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
         eps=eps,
         batch_size=cfg.batch_size,
         device=device,
+        score_model=scorer,
     )
     with run.stage("attack"):
         run_attack(task, out, progress=cfg.progress)
@@ -171,8 +185,12 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
     return metrics
 
 
-def transfer(source: Path, checkpoint: Path, out: Path) -> AttackMetrics:
-    """Score the saved adversarial images of ``source`` on another classifier (black-box transfer)."""
+def transfer(source: Path, checkpoint: Path, out: Path, *, defence: str | None = None) -> AttackMetrics:
+    """Score the saved adversarial images of ``source`` on another classifier (black-box transfer).
+
+    With a ``defence`` the images pass through it first: the attack made without knowing the defence.
+    """
+    spec = parse_defence(defence) if defence else None
     src_info_path = Path(source) / "attack.json"
     if not src_info_path.exists():
         raise RunError(
@@ -187,10 +205,14 @@ def transfer(source: Path, checkpoint: Path, out: Path) -> AttackMetrics:
         )
     preds = pd.read_csv(Path(source) / "predictions.csv")
     out = Path(out)
-    run = Run(out, command="attack transfer", config={"source": str(source), "checkpoint": str(checkpoint)})
+    config = {"source": str(source), "checkpoint": str(checkpoint), "defence": str(spec) if spec else None}
+    run = Run(out, command="attack transfer", config=config)
     attacked: nn.Module = model
     if tuple(info["image_size"]) != tuple(meta.image_size):
         attacked = ResizedClassifier(model, meta.image_size)
+    if spec is not None:
+        torch.manual_seed(0)  # a randomised defence draws the same noise on every run
+        attacked = spec(attacked).eval()
     for kind in ("clean", "adv", "perturbation"):
         dst = out / "images" / kind
         if dst.exists():
@@ -209,6 +231,8 @@ def transfer(source: Path, checkpoint: Path, out: Path) -> AttackMetrics:
         "transfer_from": str(source),
         "checkpoint": str(checkpoint),
         "source_checkpoint": info.get("checkpoint"),
+        "defence": str(spec) if spec else None,
+        "adaptive": False if spec else None,
     }
     write_json(out / "attack.json", {**info, **source_info})
     metrics = evaluate_attack_folder(out, in_run=True)

@@ -6,9 +6,11 @@ import logging
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from dermadv import distributed as dd
 from dermadv.data.load import prepare, split_beside
+from dermadv.defences.transforms import parse_defence
 from dermadv.evaluation.metrics import ClassificationReport, classification_metrics, write_classification_outputs
 from dermadv.models.checkpoints import check_fits, load_checkpoint
 from dermadv.runs import Run
@@ -27,19 +29,23 @@ def evaluate_checkpoint(
     tta: bool = False,
     ci_method: str = "wald",
     batch_size: int = 256,
+    defence: str | None = None,
 ) -> ClassificationReport:
     """Predict ``split`` with the checkpoint and write metrics/predictions into ``out``.
 
     The split defaults to the ``split.csv`` written by the training run, so the test images are the
-    ones the classifier never saw.
+    ones the classifier never saw. With a ``defence`` (``jpeg:75``…) the images pass through it first.
     """
     checkpoint = Path(checkpoint)
     device = dd.default_device()
-    model, meta = load_checkpoint(checkpoint, device=device)
+    spec = parse_defence(defence) if defence else None
+    classifier, meta = load_checkpoint(checkpoint, device=device)
+    model: nn.Module = spec(classifier) if spec is not None else classifier
     split_file = split_file or split_beside(checkpoint)
     prep = prepare(data, image_size=meta.image_size, split_file=split_file)
     check_fits(meta, prep.dataset.classes, path=checkpoint)
-    out = Path(out) if out else checkpoint.parent / f"eval-{split}{'-tta' if tta else ''}"
+    suffix = ("-tta" if tta else "") + (f"-{spec.name}{spec.value:g}" if spec is not None else "")
+    out = Path(out) if out else checkpoint.parent / f"eval-{split}{suffix}"
     run = Run(
         out,
         command="evaluate",
@@ -50,10 +56,12 @@ def evaluate_checkpoint(
             "split_file": split_file,
             "tta": tta,
             "ci_method": ci_method,
+            "defence": str(spec) if spec is not None else None,
         },
         data_fingerprint=prep.dataset.fingerprint,
     )
     idx = prep.indices(split)
+    torch.manual_seed(0)  # a randomised defence draws the same noise on every run
     with run.stage("predict"):
         logits = predict_logits(
             model, prep.images, indices=idx, device=device, tta=tta, batch_size=batch_size, progress=True

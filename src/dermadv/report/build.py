@@ -9,7 +9,7 @@ import shutil
 import time
 import webbrowser
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from dermadv.data.classes import CLASSES
 from dermadv.errors import RunError
 from dermadv.report.context import report_context
 from dermadv.report.data import READ_ERRORS, ReportData, Sources
+from dermadv.report.defences import MISSING_NOTE, find_defence_files, read_defences
 from dermadv.report.readers import (
     read_attack,
     read_classifier,
@@ -47,6 +48,7 @@ class Layout:
     sweep: Path | None
     observer: Path | None
     split: Path | None
+    defences: dict[str, Path] = field(default_factory=dict)  # "transforms" -> transforms.json, …
 
     @property
     def kind(self) -> str:
@@ -64,6 +66,7 @@ class Layout:
             ("generator fit", self.generator),
             ("attack", self.attack),
             ("observer study", self.observer),
+            *((f"defence: {name}", path.parent) for name, path in self.defences.items()),
         ]
         unique: dict[Path, str] = {}
         for name, folder in named:
@@ -97,6 +100,7 @@ def locate(run_dir: Path) -> Layout:
         sweep=_first(run_dir / "sweep" / "sweep.csv", run_dir / "sweep.csv"),
         observer=_first(run_dir / "observer", run_dir, marker="study.json"),
         split=_first(run_dir / "split.csv", (clf or run_dir) / "split.csv"),
+        defences=find_defence_files(run_dir, skip=REPORT_DIR),
     )
 
 
@@ -116,6 +120,8 @@ def _missing_notes(layout: Layout, data: dict[str, Any], notes: list[str]) -> li
         missing.append("Robustness curves: no sweep.csv (`dermadv reproduce --sweep` or `dermadv attack sweep`).")
     if data["observer"] is None and "Observer study:" not in said:
         missing.append("Observer study: none in this folder (`dermadv observer create` makes the kit).")
+    if data["defences"] is None:
+        missing.append(MISSING_NOTE)
     if not layout.stage_folders():
         missing.append("Reproducibility: no manifest.json in this folder.")
     return missing
@@ -148,10 +154,12 @@ def collect(run_dir: str | Path) -> ReportData:
             parts[key] = read(path)
         except READ_ERRORS as exc:
             notes.append(f"{title}: cannot read {path.relative_to(run_dir)} ({type(exc).__name__}: {exc})")
+    parts["defences"] = read_defences(layout.defences, sources)
     if not any(parts.values()) and not notes:
         raise RunError(
-            f"nothing to report in {run_dir}: no classifier run, attack output folder (attack.json), sweep.csv or "
-            "observer study; pass the --out of `dermadv reproduce`, `train`, `attack run` or `attack sweep`"
+            f"nothing to report in {run_dir}: no classifier run, attack output folder (attack.json), sweep.csv, "
+            "observer study or defence results; pass the --out of `dermadv reproduce`, `train`, `attack run`, "
+            "`attack sweep` or `defend …`"
         )
     classifier, attack, sweep, observer = (parts[k] for k in ("classifier", "attack", "sweep", "observer"))
     data_part = read_data(
@@ -181,6 +189,7 @@ def collect(run_dir: str | Path) -> ReportData:
         sweep=sweep,
         observer=observer,
         stages=stages,
+        defences=parts["defences"],
         notes=notes,
         copies={**sources.copies, **grid_copies},
         generated_files=dict(sources.generated),

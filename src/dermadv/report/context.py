@@ -22,6 +22,7 @@ from dermadv.report.data import (
     Stage,
     SweepPart,
 )
+from dermadv.report.defences import defences_context
 from dermadv.report.format import eps_text, interval_text, num, percent
 from dermadv.report.summary import inmem_statement, split_method
 
@@ -368,6 +369,7 @@ def report_context(data: ReportData) -> dict[str, Any]:
         ("classifier", "Classifier", data.classifier is not None),
         ("attack", "Attack", data.attack is not None),
         ("robustness", "Robustness curves", data.sweep is not None),
+        ("defences", "Defences", data.defences is not None),
         ("observer", "Observer study", data.observer is not None),
         ("reproducibility", "Reproducibility", bool(data.stages)),
     ]
@@ -391,6 +393,7 @@ def report_context(data: ReportData) -> dict[str, Any]:
         "attack": _attack(data.attack) if data.attack else None,
         "sweep": _sweep(data.sweep, data.classes) if data.sweep else None,
         "observer": _observer(data.observer) if data.observer else None,
+        "defences": defences_context(data.defences) if data.defences else None,
         "repro": _repro(data.stages, data.paper_table_link) if data.stages else None,
         "figures": data.figures,
     }

@@ -10,6 +10,7 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from dermadv.defences.results import CardResult, CertifyResult, DetectResult, TransformsResult
 from dermadv.evaluation.attack_metrics import AttackMetrics
 
 #: Errors that turn a part into a note instead of a crash: unreadable, malformed or truncated files.
@@ -146,6 +147,18 @@ class ObserverPart:
 
 
 @dataclass(frozen=True)
+class DefencesPart:
+    """What ``dermadv defend …`` measured (each ``None`` where the run folder lacks it), with its files."""
+
+    transforms: TransformsResult | None = None
+    certify: CertifyResult | None = None
+    detect: DetectResult | None = None
+    card: CardResult | None = None
+    links: dict[str, Link] = field(default_factory=dict)  # "transforms" -> transforms.json, …
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class PaperRow:
     """One row of the paper's table (measure | paper | this run): this run's value, and where it was read.
 
@@ -189,6 +202,7 @@ class ReportData:
     sweep: SweepPart | None
     observer: ObserverPart | None
     stages: list[Stage]
+    defences: DefencesPart | None
     notes: list[str]  # parts missing from the run folder
     copies: dict[str, Path]  # report-relative href -> file of the run folder
     generated_files: dict[str, Any]  # report-relative name -> JSON content written by the report

@@ -17,6 +17,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, PercentFormatter
 
 from dermadv.data.classes import CLASS_COLOURS
+from dermadv.defences.results import CardResult
 from dermadv.evaluation.attack_metrics import AttackMetrics
 from dermadv.report.data import READ_ERRORS, FigureFile, ReportData
 
@@ -387,6 +388,32 @@ def robustness_figure(table: pd.DataFrame) -> Figure:
     return fig
 
 
+def card_figure(result: CardResult) -> Figure:
+    """Per defence, the share of each class moved to the target against the budget, with the 50% and 99% lines."""
+    cards = result.cards
+    fig = Figure(figsize=(3.2 * len(cards) + 0.6, 3.2))
+    axes = np.atleast_1d(fig.subplots(1, len(cards), sharey=True))
+    for ax, defended in zip(axes, cards, strict=True):
+        card = defended.card
+        eps = [255 * e for e in card.eps]
+        for row in card.classes:
+            ax.plot(eps, [100 * f for f in row.fooling], marker="o", color=class_colour(row.label), label=row.label)
+        for level in (50, 99):
+            ax.axhline(level, color=_NEUTRAL, linestyle=":", linewidth=0.8)
+        if len(eps) >= 3 and min(eps) > 0 and max(eps) / min(eps) >= 4:
+            ax.set_xscale("log", base=2)
+            ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_locator(FixedLocator(eps))
+        ax.set_xticklabels([f"{v:g}" for v in eps])
+        ax.set_xlabel("L∞ budget ε (1/255)")
+        ax.set_title(defended.defence + (" (adaptive attack)" if defended.adaptive else ""))
+        _percent_axis(ax, f"images moved to {card.target} (%)")
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.tight_layout()
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=min(7, len(labels)), frameon=False)
+    return fig
+
+
 def _figures_to_draw(data: ReportData) -> Iterator[tuple[str, Any]]:
     """(name, thunk) for each figure the data allow; thunks return a Figure or None."""
     classes = data.classes
@@ -430,6 +457,9 @@ def _figures_to_draw(data: ReportData) -> Iterator[tuple[str, Any]]:
     if data.sweep is not None:
         sweep = data.sweep.table
         yield "robustness", lambda: robustness_figure(sweep)
+    if data.defences is not None and data.defences.card is not None and data.defences.card.cards:
+        cards = data.defences.card
+        yield "robustness_card", lambda: card_figure(cards)
 
 
 def write_figures(data: ReportData, out_dir: Path) -> tuple[dict[str, FigureFile], list[str]]:

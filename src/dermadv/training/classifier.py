@@ -23,12 +23,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dermadv import distributed as dd
+from dermadv.attacks.base import Attack
 from dermadv.data.load import Prepared, prepare, to_float
 from dermadv.data.splits import save_splits
 from dermadv.errors import ConfigError
 from dermadv.models.checkpoints import CheckpointMeta, save_checkpoint
 from dermadv.models.classifier import Classifier, WeightsInfo, build_classifier
 from dermadv.runs import Run, atomic_path, write_csv, write_json
+from dermadv.training.adversarial import adversarial_batch, check_adversarial, training_attack
 from dermadv.training.augment import AugmentConfig, augment
 from dermadv.training.data import device_images, start_fit
 
@@ -65,6 +67,10 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     augment_config: AugmentConfig = field(default_factory=AugmentConfig)
+    adversarial: Literal["none", "pgd", "fgsm-rs", "generator"] = "none"  # see training.adversarial
+    adv_eps: str | float = "2/255"
+    adv_steps: int = 10
+    adv_generator: str | None = None  # generator.safetensors for adversarial="generator"
 
     def __post_init__(self) -> None:
         # Checked here, not at first use: an unknown optimizer would otherwise silently train with SGD.
@@ -80,6 +86,7 @@ class TrainConfig:
         for name in ("epochs", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a whole number of at least 1; got {getattr(self, name)!r}")
+        check_adversarial(self.adversarial, self.adv_eps, self.adv_steps, self.adv_generator)
 
 
 @dataclass
@@ -219,8 +226,11 @@ def train_one_epoch(
     generator: torch.Generator,
     ema: torch.optim.swa_utils.AveragedModel | None,
     epoch: int,
+    attack: Attack | None = None,
 ) -> float:
     """One pass over ``indices`` (a tensor on the images' device); returns the mean training loss.
+
+    With an ``attack`` (adversarial training), the model learns from the attacked augmented batch.
 
     The step loop never waits for the GPU: the loss is summed on the device and read once at the end.
     """
@@ -239,8 +249,11 @@ def train_one_epoch(
         x = to_float(chunk.to(device, non_blocking=True))
         if cfg.augment:
             x = augment(x, cfg.augment_config, generator)
-        x = x.contiguous(memory_format=torch.channels_last) if use_channels_last(cfg, device) else x
         y = labels[idx].to(device, non_blocking=True)
+        if attack is not None:
+            with autocast(device, cfg.amp):
+                x = adversarial_batch(model, x, y, attack)
+        x = x.contiguous(memory_format=torch.channels_last) if use_channels_last(cfg, device) else x
         with autocast(device, cfg.amp):
             loss = criterion(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)
@@ -360,6 +373,11 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
         data_fingerprint=ds.fingerprint,
         weights=info.source,
     )
+    adversarial = training_attack(
+        cfg.adversarial, cfg.adv_eps, cfg.adv_steps, generator=cfg.adv_generator, classes=ds.classes, device=device
+    )
+    attack, attack_info = adversarial if adversarial else (None, None)
+    trained_against = {"training_attack": attack_info.describe()} if attack_info else {}
     eval_model: nn.Module = ema.module if ema is not None else model  # type: ignore[assignment]
     with run.stage("train"):
         for epoch in range(start_epoch, cfg.epochs):
@@ -368,7 +386,19 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
             gen.manual_seed(_augment_seed(cfg.seed, epoch, dd.rank()))
             order = torch.from_numpy(train_idx[np.fromiter(iter(sampler), dtype=np.int64)]).to(images.device)
             train_loss = train_one_epoch(
-                ddp_model, criterion, optimizer, scheduler, images, labels, order, cfg, device, gen, ema, epoch
+                ddp_model,
+                criterion,
+                optimizer,
+                scheduler,
+                images,
+                labels,
+                order,
+                cfg,
+                device,
+                gen,
+                ema,
+                epoch,
+                attack=attack,
             )
             train_loss = float(dd.all_reduce_sum(torch.tensor([train_loss], device=device))[0]) / dd.world_size()
             seconds = time.time() - t0
@@ -409,7 +439,7 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
                     save_checkpoint(
                         out / "model.safetensors",
                         eval_model,  # type: ignore[arg-type]
-                        _meta_with(meta, epoch=epoch, val=asdict(stats)),
+                        _meta_with(meta, epoch=epoch, val=asdict(stats), **trained_against),
                     )
                 write_csv(out / "history.csv", history)
                 with atomic_path(state_path) as tmp:

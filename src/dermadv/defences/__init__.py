@@ -1,0 +1,1 @@
+"""Defences and their honest evaluation: input transforms, randomized smoothing, detection, robustness cards."""

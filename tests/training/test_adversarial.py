@@ -1,0 +1,106 @@
+"""Adversarial training: the training attacks, their effect on robustness, and the record in the checkpoint."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from dermadv.attacks.gradient import PGD
+from dermadv.errors import ConfigError
+from dermadv.models.checkpoints import load_checkpoint
+from dermadv.models.classifier import Classifier
+from dermadv.training.adversarial import adversarial_batch, fgsm_rs, training_attack
+from dermadv.training.classifier import TrainConfig, fit
+
+EPS = 8 / 255
+
+
+def _loss(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float(F.cross_entropy(model(images), labels))
+
+
+@pytest.mark.parametrize("method", ["pgd", "fgsm-rs"])
+def test_training_batch_stays_in_budget_and_raises_the_loss(method: str, tiny) -> None:
+    attack, record = training_attack(method, "8/255", 3)  # type: ignore[misc]
+    images, labels = tiny.test_images[:64], tiny.test_labels[:64]
+    adv = adversarial_batch(tiny.model, images, labels, attack)
+    assert not adv.requires_grad and adv.min() >= 0 and adv.max() <= 1
+    assert (adv - images).abs().max() <= EPS + 1e-6
+    assert _loss(tiny.model, adv, labels) > _loss(tiny.model, images, labels)
+    assert record.describe() == (
+        {"method": "pgd", "eps": "8/255", "steps": 3} if method == "pgd" else {"method": "fgsm-rs", "eps": "8/255"}
+    )
+    assert all(p.requires_grad for p in tiny.model.parameters())  # weights unfrozen after crafting
+
+
+def test_fgsm_rs_steps_from_a_random_start() -> None:
+    attack = fgsm_rs(EPS)
+    assert attack.random_start and attack.steps == 1 and attack.step_size == pytest.approx(1.25 * EPS)
+
+
+def test_none_and_bad_options() -> None:
+    assert training_attack("none", "2/255") is None
+    with pytest.raises(ConfigError, match="adversarial must be one of"):
+        training_attack("trades", "2/255")
+    with pytest.raises(ConfigError, match="adv_generator"):
+        training_attack("generator", "2/255")
+    with pytest.raises(ConfigError, match="eps"):
+        TrainConfig(out=Path("x"), adversarial="pgd", adv_eps="8")
+    with pytest.raises(ConfigError, match="adv_steps"):
+        TrainConfig(out=Path("x"), adversarial="pgd", adv_steps=0)
+
+
+def _pgd_success(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    return float(PGD(EPS, steps=10, seed=0)(model, images, labels=labels).success.float().mean())
+
+
+@pytest.mark.parametrize("method", ["pgd", "fgsm-rs"])
+def test_adversarial_training_lowers_pgd_success(method: str, texture, train_tiny) -> None:
+    """Madry et al.'s PGD training and Wong et al.'s fast FGSM cut PGD-10's success on held-out images by a quarter."""
+    attack, _ = training_attack(method, EPS, 5)  # type: ignore[misc]
+    robust = train_tiny("texture", batch_hook=lambda model, x, y: adversarial_batch(model, x, y, attack)).model
+    images, labels = texture.test_images, texture.test_labels
+    assert _pgd_success(robust, images, labels) < 0.75 * _pgd_success(texture.model, images, labels)
+    with torch.no_grad():
+        assert (robust(images).argmax(1) == labels).float().mean() > 0.9
+
+
+@pytest.fixture(scope="module")
+def fit_run(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path) -> Path:
+    out = tmp_path_factory.mktemp("adv-train") / "run"
+    cfg = TrainConfig(
+        out=out, data=str(synthetic_root), arch="resnet18", image_size=32, epochs=1, batch_size=32, progress=False
+    )
+    return fit(replace(cfg, adversarial="pgd", adv_eps="4/255", adv_steps=2))
+
+
+def test_fit_records_the_training_attack_in_the_checkpoint(fit_run: Path) -> None:
+    model, meta = load_checkpoint(fit_run)
+    assert isinstance(model, Classifier)
+    assert json.loads(meta.extra)["training_attack"] == {"method": "pgd", "eps": "4/255", "steps": 2}
+    manifest = json.loads((fit_run.parent / "manifest.json").read_text())
+    assert manifest["config"]["adversarial"] == "pgd"
+
+
+def test_generator_training_attack_loads_a_fitted_generator(tmp_path: Path, tiny) -> None:
+    from dermadv.attacks.generator import GeneratorSpec, PerturbationGenerator, save_generator
+
+    classes = ("a", "b", "c", "d")
+    torch.manual_seed(0)
+    generator = PerturbationGenerator(EPS, channels=4, res_blocks=1).eval()
+    path = tmp_path / "generator.safetensors"
+    spec = GeneratorSpec(channels=4, res_blocks=1, eps=EPS, target="a", target_index=0, classes=classes)
+    save_generator(path, generator, spec)
+    attack, record = training_attack("generator", "2/255", generator=str(path), classes=classes)  # type: ignore[misc]
+    images, labels = tiny.test_images[:8], tiny.test_labels[:8]
+    adv = adversarial_batch(tiny.model, images, labels, attack)
+    torch.testing.assert_close(adv, (images + generator(images)).clamp(0, 1).detach())
+    assert record.describe() == {"method": "generator", "eps": "8/255", "generator": str(path)}
+    with pytest.raises(ConfigError, match="classes"):
+        training_attack("generator", "2/255", generator=str(path), classes=("x", "y", "z", "w"))
