@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -28,10 +29,18 @@ DataOpt = typer.Option(
 )
 
 
-def _setup_logging(verbose: bool = False) -> None:
-    from dermadv import distributed as dd
+def _torchrun() -> bool:
+    """Launched by torchrun with more than one process (checked without importing torch)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
-    level = logging.INFO if verbose or dd.is_main() else logging.WARNING
+
+def _setup_logging(verbose: bool = False) -> None:
+    main_process = True
+    if _torchrun():
+        from dermadv import distributed as dd
+
+        main_process = dd.is_main()
+    level = logging.INFO if verbose or main_process else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
@@ -172,21 +181,35 @@ def evaluate(
     print_report(report)
 
 
-def _mount_optional() -> None:
-    """Sub-apps live beside the code they drive; mount those present."""
+#: Sub-apps that live beside the code they drive (``app.add_typer``), and modules that register commands.
+_SUB_APPS = {"attack": "dermadv.attacks.cli", "observer": "dermadv.observer.cli"}
+_REGISTERING = {
+    "evaluate-attack": "dermadv.evaluation.cli",
+    "reproduce": "dermadv.reproduce",
+    "report": "dermadv.report.cli",
+}
+
+
+def _mount_optional(command: str | None = None) -> None:
+    """Mount the sub-apps and registered commands that can be imported.
+
+    Given the command about to run, mount only its module when it has one: ``observer serve`` then loads no
+    torch (serving a study needs no model), and no command pays for the others' imports.
+    """
     import importlib
 
-    for module, name in [
-        ("dermadv.attacks.cli", "attack"),
-        ("dermadv.observer.cli", "observer"),
-    ]:
+    sub_apps, registering = _SUB_APPS, _REGISTERING
+    if command in sub_apps or command in registering:
+        sub_apps = {k: v for k, v in sub_apps.items() if k == command}
+        registering = {k: v for k, v in registering.items() if k == command}
+    for name, module in sub_apps.items():
         try:
             mod = importlib.import_module(module)
         except ImportError as exc:  # an optional dependency (e.g. fastapi) is missing
             logging.getLogger(__name__).debug("%s not available: %s", module, exc)
             continue
         app.add_typer(mod.app, name=name)
-    for module in ("dermadv.evaluation.cli", "dermadv.reproduce", "dermadv.report.cli"):
+    for module in registering.values():
         try:
             mod = importlib.import_module(module)
         except ImportError:
@@ -194,29 +217,59 @@ def _mount_optional() -> None:
         mod.register(app)
 
 
-def main() -> None:
-    from dermadv import distributed as dd
-
-    # Under torchrun, join the process group first so that logging knows which rank this is.
-    dd.init_from_env()
-    _setup_logging()
-    _mount_optional()
+def _run_app() -> tuple[int, str]:
+    """Run the typer app; returns the exit code and, for a failure, why."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except DermadvError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(1)
+        return 1, str(exc)
     except (typer.Abort, KeyboardInterrupt):
-        typer.secho("interrupted", err=True)
-        sys.exit(130)
-    except SystemExit:
-        raise
+        return 130, "interrupted"
+    except SystemExit as exc:  # sys.exit inside a command
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0, f"exit code {exc.code}"
+        typer.echo(exc.code, err=True)
+        return 1, str(exc.code)
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
         # Duck-typed: typer >= 0.23 raises its vendored click's exceptions (typer._click), older typer click's own.
-        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-        if callable(show) and isinstance(code, int):
+        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
             show()
-            sys.exit(code)
+            return exit_code, str(exc)
         raise
-    finally:
-        dd.cleanup()
+    # typer returns the code of a typer.Exit it caught, and 130 for Ctrl-C; a command itself returns None.
+    code = code if isinstance(code, int) and not isinstance(code, bool) else 0
+    return code, "interrupted" if code == 130 else f"exit code {code}"
+
+
+def main() -> None:
+    """The ``dermadv`` console script: exit 0 on success, 1 on an error, 2 on a usage error, 130 on Ctrl-C.
+
+    A run folder whose command stops early is marked ``interrupted`` or ``failed`` rather than left "running".
+    """
+    from dermadv.runs import abandon_runs, watch_runs
+
+    torchrun = _torchrun()
+    if torchrun:
+        from dermadv import distributed as dd
+
+        # Join the process group first so that logging knows which rank this is.
+        dd.init_from_env()
+    _setup_logging()
+    _mount_optional(sys.argv[1] if len(sys.argv) > 1 else None)
+    with watch_runs() as opened:
+        try:
+            code, reason = _run_app()
+        except BaseException as exc:  # a bug: its traceback follows, and the runs it opened say failed
+            abandon_runs(opened, "failed", f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            if torchrun:
+                dd.cleanup()
+    if code == 130:
+        typer.secho("interrupted", err=True)
+        abandon_runs(opened, "interrupted", "stopped by Ctrl-C (SIGINT)")
+    elif code:
+        abandon_runs(opened, "failed", reason)
+    sys.exit(code)

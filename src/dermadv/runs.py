@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -149,11 +149,19 @@ def hardware() -> dict[str, Any]:
     return info
 
 
+#: Lists that :func:`watch_runs` fills with every run opened while it is active.
+_watchers: list[list[Run]] = []
+
+#: Manifest status of a run that did not finish: stopped by Ctrl-C, or ended by an error.
+Unfinished = Literal["interrupted", "failed"]
+
+
 class Run:
     """A run folder with its ``manifest.json``.
 
     The manifest is written when the run starts (``status: running``) and rewritten at the end
     (``status: complete``), so a folder whose manifest does not say complete is known unfinished.
+    A run that stops early is marked ``interrupted`` or ``failed`` by :meth:`abandon`.
     """
 
     def __init__(
@@ -185,6 +193,8 @@ class Run:
         if write:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._save()
+            for opened in _watchers:
+                opened.append(self)
 
     @property
     def path(self) -> Path:
@@ -215,6 +225,36 @@ class Run:
         self.manifest["status"] = "complete"
         self.manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self._save()
+
+    @property
+    def finished(self) -> bool:
+        return self.manifest["status"] == "complete"
+
+    def abandon(self, status: Unfinished, reason: str) -> None:
+        """Record that the run stopped before :meth:`finish`, so no reader mistakes it for one still running."""
+        if self.finished or not self.dir.is_dir():  # a folder removed on failure stays removed
+            return
+        self.timings["total"] = round(time.time() - self.t0, 3)
+        self.manifest.update(status=status, reason=reason, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        self._save()
+
+
+@contextlib.contextmanager
+def watch_runs() -> Iterator[list[Run]]:
+    """Collect every :class:`Run` opened inside the block, so a caller can :meth:`~Run.abandon` the unfinished."""
+    opened: list[Run] = []
+    _watchers.append(opened)
+    try:
+        yield opened
+    finally:
+        _watchers.remove(opened)
+
+
+def abandon_runs(opened: Sequence[Run], status: Unfinished, reason: str) -> None:
+    """Mark the unfinished runs among ``opened``, inner runs first."""
+    for run in reversed(opened):
+        with contextlib.suppress(OSError):  # a read-only or vanished folder must not hide the original error
+            run.abandon(status, reason)
 
 
 def run_complete(folder: str | os.PathLike[str]) -> bool:
