@@ -23,6 +23,11 @@ from dermadv.observer.study import Invitation, Study, invite_observer, load_answ
 CURRENT_ITEM = re.compile(r'name="item_id" value="([0-9a-f]{32})"')
 
 
+def _client(study_dir: Path) -> TestClient:
+    """A test client that asks for the study's loopback host, as a browser on a local link does."""
+    return TestClient(create_app(study_dir), base_url="http://127.0.0.1")
+
+
 def _current_item(client: TestClient, token: str) -> str:
     page = client.get(f"/s/{token}/rate")
     assert page.status_code == 200, page.text
@@ -53,7 +58,7 @@ def observer(study: Study) -> Invitation:
 
 @pytest.fixture()
 def client(study: Study) -> TestClient:
-    return TestClient(create_app(study.path))
+    return _client(study.path)
 
 
 def test_rating_page_shows_current_item_progress_and_controls(client, observer, study) -> None:
@@ -73,7 +78,7 @@ def test_rating_page_shows_current_item_progress_and_controls(client, observer, 
 
 def test_security_headers(client, observer) -> None:
     page = client.get(f"/s/{observer.token}/rate")
-    assert page.headers["referrer-policy"] == "no-referrer"
+    assert page.headers["referrer-policy"] == "same-origin"  # no token to other sites; Origin on our own POST
     assert page.headers["cache-control"] == "no-store"
     assert "default-src 'none'" in page.headers["content-security-policy"]
     nonce = re.search(r"script-src 'nonce-([^']+)'", page.headers["content-security-policy"]).group(1)
@@ -151,7 +156,7 @@ def test_raw_unnormalised_paths_on_a_real_server(study, observer, live_server) -
 def test_2afc_serves_both_sides_only(make_study) -> None:
     study = make_study(n=4, design="2afc")
     token = invite_observer(study.path, "Observer A").token
-    client = TestClient(create_app(study.path))
+    client = _client(study.path)
     item_id = _current_item(client, token)
     page = client.get(f"/s/{token}/rate").text
     assert 'value="left"' in page and 'value="right"' in page and 'name="diagnosis"' not in page
@@ -216,14 +221,14 @@ def test_only_the_current_item_can_be_answered(client, study, observer) -> None:
 
 
 def test_resume_after_restart_and_completion(study, observer) -> None:
-    first = TestClient(create_app(study.path))
+    first = _client(study.path)
     answered = []
     for _ in range(3):
         item_id = _current_item(first, observer.token)
         assert _answer(first, observer.token, item_id) == 303
         answered.append(item_id)
     del first
-    restarted = TestClient(create_app(study.path))  # a new app on the same database file
+    restarted = _client(study.path)  # a new app on the same database file
     start = restarted.get(f"/s/{observer.token}")
     assert "3 of 6 answered" in start.text and "Continue" in start.text
     page = restarted.get(f"/s/{observer.token}/rate").text
@@ -244,7 +249,7 @@ def test_observers_are_independent_and_concurrent(client, study, observer) -> No
 
     def run(token: str) -> None:
         try:
-            local = TestClient(create_app(study.path))
+            local = _client(study.path)
             for _ in range(study.n_items):
                 assert _answer(local, token, _current_item(local, token)) == 303
         except BaseException as e:  # noqa: BLE001 - reported in the main thread

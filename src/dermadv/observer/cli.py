@@ -13,8 +13,6 @@ from dermadv.errors import DermadvError
 
 app = typer.Typer(help="Observer study: can people see the perturbations?", no_args_is_help=True)
 
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
 
 @contextlib.contextmanager
 def _errors() -> Iterator[None]:
@@ -69,15 +67,18 @@ def serve(
     study_dir: Path = typer.Argument(..., help="Study folder."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind; anything but loopback exposes the study."),
     port: int = typer.Option(8000, help="Port."),
+    allowed_host: list[str] = typer.Option(
+        [], "--allowed-host", help="Another host name the links use (repeatable); needed with --host 0.0.0.0."
+    ),
 ) -> None:
-    """Run the study's web app (uvicorn)."""
+    """Run the study's web app (uvicorn); it answers only requests for --host (and --allowed-host)."""
     import uvicorn
 
-    from dermadv.observer.app import create_app
+    from dermadv.observer.app import LOOPBACK, allowed_hosts, create_app
 
     with _errors():
-        web_app = create_app(study_dir)
-    if host not in _LOOPBACK:
+        web_app = create_app(study_dir, hosts=allowed_hosts(host, allowed_host))
+    if host not in LOOPBACK:
         typer.echo(f"warning: binding {host}: the study is reachable from other machines (plain HTTP)", err=True)
     # No access log: every URL carries an observer's token, and logs get copied around.
     uvicorn.run(web_app, host=host, port=port, log_level="info", access_log=False)

@@ -7,6 +7,8 @@ A study folder holds::
     answer_key.json    the plan: item id -> source image, condition / altered side, true label (never served)
     images/<item>.png            single design: the image shown
     images/<item>-left.png, -right.png   2AFC design: the pair shown side by side
+                       (stored PNGs: size, bytes outside the pixels and mtime say nothing about the plan,
+                       see :mod:`dermadv.observer.images`)
     answers.sqlite     observers, their item orders and answers (see :mod:`dermadv.observer.storage`)
 """
 
@@ -19,6 +21,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,10 +29,10 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image
 
 from dermadv.data.classes import CLASSES
 from dermadv.errors import ConfigError, DataError, RunError
+from dermadv.observer.images import check_same_size, write_study_images
 from dermadv.observer.storage import StudyDB
 from dermadv.runs import Run, read_json, write_json
 
@@ -80,6 +83,21 @@ class Study:
         name = f"{item_id}.png" if side is None else f"{item_id}-{side}.png"
         return self.path / IMAGES_DIR / name
 
+    def read_image(self, item_id: str, side: Side | None = None) -> bytes:
+        """The bytes of an item's image; never through a symbolic link, which could point at the answer key."""
+        path = self.image_path(item_id, side)
+        folder = self.path / IMAGES_DIR
+        if folder.is_symlink() or path.is_symlink() or path.resolve().parent != folder.resolve():
+            raise DataError(f"{path} is a link or lies outside {folder}; study images must be plain files")
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as e:
+            raise DataError(f"image {path} cannot be read ({e.strerror}); recreate the study") from None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise DataError(f"{path} is not a regular file; study images must be plain files")
+            return f.read()
+
 
 @dataclass(frozen=True)
 class KeyEntry:
@@ -128,12 +146,6 @@ def _labels(attack_dir: Path) -> dict[str, str]:
         if reader.fieldnames is None or not {"image_id", "label"} <= set(reader.fieldnames):
             raise DataError(f"{path} needs columns image_id and label; regenerate it with `dermadv attack run`")
         return {row["image_id"]: row["label"] for row in reader}
-
-
-def _export_png(src: Path, dst: Path) -> None:
-    # Re-encoding (rather than copying) drops any metadata chunk that could name the source or condition.
-    with Image.open(src) as im:
-        im.convert("RGB").save(dst, format="PNG", compress_level=6)
 
 
 def create_study(
@@ -190,16 +202,16 @@ def create_study(
         run = Run(tmp, command="observer create", config=config, seed=seed)
         images = tmp / IMAGES_DIR
         images.mkdir()
-        key = []
+        key, jobs = [], []
         for item_id, image_id, condition, side in zip(item_ids, sample, conditions, sides, strict=True):
             clean = attack_dir / IMAGES_DIR / "clean" / f"{image_id}.png"
             adv = attack_dir / IMAGES_DIR / "adv" / f"{image_id}.png"
+            check_same_size(clean, adv)
             if side is None:
-                _export_png(adv if condition == "perturbed" else clean, images / f"{item_id}.png")
+                jobs.append((adv if condition == "perturbed" else clean, images / f"{item_id}.png"))
             else:
                 other: Side = "right" if side == "left" else "left"
-                _export_png(adv, images / f"{item_id}-{side}.png")
-                _export_png(clean, images / f"{item_id}-{other}.png")
+                jobs += [(adv, images / f"{item_id}-{side}.png"), (clean, images / f"{item_id}-{other}.png")]
             key.append(
                 {
                     "item_id": item_id,
@@ -209,6 +221,8 @@ def create_study(
                     "altered_side": side,
                 }
             )
+        # Re-encoded (not copied): no metadata chunk can name the source, and size and mtime say nothing.
+        write_study_images(jobs, mtime=int(time.time()))
         public_ids = sorted(item_ids)  # sorted random ids: the listing order says nothing about the plan
         write_json(
             tmp / STUDY_FILE,
