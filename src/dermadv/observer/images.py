@@ -76,5 +76,4 @@ def write_study_images(jobs: Sequence[tuple[Path, Path]], *, mtime: float) -> No
     secrets.SystemRandom().shuffle(order)
     for source, destination in order:
         destination.write_bytes(encode_stored_png(_read_rgb(source)))
-    for _, destination in jobs:
-        os.utime(destination, (mtime, mtime))
+        os.utime(destination, (mtime, mtime))  # here, not in plan order: setting it updates the change time
