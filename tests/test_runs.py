@@ -17,11 +17,13 @@ import pytest
 
 from dermadv.runs import (
     Run,
+    abandon_runs,
     atomic_path,
     atomic_write_text,
     package_versions,
     read_json,
     run_complete,
+    watch_runs,
     write_csv,
     write_json,
 )
@@ -146,3 +148,26 @@ def test_run_complete_on_odd_folders(tmp_path: Path) -> None:
     assert not run_complete(tmp_path)
     (tmp_path / "manifest.json").write_text('{"status": "complete"}')
     assert run_complete(tmp_path)
+
+
+def test_unfinished_runs_are_marked_not_left_running(tmp_path: Path) -> None:
+    outside = Run(tmp_path / "outside", command="test", config={})
+    with watch_runs() as opened:
+        pipeline = Run(tmp_path / "pipeline", command="test", config={})
+        stage = Run(tmp_path / "pipeline" / "stage", command="test", config={})
+        done = Run(tmp_path / "done", command="test", config={})
+        done.finish()
+        gone = Run(tmp_path / "gone", command="test", config={})
+        (tmp_path / "gone" / "manifest.json").unlink()
+        (tmp_path / "gone").rmdir()
+    assert opened == [pipeline, stage, done, gone]
+    abandon_runs(opened, "interrupted", "stopped by Ctrl-C (SIGINT)")
+    for folder in ("pipeline", "pipeline/stage"):
+        manifest = read_json(tmp_path / folder / "manifest.json")
+        assert manifest["status"] == "interrupted" and manifest["reason"] == "stopped by Ctrl-C (SIGINT)"
+        assert "ended" in manifest and "total" in manifest["timings_s"]
+        assert not run_complete(tmp_path / folder)
+    assert read_json(tmp_path / "done" / "manifest.json")["status"] == "complete"
+    assert not (tmp_path / "gone").exists()  # a folder removed on failure is not brought back
+    assert read_json(tmp_path / "outside" / "manifest.json")["status"] == "running"  # not watched
+    assert outside.manifest["status"] == "running"

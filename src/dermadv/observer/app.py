@@ -241,6 +241,18 @@ def create_app(study_dir: str | os.PathLike[str], *, hosts: Sequence[str] = LOOP
     return app
 
 
+def serve(app: "FastAPI", *, host: str, port: int) -> None:
+    """Serve ``app`` with uvicorn until Ctrl-C, which then propagates as KeyboardInterrupt (exit code 130).
+
+    ``uvicorn.run`` would swallow it and return as if the server had ended by itself. No access log: every
+    URL carries an observer's token, and logs get copied around.
+    """
+    import uvicorn
+
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False))
+    server.run()  # shuts down gracefully on SIGINT/SIGTERM, then raises the signal again
+
+
 class HeadAsGet:
     """ASGI middleware: answer ``HEAD`` as ``GET`` with the same headers and no body (RFC 9110, 9.3.2)."""
 

@@ -72,16 +72,14 @@ def serve(
     ),
 ) -> None:
     """Run the study's web app (uvicorn); it answers only requests for --host (and --allowed-host)."""
-    import uvicorn
-
     from dermadv.observer.app import LOOPBACK, allowed_hosts, create_app
+    from dermadv.observer.app import serve as serve_app
 
     with _errors():
         web_app = create_app(study_dir, hosts=allowed_hosts(host, allowed_host))
     if host not in LOOPBACK:
         typer.echo(f"warning: binding {host}: the study is reachable from other machines (plain HTTP)", err=True)
-    # No access log: every URL carries an observer's token, and logs get copied around.
-    uvicorn.run(web_app, host=host, port=port, log_level="info", access_log=False)
+    serve_app(web_app, host=host, port=port)
 
 
 @app.command()
