@@ -200,8 +200,6 @@ def test_answer_is_committed_before_the_next_page_and_final(client, study, obser
         {"confidence": "3.0"},
         {"confidence": " 3"},
         {"confidence": "3 "},
-        {"confidence": "03"},
-        {"confidence": "+3"},
         {"confidence": ""},
         {"diagnosis": "melanoma"},
         {"diagnosis": "../mel"},
