@@ -111,10 +111,17 @@ def fake_attack_folder(root: Path, n: int = 4) -> Path:
     return root
 
 
+def created_study(tmp_path: Path) -> Path:
+    """``dermadv observer create`` of a 4-item study from a small fake attack folder; must exit 0."""
+    study = tmp_path / "study"
+    result = dermadv(tmp_path, "observer", "create", fake_attack_folder(tmp_path / "adv"), "--out", study, "--n", "4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return study
+
+
 def test_observer_commands_succeed_with_0(tmp_path: Path) -> None:
     """The control for the failures above: the same commands, given good input, exit 0."""
-    attack, study = fake_attack_folder(tmp_path / "adv"), tmp_path / "study"
-    assert dermadv(tmp_path, "observer", "create", attack, "--out", study, "--n", "4").returncode == 0
+    study = created_study(tmp_path)
     assert dermadv(tmp_path, "observer", "invite", study, "--name", "Observer A").returncode == 0
     db = StudyDB(load_study(study).db_path)
     while (item_id := db.serve_next(1)) is not None:
@@ -198,13 +205,7 @@ def test_ctrl_c_during_reproduce_marks_every_open_run(tmp_path: Path, synthetic_
 
 
 def test_ctrl_c_stops_observer_serve_with_130(tmp_path: Path) -> None:
-    study = tmp_path / "study"
-    assert (
-        dermadv(
-            tmp_path, "observer", "create", fake_attack_folder(tmp_path / "adv"), "--out", study, "--n", "4"
-        ).returncode
-        == 0
-    )
+    study = created_study(tmp_path)
     port = _free_port()
     result = interrupt(tmp_path, ["observer", "serve", study, "--port", str(port)], lambda: _listening(port))
     assert result.returncode == 130, result.stderr[-2000:]
@@ -213,13 +214,7 @@ def test_ctrl_c_stops_observer_serve_with_130(tmp_path: Path) -> None:
 
 def test_observer_serve_does_not_import_torch(tmp_path: Path) -> None:
     """Serving a study needs no model: the command must start without loading torch (seconds, hundreds of MB)."""
-    study = tmp_path / "study"
-    assert (
-        dermadv(
-            tmp_path, "observer", "create", fake_attack_folder(tmp_path / "adv"), "--out", study, "--n", "4"
-        ).returncode
-        == 0
-    )
+    study = created_study(tmp_path)
     code = (
         "import sys, uvicorn\n"
         "import dermadv.observer.app as web\n"
