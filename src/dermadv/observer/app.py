@@ -106,7 +106,7 @@ def create_app(study_dir: str | os.PathLike[str], *, hosts: Sequence[str] = LOOP
     db = StudyDB(study.db_path)
     templates = Jinja2Templates(directory=str(TEMPLATES_DIR))
     app = FastAPI(title="dermadv observer study", docs_url=None, redoc_url=None, openapi_url=None)
-    # Outermost first: HEAD is answered like GET, then the Host header is checked.
+    # The middleware added last runs first: HEAD becomes GET, then the Host header is checked.
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(hosts), www_redirect=False)
     app.add_middleware(HeadAsGet)
 
