@@ -67,7 +67,7 @@ def load_subset(data: str | None, n: int, workdir: Path):  # type: ignore[no-unt
 
 def jpeg_epoch_rate(paths: list[Path], order: np.ndarray, size: tuple[int, int], batch: int) -> float:
     from dermadv.data.cache import decode_image
-    from dermadv.training.augment import to_float
+    from dermadv.data.load import to_float
 
     start = time.perf_counter()
     for s in range(0, len(order), batch):
@@ -77,7 +77,7 @@ def jpeg_epoch_rate(paths: list[Path], order: np.ndarray, size: tuple[int, int],
 
 
 def cached_epoch_rate(images: np.ndarray, order: np.ndarray, batch: int) -> float:
-    from dermadv.training.augment import to_float
+    from dermadv.data.load import to_float
 
     def epoch() -> None:
         for s in range(0, len(order), batch):
@@ -93,8 +93,9 @@ def cached_epoch_rate(images: np.ndarray, order: np.ndarray, batch: int) -> floa
 def train_step_rate(images: np.ndarray, labels: np.ndarray, batch: int, steps: int) -> float:
     import torchvision
 
+    from dermadv.data.load import to_float
     from dermadv.models.classifier import Classifier
-    from dermadv.training.augment import AugmentConfig, augment, to_float
+    from dermadv.training.augment import AugmentConfig, augment
 
     torch.manual_seed(0)
     model = Classifier(torchvision.models.resnet18(num_classes=7), 7).to(memory_format=torch.channels_last).train()

@@ -46,12 +46,12 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from dermadv.attacks.runner import AttackRunConfig, attack_split
+from dermadv.data.load import prepare
 from dermadv.evaluation.attack_eval import format_attack_table
+from dermadv.pipeline.attack import AttackRunConfig, attack_split
 from dermadv.presets import preset_attack_config, preset_train_config
 from dermadv.runs import read_json
 from dermadv.training.classifier import TrainConfig, fit
-from dermadv.training.data import prepare
 from dermadv.training.generator import GeneratorConfig, fit_generator
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -163,9 +163,9 @@ stage(
 adv_dir = run_dir / "adv-test"
 
 
-def attack_rate(metrics: dict, wall: float) -> tuple[float, str]:  # type: ignore[type-arg]
+def attack_rate(metrics, wall: float) -> tuple[float, str]:  # type: ignore[no-untyped-def]
     timings = read_json(adv_dir / "manifest.json")["timings_s"]
-    n = metrics["n"]
+    n = metrics.n
     return n / timings["attack"], f"{n} test images; attack {timings['attack']:.1f} s, evaluate {timings['evaluate']:.1f} s"
 
 
@@ -190,9 +190,10 @@ metrics = stage(
 
 Console(width=120).print(format_attack_table(metrics))  # type: ignore[arg-type]
 try:  # the paper's figures beside this run's, where the reproduce command is installed
-    from dermadv.reproduce import paper_table, print_paper_table
+    from dermadv.pipeline.reproduce import paper_table
 
-    print_paper_table(paper_table(run_dir))
+    for row in paper_table(run_dir):
+        print(f"{row['measure']:<55} {row['paper']:<40} {row['this_run']}")
 except Exception as exc:  # noqa: BLE001 - the table is a bonus; the measurements above stand
     print(f"(paper comparison table skipped: {exc.__class__.__name__}: {exc})")
 
@@ -206,10 +207,7 @@ summary = {
     "generator_epochs": gen_epochs,
     "stages": stages,
     "total_s": round(total, 1),
-    "accuracy_clean": metrics["accuracy_clean"],  # type: ignore[index]
-    "accuracy_adv": metrics["accuracy_adv"],  # type: ignore[index]
-    "mcnemar": metrics["mcnemar"],  # type: ignore[index]
-    "fooling_ratio": metrics["fooling_ratio"],  # type: ignore[index]
+    **{k: metrics.as_dict()[k] for k in ("accuracy_clean", "accuracy_adv", "mcnemar", "fooling_ratio")},  # type: ignore[union-attr]
 }
 path = Path(env.get("SUMMARY") or run_dir / "summary.json")
 path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,11 +18,12 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dermadv.attacks.runner import AttackRunConfig, attack_split, stratified_sample
+from dermadv.data.load import prepare
+from dermadv.data.splits import stratified_sample
 from dermadv.models.checkpoints import load_checkpoint
+from dermadv.pipeline.attack import AttackRunConfig, attack_split
 from dermadv.runs import read_json, run_complete
 from dermadv.training.classifier import TrainConfig, fit, predict_logits
-from dermadv.training.data import prepare
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -257,6 +257,17 @@ def abandon_runs(opened: Sequence[Run], status: Unfinished, reason: str) -> None
             run.abandon(status, reason)
 
 
+def file_fingerprint(path: str | os.PathLike[str]) -> str:
+    """First 16 hex digits of the file's SHA-256: ties an output to the exact checkpoint it was made with."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(Path(path), "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
 def run_complete(folder: str | os.PathLike[str]) -> bool:
     p = Path(folder) / "manifest.json"
     if not p.exists():

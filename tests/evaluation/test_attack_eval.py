@@ -12,7 +12,8 @@ from PIL import Image
 from rich.console import Console
 
 from dermadv.errors import RunError
-from dermadv.evaluation.attack_eval import attack_metrics, evaluate_attack_folder, format_attack_table
+from dermadv.evaluation.attack_eval import evaluate_attack_folder, format_attack_table
+from dermadv.evaluation.attack_metrics import AttackMetrics, attack_metrics
 from dermadv.evaluation.stats import proportion_ci
 
 CLASSES = ["akiec", "mel", "nv"]
@@ -71,7 +72,11 @@ def folder(tmp_path):
 
 
 def test_hand_computed_targeted_measures(folder):
-    m = evaluate_attack_folder(folder)
+    typed = evaluate_attack_folder(folder)
+    assert typed.n == 10 and typed.accuracy_clean.estimate == pytest.approx(0.7)
+    assert typed.mcnemar.p_value == pytest.approx(0.625) and typed.worst_class == "mel"
+    m = typed.as_dict()  # the JSON form, as attack_metrics.json holds it
+    assert m == json.loads((folder / "attack_metrics.json").read_text(), parse_constant=lambda _: None)
     assert m["n"] == 10
     assert m["accuracy_clean"]["estimate"] == pytest.approx(0.7)
     assert m["accuracy_adv"]["estimate"] == pytest.approx(0.5)
@@ -100,8 +105,21 @@ def test_hand_computed_targeted_measures(folder):
     assert m["per_class"]["akiec"]["linf_255_max"] == 3
 
 
+def test_json_form_reads_back_to_the_same_measures(folder):
+    metrics = evaluate_attack_folder(folder)
+    again = AttackMetrics.from_dict(json.loads((folder / "attack_metrics.json").read_text()))
+    assert again == metrics
+    assert [(m.name, m.text) for m in again.measures()] == [(m.name, m.text) for m in metrics.measures()]
+    names = [m.name for m in metrics.measures()]
+    assert names[:3] == ["accuracy_clean", "accuracy_adv", "mcnemar_p"]
+    assert {"fooling_ratio.mel", "worst_class_fooling_ratio", "inmem_n_differ", "psnr_mean"} <= set(names)
+    pointers = {m.name: m.pointer for m in metrics.measures()}
+    assert pointers["mcnemar_p"] == ("mcnemar", "exact", "p_value")
+    assert pointers["fooling_ratio.mel"] == ("fooling_ratio", "mel")
+
+
 def test_definitions_are_written_in_words(folder):
-    m = evaluate_attack_folder(folder)
+    m = evaluate_attack_folder(folder).as_dict()
     keys = {
         "accuracy_clean", "accuracy_adv", "mcnemar", "fooling_ratio", "worst_class_fooling_ratio",
         "targeted_success", "untargeted_success", "flip_rate", "confusion_adv", "inmem_agreement",
@@ -117,7 +135,7 @@ def test_definitions_are_written_in_words(folder):
 
 def test_untargeted_fooling_is_misclassification(tmp_path):
     folder = _make_folder(tmp_path / "untargeted", target=None)
-    m = evaluate_attack_folder(folder)
+    m = evaluate_attack_folder(folder).as_dict()
     fr = {c: m["fooling_ratio"][c]["estimate"] for c in CLASSES}
     assert fr == pytest.approx({"akiec": 3 / 4, "mel": 2 / 3, "nv": 0.0})
     assert m["worst_class_fooling_ratio"]["class"] == "nv"
@@ -163,7 +181,7 @@ def test_table_is_the_papers_table(folder):
 
 def test_no_discordant_pairs_gives_p_one():
     labels = np.array([0, 1, 2, 2])
-    m = attack_metrics(labels, labels, labels, classes=CLASSES, target="nv")
+    m = attack_metrics(labels, labels, labels, classes=CLASSES, target="nv").as_dict()
     assert m["mcnemar"]["chi2"] == {"statistic": None, "p_value": 1.0}
     assert m["mcnemar"]["exact"]["p_value"] == pytest.approx(1.0)
     assert "imperceptibility" not in m  # no sizes measured, no summary

@@ -160,10 +160,10 @@ def write_as_before(study: Study) -> None:
 @pytest.fixture(scope="module")
 def real_attack_dir(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path) -> Path:
     """``attack_split`` (FGSM, 2/255) of an untrained classifier on every image of the synthetic set."""
-    from dermadv.attacks.runner import AttackRunConfig, attack_split
     from dermadv.data.classes import CLASSES
     from dermadv.models.checkpoints import CheckpointMeta, save_checkpoint
     from dermadv.models.classifier import build_classifier
+    from dermadv.pipeline.attack import AttackRunConfig, attack_split
 
     root = tmp_path_factory.mktemp("cheater")
     checkpoint = root / "clf" / "model.safetensors"

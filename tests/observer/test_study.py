@@ -190,7 +190,7 @@ def test_load_study_errors(tmp_path: Path, make_study) -> None:
 def test_cli_commands_and_one_line_errors(attack_dir: Path, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from dermadv.observer.cli import app
+    from dermadv.cli.observer import app
 
     runner = CliRunner()
     out = tmp_path / "s1"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from dermadv.attacks.apply import amplified
-from dermadv.attacks.runner import sweep_row
 from dermadv.data.classes import CLASSES
 from dermadv.evaluation.attack_eval import evaluate_attack_folder
+from dermadv.evaluation.attack_metrics import AttackMetrics
 from dermadv.evaluation.metrics import classification_metrics, write_classification_outputs
 from dermadv.observer.storage import StudyDB
 from dermadv.observer.study import create_study, invite_observer, load_answer_key
+from dermadv.pipeline.apply import amplified
+from dermadv.pipeline.sweep import sweep_row
 from dermadv.runs import Run, write_csv, write_json
 
 EPS = 8 / 255
@@ -78,7 +80,7 @@ def write_classifier(folder: Path, rng: np.random.Generator) -> None:
     eval_run.finish()
 
 
-def write_attack(folder: Path, rng: np.random.Generator, *, inmem_differ: int = 1) -> dict:
+def write_attack(folder: Path, rng: np.random.Generator, *, inmem_differ: int = 1) -> AttackMetrics:
     run = Run(folder, command="attack run", config={"method": "advgan"}, seed=0, data_fingerprint="fp-test")
     for sub in ("clean", "adv", "perturbation"):
         (folder / "images" / sub).mkdir(parents=True, exist_ok=True)
@@ -168,14 +170,14 @@ def write_generator(folder: Path) -> None:
     run.finish(epochs_run=2)
 
 
-def write_sweep(folder: Path, metrics: dict) -> None:
+def write_sweep(folder: Path, metrics: AttackMetrics) -> None:
     rows = []
     for method in ("pgd", "fgsm"):
         for k, eps in enumerate((2 / 255, 4 / 255, 8 / 255)):
-            m = {**metrics, "accuracy_adv": {**metrics["accuracy_adv"], "estimate": 0.5 - 0.1 * k}}
+            m = replace(metrics, accuracy_adv=replace(metrics.accuracy_adv, estimate=0.5 - 0.1 * k))
             tag = f"{method}-eps{round(eps * 255)}_255"
             rows.append(sweep_row(m, method=method, eps=eps, protocol="held-out", folder=tag))
-            write_json(folder / tag / "attack_metrics.json", m)
+            write_json(folder / tag / "attack_metrics.json", m.as_dict())
     write_csv(folder / "sweep.csv", rows)
 
 

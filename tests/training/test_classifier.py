@@ -15,11 +15,12 @@ import torch
 from sklearn.metrics import balanced_accuracy_score
 
 from dermadv.data.classes import CLASSES
+from dermadv.data.load import Prepared, prepare, to_float
 from dermadv.errors import ConfigError, RunError
 from dermadv.models.checkpoints import load_checkpoint, load_state
 from dermadv.runs import read_json, run_complete
 from dermadv.training import classifier as training
-from dermadv.training.augment import AugmentConfig, augment, to_float
+from dermadv.training.augment import AugmentConfig, augment
 from dermadv.training.classifier import (
     TrainConfig,
     calibrate_logit_bias,
@@ -28,7 +29,6 @@ from dermadv.training.classifier import (
     lr_lambda,
     predict_logits,
 )
-from dermadv.training.data import Prepared, prepare
 
 TIMING = ["seconds", "images_per_s"]  # the only history columns allowed to differ between identical runs
 

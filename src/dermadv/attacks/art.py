@@ -16,6 +16,7 @@ from torch import nn
 
 from dermadv.attacks.base import Attack
 from dermadv.attacks.common import class_tensor, parse_budget
+from dermadv.attacks.registry import register_attack
 from dermadv.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,7 @@ def _art_class(class_name: str) -> type:
     return cls
 
 
+@register_attack("art:")
 class ArtAttack(Attack):
     """Any ART evasion attack by class name, e.g. ``ArtAttack("SquareAttack", eps=4/255, max_iter=100)``.
 

@@ -7,11 +7,15 @@ attacks or ``None`` for untargeted ones (then ``labels`` are the true labels to 
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 from torch import nn
+
+from dermadv.errors import CheckpointError
 
 
 @dataclass
@@ -20,12 +24,59 @@ class AttackResult:
     success: torch.Tensor  # N bool: predicted target (targeted) or not the label (untargeted)
 
 
+class FitSpec(Protocol):
+    """What a fitted attack was fitted for (the generator's :class:`~dermadv.attacks.generator.GeneratorSpec`)."""
+
+    @property
+    def eps(self) -> float: ...
+    @property
+    def target(self) -> str | None: ...
+    @property
+    def target_index(self) -> int | None: ...
+    @property
+    def classes(self) -> tuple[str, ...]: ...
+    @property
+    def image_size(self) -> tuple[int, int]: ...
+    @property
+    def attack_size(self) -> str: ...
+    @property
+    def classifier_fingerprint(self) -> str: ...
+
+
+def check_fit_spec(
+    spec: FitSpec,
+    *,
+    classes: tuple[str, ...],
+    image_size: tuple[int, int],
+    classifier_fingerprint: str,
+    path: str | os.PathLike[str] = "the attack",
+) -> None:
+    """Refuse an attack fitted against another classifier, class list or image size."""
+    if tuple(spec.classes) != tuple(classes):
+        raise CheckpointError(
+            f"{path} was fitted for classes {','.join(spec.classes)}, the classifier has "
+            f"{','.join(classes)}; fit a generator for this classifier with `dermadv attack fit`"
+        )
+    if tuple(spec.image_size) != tuple(image_size):
+        raise CheckpointError(
+            f"{path} was fitted at {spec.image_size[0]}x{spec.image_size[1]} but the images here are "
+            f"{image_size[0]}x{image_size[1]}; fit one at this size or pass the matching --attack-size"
+        )
+    if spec.classifier_fingerprint and classifier_fingerprint and spec.classifier_fingerprint != classifier_fingerprint:
+        raise CheckpointError(
+            f"{path} was fitted against another classifier (fingerprint {spec.classifier_fingerprint},"
+            f" this one {classifier_fingerprint}); fit a generator for this checkpoint"
+        )
+
+
 class Attack(ABC):
     """Base class. Subclasses implement :meth:`perturb`; the base clips to [0, 1] and scores success."""
 
     name: str = "attack"
-    #: whether the attack fits once on a set of images (universal, generator) before being applied
+    #: whether the attack fits once on a set of images (universal perturbation) before being applied
     needs_fit: bool = False
+    #: set by an attack loaded already fitted (the generator): its budget, target and image size are fixed
+    spec: FitSpec | None = None
 
     def __call__(
         self,

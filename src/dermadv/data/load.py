@@ -1,13 +1,24 @@
-"""One entry point for every data source: HAM10000 layout, DermaMNIST npz, image folders, synthetic."""
+"""One entry point for every data source (HAM10000 layout, DermaMNIST npz, image folders, synthetic), and
+:func:`prepare`: load, split, decode once, index."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
+import pandas as pd
+
+from dermadv.data.cache import Size, decoded_images
 from dermadv.data.classes import CLASS_NAMES, CLASSES
 from dermadv.data.dataset import ImageSet
+from dermadv.data.splits import load_splits, make_splits, split_indices
 from dermadv.errors import DataError
+
+if TYPE_CHECKING:  # the data package needs no torch until a tensor is handed to it
+    import torch
 
 
 def load_dataset(spec: str | os.PathLike[str] | None = None) -> ImageSet:
@@ -58,3 +69,54 @@ def _with_source(ds: ImageSet, source: str) -> ImageSet:
     from dataclasses import replace
 
     return replace(ds, source=source)
+
+
+def split_beside(checkpoint: str | Path) -> str | None:
+    """The ``split.csv`` a training run wrote beside its checkpoint, so later stages reuse its test split."""
+    p = Path(checkpoint).parent / "split.csv"
+    return str(p) if p.exists() else None
+
+
+@dataclass
+class Prepared:
+    dataset: ImageSet
+    frame: pd.DataFrame  # image_id, lesion_id, dx, split
+    images: np.ndarray  # uint8 N×H×W×3 (memmap)
+    size: Size
+
+    def indices(self, split: str) -> np.ndarray:
+        return split_indices(self.frame, split)
+
+
+def parse_size(image_size: int | str | tuple[int, int] | None, dataset: ImageSet) -> Size | None:
+    if image_size is None or image_size == "stored":
+        return None
+    if isinstance(image_size, tuple):
+        return image_size
+    if isinstance(image_size, str) and "x" in image_size:
+        h, w = image_size.split("x")
+        return int(h), int(w)
+    s = int(image_size)
+    return s, s
+
+
+def prepare(
+    data: str | Path | None,
+    *,
+    image_size: int | str | tuple[int, int] | None,
+    split_file: str | Path | None = None,
+    seed: int = 0,
+    fractions: tuple[float, float, float] = (0.70, 0.15, 0.15),
+    progress: bool = True,
+) -> Prepared:
+    """Load ``data``, split it (``split_file`` or a new seeded split) and decode it once at ``image_size``."""
+    dataset = load_dataset(data)
+    frame = load_splits(split_file, dataset) if split_file else make_splits(dataset, fractions=fractions, seed=seed)
+    size = parse_size(image_size, dataset)
+    images = decoded_images(dataset, size, progress=progress)
+    return Prepared(dataset, frame, images, (int(images.shape[1]), int(images.shape[2])))
+
+
+def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
+    """N×H×W×3 uint8 -> N×3×H×W float in [0, 1]."""
+    return images_uint8.permute(0, 3, 1, 2).float().div_(255.0)

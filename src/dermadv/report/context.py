@@ -10,6 +10,8 @@ from typing import Any
 import pandas as pd
 
 from dermadv.data.classes import CLASS_COLOURS, CLASS_NAMES
+from dermadv.evaluation.attack_metrics import definitions
+from dermadv.evaluation.stats import format_interval, format_p_value
 from dermadv.report.data import (
     AttackPart,
     ClassifierPart,
@@ -20,7 +22,7 @@ from dermadv.report.data import (
     Stage,
     SweepPart,
 )
-from dermadv.report.format import eps_text, interval_text, num, p_text, percent
+from dermadv.report.format import eps_text, interval_text, num, percent
 from dermadv.report.summary import inmem_statement, split_method
 
 Row = dict[str, Any]
@@ -185,84 +187,30 @@ def _attack_settings(part: AttackPart) -> list[Row]:
     return rows
 
 
-def _attack_measures(m: dict[str, Any]) -> list[Row]:
-    target = m.get("target")
-    mc = m.get("mcnemar") or {}
-    table = mc.get("table") or [[0, 0], [0, 0]]
-    rows = [
-        _fact("accuracy, clean images", interval_text(m.get("accuracy_clean"))),
-        _fact("accuracy, adversarial images", interval_text(m.get("accuracy_adv"))),
-        _fact("McNemar test, exact", p_text((mc.get("exact") or {}).get("p_value"))),
-        _fact("McNemar test, chi-square with continuity correction", p_text((mc.get("chi2") or {}).get("p_value"))),
-        _fact(
-            "discordant pairs: right → wrong / wrong → right (clean → adversarial)", f"{table[0][1]} / {table[1][0]}"
-        ),
-        _fact(
-            f"fooling ratio, all images ({'→ ' + target if target else 'misclassified'})",
-            interval_text(m.get("fooling_ratio_all")),
-        ),
-    ]
-    worst = m.get("worst_class_fooling_ratio")
-    if worst:
-        rows.append(_fact(f"worst-class fooling ratio ({worst.get('class')})", interval_text(worst)))
-    if m.get("targeted_success"):
-        rows.append(_fact(f"targeted success (right when clean, not {target})", interval_text(m["targeted_success"])))
-    rows += [
-        _fact("untargeted success (right when clean → wrong)", interval_text(m.get("untargeted_success"))),
-        _fact("flip rate (adversarial ≠ clean prediction)", interval_text(m.get("flip_rate"))),
-    ]
-    imp = m.get("imperceptibility") or {}
-    if imp:
-        linf, l2, l0, ssim = (imp.get(k) or {} for k in ("linf_255", "l2", "l0", "ssim"))
-        psnr = imp.get("psnr") or {}
-        identical = f", {psnr['n_identical']} identical images left out" if psnr.get("n_identical") else ""
-        rows += [
-            _fact(
-                "L∞ (8-bit steps), median / largest",
-                f"{num(linf.get('median'))} / {num(linf.get('max'))}",
-            ),
-            _fact("L2 ([0, 1] scale), mean", num(l2.get("mean"), ".3f")),
-            _fact("L0 (pixels changed), mean", num(l0.get("mean"), ".0f")),
-            _fact(
-                f"PSNR (dB), mean / lowest{identical}",
-                f"{num(psnr.get('mean'), '.1f')} / {num(psnr.get('min'), '.1f')}",
-            ),
-            _fact("SSIM, mean / lowest", f"{num(ssim.get('mean'), '.4f')} / {num(ssim.get('min'), '.4f')}"),
-        ]
-    if m.get("n_over_budget") is not None:
-        rows.append(_fact("images over the budget (beyond 8-bit rounding)", m["n_over_budget"]))
-    return rows
-
-
 def _attack(part: AttackPart) -> Row:
     m = part.metrics
-    per_class = []
-    if m is not None:
-        for cls in m.get("classes") or []:
-            pc = (m.get("per_class") or {}).get(cls) or {}
-            if not pc.get("n"):
-                continue
-            per_class.append(
-                {
-                    **_class_row(cls),
-                    "n": pc["n"],
-                    "accuracy_clean": interval_text(pc.get("accuracy_clean")),
-                    "accuracy_adv": interval_text(pc.get("accuracy_adv")),
-                    "fooling_ratio": interval_text(pc.get("fooling_ratio")),
-                    "psnr": num(pc.get("psnr_mean"), ".1f"),
-                    "ssim": num(pc.get("ssim_mean"), ".4f"),
-                }
-            )
-    mc = (m or {}).get("mcnemar") or {}
+    per_class = [
+        {
+            **_class_row(cls),
+            "n": pc.n,
+            "accuracy_clean": format_interval(pc.accuracy_clean),
+            "accuracy_adv": format_interval(pc.accuracy_adv),
+            "fooling_ratio": format_interval(pc.fooling_ratio),
+            "psnr": num(pc.psnr_mean, ".1f"),
+            "ssim": num(pc.ssim_mean, ".4f"),
+        }
+        for cls, pc in (m.per_class if m else {}).items()
+        if pc.n
+    ]
     return {
         "folder": part.folder,
         "settings": _attack_settings(part),
-        "measures": _attack_measures(m) if m is not None else [],
+        "measures": [_fact(measure.label, measure.text) for measure in m.measures()] if m else [],
         "per_class": per_class,
-        "mcnemar_table": mc.get("table"),
-        "inmem": inmem_statement(m) if m is not None else None,
-        "fooling_definition": _sentence(((m or {}).get("definitions") or {}).get("fooling_ratio")),
-        "target": (m or part.attack).get("target"),
+        "mcnemar_table": m.mcnemar.table if m else None,
+        "inmem": inmem_statement(m) if m else None,
+        "fooling_definition": _sentence(definitions(m.target, m.ci_method)["fooling_ratio"]) if m else "",
+        "target": m.target if m else part.attack.get("target"),
         "eps_255": part.eps_255,
         "pixelated": max(part.attack.get("image_size") or [0]) < 180,  # upscaled: show pixels, not blur
         "grid": [
@@ -336,7 +284,7 @@ def _observer(part: ObserverPart) -> Row:
                 "specificity": interval_text(r.get("specificity")),
                 "accuracy": interval_text(r.get("accuracy")),
                 "altered_chosen": interval_text(r.get("altered_chosen")),
-                "p": p_text(r.get("binomial_p_value")),
+                "p": format_p_value(r.get("binomial_p_value")),
                 "confidence": num(r.get("mean_confidence"), ".1f"),
                 "combined": r.get("observer") == "combined",
             }

@@ -10,6 +10,8 @@ from urllib.parse import quote
 
 import pandas as pd
 
+from dermadv.evaluation.attack_metrics import AttackMetrics
+
 #: Errors that turn a part into a note instead of a crash: unreadable, malformed or truncated files.
 READ_ERRORS = (OSError, ValueError, KeyError, TypeError, IndexError, json.JSONDecodeError, pd.errors.ParserError)
 
@@ -106,7 +108,7 @@ class AttackPart:
     folder: str
     attack: dict[str, Any]
     attack_link: Link
-    metrics: dict[str, Any] | None
+    metrics: AttackMetrics | None
     metrics_link: Link | None
     per_class_link: Link | None
     per_image: pd.DataFrame | None
@@ -144,8 +146,8 @@ class ObserverPart:
 
 
 @dataclass(frozen=True)
-class Measure:
-    """One row of the summary table: this run's value, the paper's, and where the value was read.
+class PaperRow:
+    """One row of the paper's table (measure | paper | this run): this run's value, and where it was read.
 
     ``value`` is the number (or interval dict) found at ``pointer`` (keys into the JSON file ``link.path``);
     ``None`` for a row stated in words (e.g. the split method, read from ``split.csv``).
@@ -180,7 +182,7 @@ class ReportData:
     generated: str
     classes: tuple[str, ...]
     summary: list[str]  # paragraphs
-    measures: list[Measure]
+    measures: list[PaperRow]
     data: DataPart | None
     classifier: ClassifierPart | None
     attack: AttackPart | None

@@ -17,6 +17,7 @@ from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, PercentFormatter
 
 from dermadv.data.classes import CLASS_COLOURS
+from dermadv.evaluation.attack_metrics import AttackMetrics
 from dermadv.report.data import READ_ERRORS, FigureFile, ReportData
 
 log = logging.getLogger(__name__)
@@ -237,18 +238,16 @@ def roc_figure(predictions: pd.DataFrame, classes: Sequence[str], auc: dict[str,
     return fig
 
 
-def fooling_figure(metrics: dict[str, Any], classes: Sequence[str]) -> Figure:
+def fooling_figure(metrics: AttackMetrics, classes: Sequence[str]) -> Figure:
     """Fooling ratio per true class with its 95% interval; the paper reported 100% for every class."""
-    target = metrics.get("target")
-    per_class = metrics.get("per_class") or {}
-    fooling = metrics.get("fooling_ratio") or {}
-    shown = [c for c in classes if (per_class.get(c) or {}).get("n")]
+    target = metrics.target
+    shown = [c for c in classes if c in metrics.per_class and metrics.per_class[c].n]
     fig = Figure(figsize=(7.0, 3.0))
     ax = fig.subplots()
     x = np.arange(len(shown))
-    est = np.array([100 * (fooling[c].get("estimate") or 0.0) for c in shown])
-    low = np.array([100 * (fooling[c].get("low") or 0.0) for c in shown])
-    high = np.array([100 * (fooling[c].get("high") or 0.0) for c in shown])
+    est, low, high = (
+        np.nan_to_num([100 * getattr(metrics.fooling_ratio[c], k) for c in shown]) for k in ("estimate", "low", "high")
+    )
     bars = ax.bar(
         x,
         est,
@@ -271,7 +270,7 @@ def fooling_figure(metrics: dict[str, Any], classes: Sequence[str]) -> Figure:
         label = "misclassified after the attack (%)"
     _percent_axis(ax, label)
     ax.set_ylim(0, 115)
-    ax.set_xticks(x, [f"{c}\nn = {per_class[c]['n']}" for c in shown])
+    ax.set_xticks(x, [f"{c}\nn = {metrics.per_class[c].n}" for c in shown])
     ax.set_xlabel(f"true class{f' (hatched: the target {target}, share still {target})' if target in shown else ''}")
     return fig
 
@@ -419,11 +418,10 @@ def _figures_to_draw(data: ReportData) -> Iterator[tuple[str, Any]]:
             yield "generator_curves", lambda: generator_curves_figure(ghistory, gtarget)
         if attack.metrics is not None:
             am = attack.metrics
-            aclasses = tuple(am.get("classes") or classes)
-            target = am.get("target")
+            aclasses = am.classes or classes
             yield (
                 "attack_confusion",
-                lambda: confusion_figure(am["confusion_adv"], aclasses, prediction="adversarial", target=target),
+                lambda: confusion_figure(am.confusion_adv, aclasses, prediction="adversarial", target=am.target),
             )
             yield "fooling", lambda: fooling_figure(am, aclasses)
         if attack.per_image is not None:

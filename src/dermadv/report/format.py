@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from dermadv.evaluation.stats import Interval, format_interval, format_p_value
+
 
 def _missing(x: Any) -> bool:
     return x is None or (isinstance(x, float) and math.isnan(x))
@@ -21,22 +23,11 @@ def num(x: Any, fmt: str = "g", suffix: str = "") -> str:
 
 
 def interval_text(iv: Any) -> str:
-    """An interval dict (estimate, low, high on [0, 1]) as ``84.0% (82.1–85.9)``."""
+    """An interval as read from JSON (estimate, low, high on [0, 1]; ``k`` of ``n``) as ``84.0% (82.1–85.9) 42/50``."""
     if not isinstance(iv, dict) or _missing(iv.get("estimate")):
         return "n/a"
-    text = f"{100 * iv['estimate']:.1f}%"
-    if not _missing(iv.get("low")) and not _missing(iv.get("high")):
-        text += f" ({100 * iv['low']:.1f}–{100 * iv['high']:.1f})"
-    if iv.get("k") is not None and iv.get("n") is not None:
-        text += f" {iv['k']}/{iv['n']}"
-    return text
-
-
-def p_text(p: Any) -> str:
-    """P value in the paper's journal style: ``P < .0001`` below 1e-4, else four decimals."""
-    if _missing(p):
-        return "n/a"
-    return "P < .0001" if p < 1e-4 else f"P = {p:.4f}"
+    counts = f" {iv['k']}/{iv['n']}" if iv.get("k") is not None and iv.get("n") is not None else ""
+    return format_interval(Interval.from_dict(iv)) + counts
 
 
 def eps_text(eps_255: Any) -> str:
@@ -56,4 +47,4 @@ def md_cell(text: Any) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-FILTERS = {"md": md_cell, "iv": interval_text, "num": num, "p": p_text, "eps": eps_text, "pct": percent}
+FILTERS = {"md": md_cell, "iv": interval_text, "num": num, "p": format_p_value, "eps": eps_text, "pct": percent}

@@ -13,6 +13,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from dermadv.data.classes import CLASSES
+from dermadv.evaluation.attack_metrics import AttackMetrics
 from dermadv.report.data import (
     READ_ERRORS,
     AttackPart,
@@ -177,7 +178,7 @@ def read_attack(attack_dir: Path, sources: Sources, *, generator_dir: Path | Non
     metrics = metrics_link = None
     if (attack_dir / "attack_metrics.json").is_file():
         try:
-            metrics = read_json_dict(attack_dir / "attack_metrics.json")
+            metrics = AttackMetrics.from_dict(read_json_dict(attack_dir / "attack_metrics.json"))
             metrics_link = sources.cite(attack_dir / "attack_metrics.json")
         except READ_ERRORS as exc:
             notes.append(f"attack measures left out: cannot read attack_metrics.json ({_short(exc)})")

@@ -5,30 +5,32 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from dermadv.data.classes import CLASS_NAMES, CLASSES
+from dermadv.data.classes import CLASS_NAMES
+from dermadv.evaluation.attack_metrics import AttackMetrics
+from dermadv.evaluation.stats import format_interval, format_p_value
 from dermadv.paper import NOT_REPORTED, PAPER
-from dermadv.report.data import AttackPart, ClassifierPart, DataPart, Link, Measure, ObserverPart, SweepPart
-from dermadv.report.format import eps_text, interval_text, num, p_text, percent
+from dermadv.report.data import AttackPart, ClassifierPart, DataPart, Link, ObserverPart, PaperRow, SweepPart
+from dermadv.report.format import eps_text, interval_text, num, percent
 
 Display = Callable[[Any], str]
 Spec = tuple[str, str, tuple[str, ...], Display]  # key, label, pointer into the JSON file, display
+
+#: the attack measures the paper's table shows, with the label they carry there (None: the measure's own)
+_ATTACK_ROWS: dict[str, str | None] = {
+    "accuracy_clean": "accuracy, clean test images (95% CI, {ci})",
+    "accuracy_adv": "accuracy, perturbed test images",
+    "mcnemar_p": "McNemar test (exact binomial)",
+    "fooling_ratio": "fooling ratio, {cls}",
+    **dict.fromkeys(
+        ("worst_class_fooling_ratio", "inmem_n_differ", "linf_255_max", "l2_mean", "psnr_mean", "ssim_mean")
+    ),
+}
 
 
 def _signed(fmt: str) -> Display:
     return lambda v: num(v, fmt).replace("-", "−")
 
 
-_ATTACK: tuple[Spec, ...] = (
-    ("accuracy_adv", "accuracy, adversarial test images", ("accuracy_adv",), interval_text),
-    ("mcnemar_p", "McNemar test, clean vs adversarial (exact)", ("mcnemar", "exact", "p_value"), p_text),
-)
-_SIZES: tuple[Spec, ...] = (
-    ("linf_255_max", "perturbation L∞, largest (8-bit steps)", ("imperceptibility", "linf_255", "max"), eps_text),
-    ("l2_mean", "perturbation L2, mean ([0, 1] scale)", ("imperceptibility", "l2", "mean"), lambda v: num(v, ".3f")),
-    ("psnr_mean", "PSNR, mean (dB)", ("imperceptibility", "psnr", "mean"), lambda v: num(v, ".1f")),
-    ("ssim_mean", "SSIM, mean", ("imperceptibility", "ssim", "mean"), lambda v: num(v, ".4f")),
-    ("inmem_n_differ", "saved PNG vs in-memory prediction differ (images)", ("inmem_agreement", "n_differ"), str),
-)
 _CLASSIFIER: tuple[Spec, ...] = (
     ("balanced_accuracy", "balanced accuracy, clean test images", ("balanced_accuracy",), percent),
     ("macro_auc", "macro ROC AUC, one vs rest", ("macro_auc",), lambda v: num(v, ".3f")),
@@ -64,18 +66,25 @@ def _value_at(obj: Any, pointer: tuple[str, ...]) -> Any:
     return obj
 
 
-def _rows(specs: Sequence[Spec], source: dict[str, Any], link: Link | None, group: str = "result") -> list[Measure]:
+def _rows(specs: Sequence[Spec], source: dict[str, Any], link: Link | None, group: str = "result") -> list[PaperRow]:
     rows = []
     for key, label, pointer, display in specs:
         value = _value_at(source, pointer)
         if value is not None:
-            paper = PAPER.get(key.split(".")[0], NOT_REPORTED)  # fooling_ratio.<class> -> fooling_ratio
-            rows.append(Measure(key, label, paper, display(value), value, link, pointer, group))
+            paper = PAPER.get(key, NOT_REPORTED)
+            rows.append(PaperRow(key, label, paper, display(value), value, link, pointer, group))
     return rows
 
 
-def _fit_on(value: Any) -> str:
-    return {"train": "the training split", "test": "the test images (the ones attacked)"}.get(str(value), str(value))
+def _attack_rows(metrics: AttackMetrics, link: Link | None) -> list[PaperRow]:
+    """The attack's measures (:meth:`AttackMetrics.measures`) that the paper's table shows."""
+    rows = []
+    for m in metrics.measures():
+        key, _, cls = m.name.partition(".")
+        if key in _ATTACK_ROWS:
+            label = (_ATTACK_ROWS[key] or m.label).format(ci=metrics.ci_method.capitalize(), cls=cls)
+            rows.append(PaperRow(m.name, label, PAPER.get(key, NOT_REPORTED), m.text, m.value, link, m.pointer))
+    return rows
 
 
 def split_method(part: DataPart) -> str | None:
@@ -92,46 +101,45 @@ def split_method(part: DataPart) -> str | None:
 
 def setting_rows(
     classifier: ClassifierPart | None, attack: AttackPart | None, split_method: str | None, split_link: Link | None
-) -> list[Measure]:
+) -> list[PaperRow]:
     """What the paper left unreported (size, split, budget) next to this run's choice."""
-    rows: list[Measure] = []
+    rows: list[PaperRow] = []
     if classifier is not None and classifier.manifest_link is not None:
-        init = "ImageNet-pretrained" if classifier.config.get("weights") else "trained from scratch"
+        init = "from scratch" if classifier.config.get("weights") in (None, "none") else "ImageNet-pretrained"
         specs: list[Spec] = [
-            ("arch", "architecture", ("config", "arch"), lambda v: f"{v}, {init}"),
-            ("image_size", "image size (classifier input, px)", ("config", "image_size"), str),
+            ("arch", "architecture", ("config", "arch"), lambda v: f"{v} ({init})"),
+            ("image_size", "image size", ("config", "image_size"), lambda v: f"{v} px"),
         ]
         rows += _rows(specs, classifier.manifest, classifier.manifest_link, "setting")
     if split_method is not None:
-        rows.append(Measure("split", "split", PAPER["split"], split_method, None, split_link, (), "setting"))
+        rows.append(PaperRow("split", "split", PAPER["split"], split_method, None, split_link, (), "setting"))
     if attack is not None:
         specs = [
             ("eps", "perturbation budget (L∞)", ("eps",), lambda v: eps_text(255 * v)),
-            ("target", "target class", ("target",), lambda v: f"{v} ({CLASS_NAMES.get(v, v)})"),
+            ("target", "target class", ("target",), str),
         ]
         rows += _rows(specs, attack.attack, attack.attack_link, "setting")
         if attack.generator is not None:
-            fit = [("fit_on", "generator fitted on", ("config", "fit_on"), _fit_on)]
+            fit = [("fit_on", "generator fitted on", ("config", "fit_on"), lambda v: f"the {v} split")]
             rows += _rows(fit, {"config": attack.generator}, attack.generator_link, "setting")
     return rows
 
 
-def inmem_statement(metrics: dict[str, Any]) -> str:
+def inmem_statement(metrics: AttackMetrics) -> str:
     """One sentence on whether rounding the adversarial images to 8-bit PNGs changed any prediction."""
-    agree = metrics.get("inmem_agreement")
-    n = metrics.get("n", 0)
-    if not agree:
+    differ, n = metrics.inmem_n_differ, metrics.n
+    if differ is None:
         return (
             "This attack folder holds no in-memory predictions (inmem_adv_pred), so whether saving the adversarial "
             "images as 8-bit PNGs changed any prediction cannot be stated."
         )
-    if agree.get("n_differ") == 0:
+    if differ == 0:
         return (
             f"Predictions on the saved 8-bit PNGs equal those on the in-memory (floating-point) adversarial images "
             f"for all {n} images: rounding to 8 bits changed no outcome."
         )
     return (
-        f"For {agree['n_differ']} of {n} images ({100 * agree['share_differ']:.1f}%) the prediction on the saved 8-bit "
+        f"For {differ} of {n} images ({100 * differ / n:.1f}%) the prediction on the saved 8-bit "
         "PNG differs from the one on the in-memory adversarial image; every figure here is computed from the saved "
         "PNGs, the images a person or a hospital system would see."
     )
@@ -139,35 +147,13 @@ def inmem_statement(metrics: dict[str, Any]) -> str:
 
 def summary_measures(
     classifier: ClassifierPart | None, attack: AttackPart | None, observer: ObserverPart | None
-) -> list[Measure]:
+) -> list[PaperRow]:
     """The side-by-side table; a measure whose file or key is missing is left out."""
-    rows: list[Measure] = []
+    rows: list[PaperRow] = []
     am = attack.metrics if attack else None
     cm = classifier.metrics if classifier else None
     if am is not None and attack is not None:
-        ci = str(am.get("ci_method", "wald")).capitalize()
-        specs: list[Spec] = [
-            ("accuracy_clean", f"accuracy, clean test images (95% CI, {ci})", ("accuracy_clean",), interval_text),
-            *_ATTACK,
-        ]
-        target = am.get("target")
-        for cls in am.get("classes") or CLASSES:
-            if _value_at(am, ("per_class", cls, "n")):
-                aim = (f"stays {target}" if cls == target else f"→ {target}") if target else "misclassified"
-                specs.append(
-                    (f"fooling_ratio.{cls}", f"fooling ratio, {cls} ({aim})", ("fooling_ratio", cls), interval_text)
-                )
-        worst = _value_at(am, ("worst_class_fooling_ratio", "class"))
-        specs.append(
-            (
-                "worst_class_fooling_ratio",
-                f"worst-class fooling ratio ({worst})",
-                ("worst_class_fooling_ratio",),
-                interval_text,
-            )
-        )
-        rows += _rows(specs, am, attack.metrics_link)
-        rows += _rows(_SIZES, am, attack.metrics_link)
+        rows += _attack_rows(am, attack.metrics_link)
     elif cm is not None and classifier is not None:
         ci = str((cm.get("accuracy") or {}).get("method", "wald")).capitalize()
         rows += _rows(
@@ -182,7 +168,7 @@ def summary_measures(
     elif observer is not None:
         label = "observers' sensitivity / specificity / kappa"
         text = "study kit ready, no answers yet"
-        rows.append(Measure("observer_study", label, PAPER["observer_study"], text, None, observer.study_link, ()))
+        rows.append(PaperRow("observer_study", label, PAPER["observer_study"], text, None, observer.study_link, ()))
     return rows
 
 
@@ -217,26 +203,20 @@ def _attack_text(attack: AttackPart) -> str:
     if am is None:
         return text + "; it has not been evaluated yet (`dermadv evaluate-attack`)."
     text += (
-        f" and scored on the saved 8-bit PNGs: accuracy went from {interval_text(am.get('accuracy_clean'))} to "
-        f"{interval_text(am.get('accuracy_adv'))} (McNemar {p_text(_value_at(am, ('mcnemar', 'exact', 'p_value')))})."
+        f" and scored on the saved 8-bit PNGs: accuracy went from {format_interval(am.accuracy_clean)} to "
+        f"{format_interval(am.accuracy_adv)} (McNemar {format_p_value(am.mcnemar.p_value)})."
     )
-    fooling = {
-        c: v["estimate"]
-        for c, v in (am.get("fooling_ratio") or {}).items()
-        if _value_at(am, ("per_class", c, "n")) and v.get("estimate") is not None
-    }
+    fooling = {c: v.estimate for c, v in am.fooling_ratio.items() if am.per_class[c].n}
     if fooling and target:
         lo, hi = min(fooling, key=fooling.__getitem__), max(fooling, key=fooling.__getitem__)
         text += (
             f" Per true class, the share of adversarial images predicted {target} ranged from "
             f"{percent(fooling[lo])} ({lo}) to {percent(fooling[hi])} ({hi}); the paper reported 100% for every class."
         )
-    imp = am.get("imperceptibility") or {}
-    if imp:
+    if am.imperceptibility is not None:
         text += (
-            f" Mean PSNR {num(_value_at(imp, ('psnr', 'mean')), '.1f')} dB, "
-            f"mean SSIM {num(_value_at(imp, ('ssim', 'mean')), '.4f')}, "
-            f"largest change {eps_text(_value_at(imp, ('linf_255', 'max')))}."
+            f" Mean PSNR {num(am.size('psnr', 'mean'), '.1f')} dB, mean SSIM {num(am.size('ssim', 'mean'), '.4f')}, "
+            f"largest change {eps_text(am.size('linf_255', 'max'))}."
         )
     return text + " " + inmem_statement(am)
 

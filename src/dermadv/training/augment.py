@@ -25,11 +25,6 @@ class AugmentConfig:
     hue_shift: float = 0.0
 
 
-def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
-    """N×H×W×3 uint8 -> N×3×H×W float in [0, 1]."""
-    return images_uint8.permute(0, 3, 1, 2).float().div_(255.0)
-
-
 def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """Augment N×3×H×W images in [0, 1]. Random numbers come from ``generator`` (on the images' device)."""
     n, dev = images.shape[0], images.device

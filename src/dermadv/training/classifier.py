@@ -23,13 +23,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dermadv import distributed as dd
+from dermadv.data.load import Prepared, prepare, to_float
 from dermadv.data.splits import save_splits
 from dermadv.errors import ConfigError
 from dermadv.models.checkpoints import CheckpointMeta, save_checkpoint
-from dermadv.models.classifier import Classifier, build_classifier
+from dermadv.models.classifier import Classifier, WeightsInfo, build_classifier
 from dermadv.runs import Run, atomic_path, write_csv, write_json
-from dermadv.training.augment import AugmentConfig, augment, to_float
-from dermadv.training.data import Prepared, device_images, prepare, start_fit
+from dermadv.training.augment import AugmentConfig, augment
+from dermadv.training.data import device_images, start_fit
 
 log = logging.getLogger(__name__)
 
@@ -349,7 +350,16 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
         start_epoch, best, since_best, history = st["epoch"] + 1, st["best"], st["since_best"], st["history"]
         log.info("resumed %s at epoch %d", out, start_epoch)
 
-    meta = CheckpointMeta(arch=cfg.arch, classes=ds.classes, image_size=prep.size, data_fingerprint=ds.fingerprint)
+    info = model.weights_info or WeightsInfo("none")
+    meta = CheckpointMeta(
+        arch=cfg.arch,
+        classes=ds.classes,
+        image_size=prep.size,
+        mean=info.mean,
+        std=info.std,
+        data_fingerprint=ds.fingerprint,
+        weights=info.source,
+    )
     eval_model: nn.Module = ema.module if ema is not None else model  # type: ignore[assignment]
     with run.stage("train"):
         for epoch in range(start_epoch, cfg.epochs):

@@ -10,36 +10,104 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from dermadv import distributed as dd
 from dermadv.attacks.generator import (
+    CONDITIONS,
     GeneratorSpec,
-    LossWeights,
     PatchDiscriminator,
     PerturbationGenerator,
-    ResizedClassifier,
-    file_fingerprint,
-    gan_step,
+    generator_inputs,
     save_generator,
 )
 from dermadv.config import parse_eps
 from dermadv.data.classes import class_index
+from dermadv.data.load import prepare, split_beside, to_float
+from dermadv.data.splits import stratified_sample
 from dermadv.errors import ConfigError, RunError
 from dermadv.models.checkpoints import check_fits, load_checkpoint
-from dermadv.runs import Run, atomic_path, write_csv
-from dermadv.training.augment import to_float
+from dermadv.models.classifier import ResizedClassifier
+from dermadv.runs import Run, atomic_path, file_fingerprint, write_csv
 from dermadv.training.classifier import autocast
-from dermadv.training.data import device_images, prepare, split_beside, start_fit
+from dermadv.training.data import device_images, start_fit
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    kappa: float = 5.0  # margin the target logit must win by
+    gan_weight: float = 0.05
+    hinge_weight: float = 1.0
+    hinge_ratio: float = 0.8  # hinge bound: this share of the largest L2 norm the eps box allows
+
+
+def targeted_margin_loss(logits: torch.Tensor, target: int, kappa: float) -> torch.Tensor:
+    """Per-image ``max(max_{j≠t} z_j − z_t + κ, 0)`` (Carlini & Wagner 2017): zero once the target wins by κ."""
+    z_t = logits[:, target]
+    others = logits.clone()
+    others[:, target] = -torch.inf
+    return F.relu(others.max(1).values - z_t + kappa)
+
+
+def gan_step(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    attacked: nn.Module,
+    images: torch.Tensor,
+    *,
+    target: int,
+    eps: float,
+    weights: LossWeights,
+    sample_weights: torch.Tensor | None = None,
+    autocast_ctx: Callable[[], AbstractContextManager[None]] = nullcontext,
+) -> torch.Tensor:
+    """One AdvGAN update of D then G on a batch; returns detached [margin loss, GAN loss, D loss, #fooled].
+
+    ``sample_weights`` (mean ≈ 1) weight each image's margin loss, e.g. by inverse class frequency so
+    that rare classes, which decide the worst-class fooling ratio, are not drowned by nevi.
+    """
+    condition = str(getattr(generator, "module", generator).condition)
+    inputs = generator_inputs(attacked, images, target=target, condition=condition)
+    with autocast_ctx():
+        delta = generator(inputs)
+    adv = (images + delta.float()).clamp(0, 1)
+    # Discriminator: clean images are "real", adversarial ones "fake" (least squares, Mao et al. 2017).
+    d_real, d_fake = discriminator(images), discriminator(adv.detach())
+    loss_d = 0.5 * (F.mse_loss(d_real, torch.ones_like(d_real)) + F.mse_loss(d_fake, torch.zeros_like(d_fake)))
+    opt_d.zero_grad(set_to_none=True)
+    loss_d.backward()
+    opt_d.step()
+    # Generator: make the classifier say the target, look real, keep the L2 norm under the hinge bound.
+    with autocast_ctx():
+        logits = attacked(adv).float()
+    margins = targeted_margin_loss(logits, target, weights.kappa)
+    loss_adv = (margins * sample_weights).mean() if sample_weights is not None else margins.mean()
+    d_out = discriminator(adv)
+    loss_gan = F.mse_loss(d_out, torch.ones_like(d_out))
+    l2_bound = weights.hinge_ratio * eps * math.sqrt(adv[0].numel())
+    loss_hinge = F.relu((adv - images).flatten(1).norm(dim=1) - l2_bound).mean()
+    loss_g = loss_adv + weights.gan_weight * loss_gan + weights.hinge_weight * loss_hinge
+    opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    opt_g.step()
+    n = images.shape[0]
+    with torch.no_grad():
+        fooled = (logits.argmax(1) == target).float().sum()
+    return torch.stack([loss_adv.detach() * n, loss_gan.detach() * n, loss_d.detach() * n, fooled])
 
 
 @dataclass(frozen=True)
@@ -60,6 +128,9 @@ class GeneratorConfig:
     gan_weight: float = 0.05
     hinge_weight: float = 1.0
     hinge_ratio: float = 0.8  # hinge bound: this share of the largest L2 norm the eps box allows
+    condition: str = (
+        "gradient"  # "image": AdvGAN's image-only generator; "gradient": also the classifier's input gradient
+    )
     channels: int = 16
     res_blocks: int = 3
     seed: int = 0
@@ -72,6 +143,8 @@ class GeneratorConfig:
 def fit_generator(cfg: GeneratorConfig) -> Path:
     """Fit a generator into ``cfg.out``; return the path of ``generator.safetensors``."""
     eps = parse_eps(cfg.eps)
+    if cfg.condition not in CONDITIONS:
+        raise ConfigError(f"condition must be one of {', '.join(CONDITIONS)}; got {cfg.condition!r}")
     out = Path(cfg.out)
     device, state_path = start_fit(out, "generator_state.pt", seed=cfg.seed, resume=cfg.resume, what="a generator fit")
     classifier, meta = load_checkpoint(cfg.checkpoint, device=device)
@@ -91,11 +164,10 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
     if len(idx) == 0:
         raise ConfigError(f"the {cfg.fit_on} split is empty; choose another --fit-on")
     if cfg.max_fit_images:
-        from dermadv.attacks.runner import stratified_sample
-
         idx = stratified_sample(prep.dataset.labels, idx, cfg.max_fit_images, cfg.seed)
     images = device_images(prep.images, device)
     spec = GeneratorSpec(
+        condition=cfg.condition,
         channels=cfg.channels,
         res_blocks=cfg.res_blocks,
         eps=eps,
@@ -106,7 +178,9 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
         attack_size=cfg.attack_size,
         classifier_fingerprint=file_fingerprint(cfg.checkpoint),
     )
-    gen = PerturbationGenerator(eps, channels=cfg.channels, res_blocks=cfg.res_blocks).to(device)
+    gen = PerturbationGenerator(eps, channels=cfg.channels, res_blocks=cfg.res_blocks, condition=cfg.condition).to(
+        device
+    )
     disc = PatchDiscriminator().to(device)
     g_model: nn.Module = gen
     d_model: nn.Module = disc

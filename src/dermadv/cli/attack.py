@@ -1,4 +1,5 @@
-"""``dermadv attack …``: fit a generator, run any attack on a split, sweep budgets, test transfer."""
+"""``dermadv attack …`` (fit a generator, run any attack on a split, sweep budgets, test transfer) and
+``dermadv evaluate-attack``."""
 
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ def fit(
     kappa: float = typer.Option(5.0, help="Logit margin the target must win by."),
     gan_weight: float = typer.Option(0.05, "--gan-weight", help="Weight of the least-squares GAN loss."),
     hinge_weight: float = typer.Option(1.0, "--hinge-weight", help="Weight of the L2 hinge."),
+    condition: str = typer.Option(
+        "gradient", help="gradient (image + the classifier's input gradient; stronger) or image (AdvGAN's original)."
+    ),
+    channels: int = typer.Option(16, help="Width of the generator."),
     seed: int = typer.Option(0),
     split_file: str | None = typer.Option(None, "--split-file"),
     resume: bool = typer.Option(False, "--resume"),
@@ -65,6 +70,8 @@ def fit(
         kappa=kappa,  # type: ignore[arg-type]
         gan_weight=gan_weight,
         hinge_weight=hinge_weight,
+        condition=condition,
+        channels=channels,
         seed=seed,
         split_file=split_file,
         resume=resume,
@@ -94,8 +101,8 @@ def run(
     split_file: str | None = typer.Option(None, "--split-file"),
 ) -> None:
     """Attack a split; save 8-bit PNGs; score the saved images; print the paper's table."""
-    from dermadv.attacks.runner import AttackRunConfig, attack_split
     from dermadv.evaluation.attack_eval import format_attack_table
+    from dermadv.pipeline.attack import AttackRunConfig, attack_split
 
     cfg = AttackRunConfig(
         checkpoint=checkpoint,
@@ -116,7 +123,7 @@ def run(
         split_file=split_file,
     )
     metrics = attack_split(cfg)
-    if "accuracy_adv" in metrics:
+    if metrics is not None:
         Console().print(format_attack_table(metrics))
     typer.echo(f"wrote {out}")
 
@@ -133,19 +140,15 @@ def sweep_cmd(
     steps: int = typer.Option(20),
     limit: int | None = typer.Option(None, help="Class-stratified sample size per run."),
     fit_limit: int | None = typer.Option(None, "--fit-limit", help="Train images a universal perturbation fits on."),
-    generators: Path | None = typer.Option(None, "--generators", help="Folder with advgan-eps<k>_255/ fits."),
+    generators: Path | None = typer.Option(
+        None, "--generators", help="Folder of generator fits <protocol>-eps<k>_255/ (reproduce's sweep/generators)."
+    ),
     seed: int = typer.Option(0),
 ) -> None:
     """Run several methods × budgets; write sweep.csv (one row per method and eps)."""
-    from dermadv.attacks.runner import AttackRunConfig, sweep
-    from dermadv.config import format_eps, parse_eps
+    from dermadv.pipeline.attack import AttackRunConfig
+    from dermadv.pipeline.sweep import sweep
 
-    gens = {}
-    if generators:
-        for e in eps.split(","):
-            p = generators / f"advgan-eps{format_eps(parse_eps(e)).replace('/', '_')}" / "generator.safetensors"
-            if p.exists():
-                gens[e] = p
     cfg = AttackRunConfig(
         checkpoint=checkpoint,
         out=out,
@@ -157,8 +160,7 @@ def sweep_cmd(
         fit_limit=fit_limit,
         seed=seed,
     )
-    rows = sweep(cfg, methods=methods.split(","), eps_values=eps.split(","), generators=gens)
-    _print_sweep(rows)
+    _print_sweep(sweep(cfg, methods=methods.split(","), eps_values=eps.split(","), generators=generators))
 
 
 def _print_sweep(rows: list[dict[str, object]]) -> None:
@@ -184,8 +186,8 @@ def transfer_cmd(
     out: Path = typer.Option(..., "--out"),
 ) -> None:
     """Black-box transfer: score saved adversarial images on another classifier."""
-    from dermadv.attacks.runner import transfer
     from dermadv.evaluation.attack_eval import format_attack_table
+    from dermadv.pipeline.attack import transfer
 
     Console().print(format_attack_table(transfer(source, to, out)))
 
@@ -198,3 +200,15 @@ def list_cmd() -> None:
     for name in list_attacks():
         typer.echo(name)
     typer.echo("art:<ClassName>  (any evasion attack of the Adversarial Robustness Toolbox)")
+
+
+def evaluate_attack(
+    folder: Path = typer.Argument(..., help="Output folder of `dermadv attack run`."),
+    ci: str = typer.Option("wald", "--ci", help="wald (as the paper), wilson or exact."),
+) -> None:
+    """Accuracy clean/adversarial with CIs, McNemar, fooling ratio per class, imperceptibility."""
+    from dermadv.evaluation.attack_eval import evaluate_attack_folder, format_attack_table
+
+    metrics = evaluate_attack_folder(folder, ci_method=ci)  # type: ignore[arg-type]
+    Console().print(format_attack_table(metrics))
+    typer.echo(f"wrote {folder}/attack_metrics.json, attack_metrics.csv, per_image.csv")

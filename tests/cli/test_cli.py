@@ -42,7 +42,7 @@ Runner = Callable[..., Result]
 
 @pytest.fixture()
 def dermadv(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, dermadv_cache: Path) -> Runner:
-    """Run ``dermadv ARGS`` in this process through ``cli.main`` (which mounts the sub-apps)."""
+    """Run ``dermadv ARGS`` in this process through ``cli.main``."""
 
     def run(*args: str | Path) -> Result:
         capsys.readouterr()
@@ -178,7 +178,6 @@ def test_usage_errors_exit_2_without_traceback(dermadv: Runner) -> None:
 
 
 def command_paths() -> list[tuple[str, ...]]:
-    cli._mount_optional()
     root = typer.main.get_command(cli.app)
     paths: list[tuple[str, ...]] = [()]
 
@@ -198,6 +197,7 @@ COMMANDS = command_paths()
 def test_every_documented_command_is_mounted() -> None:
     names = {" ".join(p) for p in COMMANDS}
     assert {"data info", "data split", "data download", "train", "evaluate", "attack run"} <= names
+    assert {"evaluate-attack", "observer serve", "reproduce", "report"} <= names
 
 
 @pytest.mark.parametrize("path", COMMANDS, ids=lambda p: " ".join(p) or "dermadv")

@@ -7,13 +7,18 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
-from dermadv.errors import ConfigError
+from dermadv.errors import ConfigError, RunError
+from dermadv.paper import PAPER
+from dermadv.pipeline.attack import AttackRunConfig
+from dermadv.pipeline.reproduce import ReproduceConfig, paper_table, reproduce
+from dermadv.pipeline.sweep import sweep
 from dermadv.presets import PRESETS
-from dermadv.reproduce import PAPER, ReproduceConfig, paper_table, reproduce
 from dermadv.runs import read_json, run_complete
 
 #: the demo preset shrunk to seconds: resnet18 at 32 px for 2 epochs, the generator for 1
@@ -67,11 +72,11 @@ def _forbid_work(monkeypatch: pytest.MonkeyPatch, *targets: str) -> None:
 
 
 STAGES = {
-    "classifier": "dermadv.training.classifier.fit",
-    "evaluate": "dermadv.evaluation.classifier_eval.evaluate_checkpoint",
-    "generator": "dermadv.training.generator.fit_generator",
-    "attack": "dermadv.attacks.runner.attack_split",
-    "observer": "dermadv.observer.study.create_study",
+    "classifier": "dermadv.pipeline.reproduce.fit",
+    "evaluate": "dermadv.pipeline.reproduce.evaluate_checkpoint",
+    "generator": "dermadv.pipeline.reproduce.fit_generator",
+    "attack": "dermadv.pipeline.reproduce.attack_split",
+    "observer": "dermadv.pipeline.reproduce.create_study",
 }
 
 
@@ -138,7 +143,7 @@ def test_paper_table_sets_the_paper_beside_this_run(repro: Path) -> None:
     for cls in metrics["fooling_ratio"]:
         assert by_measure[f"fooling ratio, {cls}"]["paper"] == "100%"
     assert by_measure["architecture"]["this_run"] == "resnet18 (from scratch)"
-    assert by_measure["architecture"]["paper"] == PAPER["architecture"]
+    assert by_measure["architecture"]["paper"] == PAPER["arch"]
     assert by_measure["image size"]["this_run"] == "32 px"
     assert by_measure["perturbation budget (L∞)"]["this_run"] == "8/255"
     assert by_measure["generator fitted on"]["this_run"] == "the train split"
@@ -154,10 +159,53 @@ def test_paper_table_sets_the_paper_beside_this_run(repro: Path) -> None:
 
 
 def test_paper_table_of_an_empty_folder_says_what_is_missing(tmp_path: Path) -> None:
-    rows = paper_table(tmp_path)
-    by_measure = {r["measure"]: r for r in rows}
-    assert by_measure["accuracy, clean test images (95% CI, Wald)"]["this_run"] == "—"
-    assert by_measure["accuracy, clean test images (95% CI, Wald)"]["paper"] == PAPER["accuracy_clean"]
+    with pytest.raises(RunError, match="nothing to report.*no classifier run, attack output folder"):
+        paper_table(tmp_path)
+
+
+def test_sweep_fits_both_protocols_and_attack_sweep_reads_the_same_folders(
+    repro: Path, synthetic_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(repro, run)
+    _forbid_work(monkeypatch, STAGES["classifier"], STAGES["evaluate"], STAGES["observer"])
+    cfg = replace(_config(run, synthetic_root), sweep=True, sweep_eps="8/255", sweep_limit=7, sweep_fit_images=40)
+    reproduce(cfg)
+
+    table = pd.read_csv(run / "sweep" / "sweep.csv")
+    assert list(zip(table["method"], table["protocol"], table["eps"], table["folder"], strict=True)) == [
+        ("advgan", "held-out", "8/255", "advgan-held-out-eps8_255"),
+        ("advgan", "paper", "8/255", "advgan-paper-eps8_255"),
+        ("pgd", "per-image", "8/255", "pgd-eps8_255"),
+    ]
+    assert (table["n"] == 7).all() and (table["linf_255_max"] <= 8).all()
+    generators = run / "sweep" / "generators"
+    fits = {p: read_json(generators / f"{p}-eps8_255" / "manifest.json")["config"] for p in ("held-out", "paper")}
+    assert (fits["held-out"]["fit_on"], fits["held-out"]["max_fit_images"]) == ("train", 40)
+    assert (fits["paper"]["fit_on"], fits["paper"]["max_fit_images"]) == ("test", None)
+    for folder in table["folder"]:
+        assert run_complete(run / "sweep" / folder)
+
+    # a second process sharing the folder (--sweep-only) finds every sweep run complete
+    before = {p: p.stat().st_mtime_ns for p in (run / "sweep").rglob("*.safetensors")}
+    _forbid_work(monkeypatch, STAGES["generator"], "dermadv.pipeline.sweep.attack_split")
+    reproduce(replace(cfg, sweep_only=True))
+    assert {p: p.stat().st_mtime_ns for p in (run / "sweep").rglob("*.safetensors")} == before
+
+    # `attack sweep --generators` reads the fits reproduce wrote, under the same folder names
+    monkeypatch.undo()
+    again = AttackRunConfig(
+        checkpoint=run / "classifier" / "model.safetensors",
+        out=tmp_path / "attack-sweep",
+        data=str(synthetic_root),
+        limit=7,
+        progress=False,
+    )
+    rows = sweep(again, methods=["advgan"], eps_values=["8/255"], generators=generators)
+    assert [(r["protocol"], r["folder"]) for r in rows] == [
+        ("held-out", "advgan-held-out-eps8_255"),
+        ("paper", "advgan-paper-eps8_255"),
+    ]
 
 
 @pytest.mark.parametrize(("preset", "eps"), [("gpu-9000", None), ("demo", "8")])

@@ -1,25 +1,18 @@
-"""Evaluate a classifier checkpoint on a split: the metrics a paper's results table needs."""
+"""``dermadv evaluate``: a classifier checkpoint on a split, into a run folder (metrics, per class, predictions)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
-from rich.console import Console
 
 from dermadv import distributed as dd
-from dermadv.evaluation.metrics import (
-    ClassificationReport,
-    classification_metrics,
-    format_classification_table,
-    write_classification_outputs,
-)
+from dermadv.data.load import prepare, split_beside
+from dermadv.evaluation.metrics import ClassificationReport, classification_metrics, write_classification_outputs
 from dermadv.models.checkpoints import check_fits, load_checkpoint
 from dermadv.runs import Run
 from dermadv.training.classifier import predict_logits
-from dermadv.training.data import prepare, split_beside
 
 log = logging.getLogger(__name__)
 
@@ -79,10 +72,3 @@ def evaluate_checkpoint(
     run.finish(n_images=int(len(idx)))
     log.info("wrote %s", out)
     return report
-
-
-def print_report(report: ClassificationReport) -> None:
-    Console().print(format_classification_table(report))
-
-
-__all__ = ["evaluate_checkpoint", "print_report", "np"]

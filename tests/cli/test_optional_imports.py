@@ -1,4 +1,5 @@
-"""Training, attack and evaluation work without the optional dependencies (web app, ART, torchattacks).
+"""Training, attack and evaluation work without the optional dependencies (web app, ART, torchattacks), and a
+command that needs one is still listed and names the extra to install.
 
 A GPU machine may hold only the core packages; each check runs in a fresh interpreter whose import
 system refuses the optional modules, as if they were not installed.
@@ -34,10 +35,11 @@ CORE_MODULES = (
     "dermadv.cli",
     "dermadv.training.classifier",
     "dermadv.training.generator",
-    "dermadv.attacks.runner",
-    "dermadv.attacks.cli",
+    "dermadv.attacks",
+    "dermadv.pipeline.attack",
+    "dermadv.pipeline.reproduce",
     "dermadv.evaluation.attack_eval",
-    "dermadv.evaluation.cli",
+    "dermadv.report.build",
 )
 
 
@@ -80,5 +82,27 @@ def test_cli_offers_train_attack_and_evaluate_without_optional_dependencies() ->
         """
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    for command in ("train", "attack", "evaluate-attack"):
+    for command in ("train", "attack", "evaluate-attack", "observer", "reproduce", "report"):
         assert command in proc.stdout
+
+
+def test_command_needing_a_missing_extra_is_listed_and_names_it(tmp_path) -> None:
+    proc = run_blocked(
+        f"""
+        import runpy
+        for argv in (["dermadv", "observer", "--help"], ["dermadv", "observer", "serve", {str(tmp_path)!r}]):
+            sys.argv = argv
+            try:
+                runpy.run_module("dermadv", run_name="__main__")
+                code = 0
+            except SystemExit as exc:
+                code = exc.code
+            print("EXIT-CODE", code)
+        """
+    )
+    assert proc.stdout.count("EXIT-CODE") == 2, proc.stderr[-2000:]
+    listed, served = proc.stdout.split("EXIT-CODE 0", 1)
+    assert "serve" in listed  # still offered
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert served.strip() == "EXIT-CODE 1" and "Traceback" not in proc.stderr
+    assert len(errors) == 1 and "pip install 'dermadv[web]'" in errors[0], proc.stderr

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,9 @@ from tqdm.auto import tqdm
 
 from dermadv import distributed as dd
 from dermadv.attacks.base import Attack
+from dermadv.data.load import to_float
 from dermadv.errors import DataError
 from dermadv.runs import write_csv, write_json
-from dermadv.training.augment import to_float
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +76,37 @@ def read_png(path: Path) -> np.ndarray:
 
 
 @torch.no_grad()
-def _predict(model: nn.Module, batch_uint8: np.ndarray, device: torch.device | str) -> torch.Tensor:
+def predict_probs(model: nn.Module, batch_uint8: np.ndarray, device: torch.device | str) -> torch.Tensor:
     x = to_float(torch.from_numpy(np.ascontiguousarray(batch_uint8)).to(device))
     return torch.softmax(model(x).float(), 1).cpu()
 
 
-def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> dict[str, Any]:
-    """Attack ``task.indices``, write PNGs and ``predictions.csv`` into ``out``; return a summary.
+def prediction_rows(
+    image_ids: Sequence[str],
+    labels: Sequence[str],
+    classes: Sequence[str],
+    clean_probs: np.ndarray,
+    adv_probs: np.ndarray,
+    inmem_preds: np.ndarray,
+) -> list[dict[str, Any]]:
+    """Rows of ``predictions.csv``: predictions and probabilities on the saved PNGs, and the in-memory prediction."""
+    rows = []
+    for r, image_id in enumerate(image_ids):
+        row: dict[str, Any] = {
+            "image_id": image_id,
+            "label": labels[r],
+            "clean_pred": classes[int(clean_probs[r].argmax())],
+            "adv_pred": classes[int(adv_probs[r].argmax())],
+            "inmem_adv_pred": classes[int(inmem_preds[r])],
+        }
+        row.update({f"clean_prob_{c}": round(float(clean_probs[r, j]), 6) for j, c in enumerate(classes)})
+        row.update({f"adv_prob_{c}": round(float(adv_probs[r, j]), 6) for j, c in enumerate(classes)})
+        rows.append(row)
+    return rows
+
+
+def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> None:
+    """Attack ``task.indices``, write PNGs and ``predictions.csv`` into ``out``.
 
     Under torchrun the indices are sharded across ranks (strided, no padding) and gathered on
     rank 0 with their indices, so counts equal a single-process run exactly.
@@ -119,8 +144,8 @@ def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> dict[st
         # Score the files as saved, not the tensors in memory.
         clean_back = np.stack(list(pool.map(read_png, [dirs["clean"] / n for n in names])))
         adv_back = np.stack(list(pool.map(read_png, [dirs["adv"] / n for n in names])))
-        clean_probs.append(_predict(model, clean_back, device).numpy())
-        adv_probs.append(_predict(model, adv_back, device).numpy())
+        clean_probs.append(predict_probs(model, clean_back, device).numpy())
+        adv_probs.append(predict_probs(model, adv_back, device).numpy())
         rows_idx.append(idx)
     pool.shutdown()
     k = len(task.classes)
@@ -132,26 +157,11 @@ def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> dict[st
         torch.cat(inmem).numpy() if inmem else np.zeros(0, dtype=np.int64),
     )
     order, cp, ap, im = gathered
-    summary: dict[str, Any] = {"n": int(len(order))}
     if dd.is_main():
-        rows = []
-        for r, i in enumerate(order):
-            row: dict[str, Any] = {
-                "image_id": task.image_ids[i],
-                "label": task.classes[task.labels[i]],
-                "clean_pred": task.classes[int(cp[r].argmax())],
-                "adv_pred": task.classes[int(ap[r].argmax())],
-                "inmem_adv_pred": task.classes[int(im[r])],
-            }
-            row.update({f"clean_prob_{c}": round(float(cp[r, j]), 6) for j, c in enumerate(task.classes)})
-            row.update({f"adv_prob_{c}": round(float(ap[r, j]), 6) for j, c in enumerate(task.classes)})
-            rows.append(row)
+        label_codes = [task.classes[task.labels[i]] for i in order]
+        rows = prediction_rows([task.image_ids[i] for i in order], label_codes, task.classes, cp, ap, im)
         write_csv(out / "predictions.csv", rows)
-        if task.target is not None:
-            summary["target_rate"] = float(np.mean(ap.argmax(1) == task.target)) if len(ap) else float("nan")
-        summary["inmem_vs_saved_disagree"] = int(np.sum(ap.argmax(1) != im))
     dd.barrier()
-    return summary
 
 
 def write_attack_info(out: Path, info: dict[str, Any]) -> None:

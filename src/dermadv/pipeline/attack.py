@@ -1,0 +1,216 @@
+"""``dermadv attack run / transfer``: build an attack, apply it to a split, write and evaluate the attack folder."""
+
+from __future__ import annotations
+
+import inspect
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from dermadv import distributed as dd
+from dermadv.attacks.base import Attack, check_fit_spec
+from dermadv.attacks.registry import create_attack, get_attack_class
+from dermadv.config import parse_eps
+from dermadv.data.classes import class_index
+from dermadv.data.load import prepare, split_beside
+from dermadv.data.splits import stratified_sample
+from dermadv.errors import ConfigError, RunError
+from dermadv.evaluation.attack_eval import AttackMetrics, evaluate_attack_folder
+from dermadv.models.checkpoints import check_fits, load_checkpoint
+from dermadv.models.classifier import ResizedClassifier
+from dermadv.pipeline.apply import AttackTask, predict_probs, prediction_rows, read_png, run_attack, write_attack_info
+from dermadv.runs import Run, file_fingerprint, read_json, write_csv, write_json
+
+
+@dataclass(frozen=True)
+class AttackRunConfig:
+    checkpoint: Path
+    out: Path
+    method: str = "advgan"
+    generator: Path | None = None
+    data: str | None = None
+    split: str = "test"
+    split_file: str | None = None
+    target: str | None = "nv"
+    eps: str | None = "8/255"
+    steps: int = 20
+    pixels: int = 1
+    attack_size: Literal["model", "stored"] = "model"
+    batch_size: int = 64
+    seed: int = 0
+    fit_split: str = "train"  # for attacks that must be fitted first (universal perturbation)
+    fit_limit: int | None = None  # fit on a class-stratified sample of this many images of fit_split
+    params: dict[str, Any] = field(default_factory=dict)
+    limit: int | None = None  # attack only the first N images of the split (a class-stratified sample)
+    evaluate: bool = True
+    progress: bool = True
+
+
+#: how to give a required hyperparameter on the command line
+_HINTS = {"eps": "--eps (e.g. 2/255)", "generator": "--generator PATH (from `dermadv attack fit`)"}
+
+
+def build_attack(cfg: AttackRunConfig, eps: float | None) -> Attack:
+    """Create the attack through the registry, passing only the options its constructor accepts."""
+    offered = {"eps": eps, "steps": cfg.steps, "pixels": cfg.pixels, "seed": cfg.seed, "generator": cfg.generator}
+    params = inspect.signature(get_attack_class(cfg.method)).parameters
+    kwargs = {k: v for k, v in offered.items() if k in params and v is not None}
+    missing = [n for n in _HINTS if n in params and params[n].default is params[n].empty and n not in kwargs]
+    if missing:
+        raise ConfigError(f"attack {cfg.method} needs {_HINTS[missing[0]]}")
+    kwargs.update(cfg.params)
+    return create_attack(cfg.method, **kwargs)
+
+
+def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
+    """Attack a split and write the attack output folder; evaluate it when ``cfg.evaluate`` (on rank 0)."""
+    dd.init_from_env()
+    device = dd.default_device()
+    eps = parse_eps(cfg.eps) if cfg.eps is not None else None
+    model, meta = load_checkpoint(cfg.checkpoint, device=device)
+    target = class_index(cfg.target, meta.classes) if cfg.target else None
+    attack = build_attack(cfg, eps)
+    spec = attack.spec  # an attack loaded fitted brings its own budget, target and image size
+    attack_size = spec.attack_size if spec else cfg.attack_size
+    if spec is not None:
+        eps = spec.eps
+        if cfg.target and spec.target != cfg.target:
+            raise ConfigError(
+                f"the {cfg.method} attack was fitted for target {spec.target!r}, not {cfg.target!r}; "
+                "fit one for this target or drop --target"
+            )
+        target = spec.target_index
+    split_file = cfg.split_file or split_beside(cfg.checkpoint)
+    size = None if attack_size == "stored" else meta.image_size
+    with dd.main_first():  # rank 0 fills the decode cache, the others then read it
+        prep = prepare(cfg.data, image_size=size, split_file=split_file, seed=cfg.seed, progress=dd.is_main())
+    check_fits(meta, prep.dataset.classes, path=cfg.checkpoint)
+    attacked: nn.Module = model if attack_size == "model" else ResizedClassifier(model, meta.image_size)
+    attacked.eval()
+    if spec is not None:
+        fingerprint = file_fingerprint(cfg.checkpoint)
+        check_fit_spec(
+            spec,
+            classes=meta.classes,
+            image_size=prep.size,
+            classifier_fingerprint=fingerprint,
+            path=cfg.generator or cfg.method,
+        )
+    idx = prep.indices(cfg.split)
+    if cfg.limit:
+        idx = stratified_sample(prep.dataset.labels, idx, cfg.limit, cfg.seed)
+    out = Path(cfg.out)
+    run = Run(
+        out,
+        command="attack run",
+        config={**asdict(cfg), "eps_value": eps},
+        seed=cfg.seed,
+        data_fingerprint=prep.dataset.fingerprint,
+        write=dd.is_main(),
+    )
+    torch.manual_seed(cfg.seed)
+    if attack.needs_fit:
+        if target is None:
+            raise ConfigError(f"{cfg.method} is fitted toward a target class; pass --target")
+        with run.stage("fit"):
+            fit_idx = prep.indices(cfg.fit_split)
+            if cfg.fit_limit:
+                fit_idx = stratified_sample(prep.dataset.labels, fit_idx, cfg.fit_limit, cfg.seed)
+            attack.fit(attacked, np.asarray(prep.images[fit_idx]), target=target)  # type: ignore[attr-defined]
+        # every rank fitted the same way; rank 0's result makes them agree even where GPU sums differ
+        dd.broadcast_tensor_attributes(attack)
+    info = {
+        "method": cfg.method,
+        "params": repr(attack),
+        "eps": eps,
+        "eps_255": eps * 255 if eps else None,
+        "target": meta.classes[target] if target is not None else None,
+        "target_index": target,
+        "checkpoint": str(cfg.checkpoint),
+        "generator": str(cfg.generator) if cfg.generator else None,
+        "data": cfg.data,
+        "data_source": prep.dataset.source,
+        "split": cfg.split,
+        "classes": list(meta.classes),
+        "image_size": list(prep.size),
+        "classifier_input_size": list(meta.image_size),
+        "attack_size": attack_size,
+        "n_images": int(len(idx)),
+        "sampled": bool(cfg.limit),
+    }
+    write_attack_info(out, info)
+    task = AttackTask(
+        attack=attack,
+        model=attacked,
+        classes=meta.classes,
+        images=prep.images,
+        image_ids=prep.dataset.image_ids,
+        labels=prep.dataset.labels,
+        indices=idx,
+        target=target,
+        eps=eps,
+        batch_size=cfg.batch_size,
+        device=device,
+    )
+    with run.stage("attack"):
+        run_attack(task, out, progress=cfg.progress)
+    run.update(images_per_s=round(len(idx) / max(1e-9, run.timings["attack"]), 2))
+    metrics = None
+    if dd.is_main() and cfg.evaluate:
+        with run.stage("evaluate"):
+            metrics = evaluate_attack_folder(out, in_run=True)
+    if dd.is_main():
+        run.finish(n_images=int(len(idx)))
+    dd.barrier()  # the folder is complete before any rank moves on to read it
+    return metrics
+
+
+def transfer(source: Path, checkpoint: Path, out: Path) -> AttackMetrics:
+    """Score the saved adversarial images of ``source`` on another classifier (black-box transfer)."""
+    src_info_path = Path(source) / "attack.json"
+    if not src_info_path.exists():
+        raise RunError(
+            f"{source} is not an attack output folder (no attack.json); pass the --out of `dermadv attack run`"
+        )
+    info = read_json(src_info_path)
+    device = dd.default_device()
+    model, meta = load_checkpoint(checkpoint, device=device)
+    if list(meta.classes) != list(info["classes"]):
+        raise ConfigError(
+            f"{checkpoint} predicts {','.join(meta.classes)} but the attack used {','.join(info['classes'])}"
+        )
+    preds = pd.read_csv(Path(source) / "predictions.csv")
+    out = Path(out)
+    run = Run(out, command="attack transfer", config={"source": str(source), "checkpoint": str(checkpoint)})
+    attacked: nn.Module = model
+    if tuple(info["image_size"]) != tuple(meta.image_size):
+        attacked = ResizedClassifier(model, meta.image_size)
+    for kind in ("clean", "adv", "perturbation"):
+        dst = out / "images" / kind
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(Path(source) / "images" / kind, dst)
+    ids = preds["image_id"].astype(str).tolist()
+    probs: dict[str, list[np.ndarray]] = {"clean": [], "adv": []}
+    for s in range(0, len(ids), 128):
+        for kind, parts in probs.items():
+            images = np.stack([read_png(out / "images" / kind / f"{i}.png") for i in ids[s : s + 128]])
+            parts.append(predict_probs(attacked, images, device).numpy())
+    clean, adv = (np.concatenate(p) if p else np.zeros((0, len(meta.classes))) for p in probs.values())
+    labels = preds["label"].astype(str).tolist()
+    write_csv(out / "predictions.csv", prediction_rows(ids, labels, meta.classes, clean, adv, adv.argmax(1)))
+    source_info = {
+        "transfer_from": str(source),
+        "checkpoint": str(checkpoint),
+        "source_checkpoint": info.get("checkpoint"),
+    }
+    write_json(out / "attack.json", {**info, **source_info})
+    metrics = evaluate_attack_folder(out, in_run=True)
+    run.finish()
+    return metrics

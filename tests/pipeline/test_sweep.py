@@ -1,0 +1,45 @@
+"""``attack sweep`` and the sweep of ``reproduce``: one row per method, budget and protocol, one folder naming."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from dermadv.pipeline.attack import AttackRunConfig
+from dermadv.pipeline.sweep import sweep
+from dermadv.runs import run_complete
+
+
+def test_sweep_writes_one_row_per_method_and_eps(pipeline, tmp_path: Path, caplog) -> None:
+    cfg = AttackRunConfig(
+        checkpoint=pipeline.checkpoint,
+        out=tmp_path / "sweep",
+        data=str(pipeline.data),
+        target="nv",
+        steps=3,
+        limit=8,
+        progress=False,
+    )
+    rows = sweep(cfg, methods=["fgsm", "pgd"], eps_values=["1/255", "2/255"])
+
+    assert "does not say complete" not in caplog.text
+    table = pd.read_csv(tmp_path / "sweep" / "sweep.csv")
+    assert len(rows) == len(table) == 4
+    assert sorted(zip(table["method"], table["eps"], strict=True)) == [
+        ("fgsm", "1/255"),
+        ("fgsm", "2/255"),
+        ("pgd", "1/255"),
+        ("pgd", "2/255"),
+    ]
+    expected = {"method", "eps", "eps_255", "protocol", "n", "accuracy_clean", "accuracy_adv"}
+    expected |= {"worst_class_fooling", "psnr_mean", "ssim_mean", "linf_255_max", "folder"}
+    assert expected <= set(table.columns)
+    labels = set(pd.read_csv(tmp_path / "sweep" / table["folder"][0] / "predictions.csv")["label"])
+    assert {f"fooling_{c}" for c in labels - {"nv"}} <= set(table.columns)
+    assert (table["n"] == 7).all()  # limit 8 over 7 classes: one image per class
+    assert (table["linf_255_max"] <= table["eps_255"]).all()
+    assert table[["accuracy_clean", "accuracy_adv", "psnr_mean", "ssim_mean"]].notna().all().all()
+    for folder in table["folder"]:
+        assert run_complete(tmp_path / "sweep" / folder)
+        assert (tmp_path / "sweep" / folder / "attack_metrics.json").is_file()
