@@ -17,7 +17,27 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: rich markup would swallow "[default: …]" and show flags as <bool>
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from dermadv import __version__
+
+        typer.echo(f"dermadv {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    pass
+
+
 app.add_typer(data.app, name="data")
 app.command()(train.models)
 app.command()(train.train)

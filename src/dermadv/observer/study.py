@@ -34,7 +34,7 @@ from dermadv.data.classes import CLASSES
 from dermadv.errors import ConfigError, DataError, RunError
 from dermadv.observer.images import check_same_size, write_study_images
 from dermadv.observer.storage import StudyDB
-from dermadv.runs import Run, read_json, write_json
+from dermadv.runs import Run, read_json, require_complete, write_json
 
 log = logging.getLogger(__name__)
 
@@ -156,12 +156,14 @@ def create_study(
     perturbed_share: float = 0.6,
     seed: int = 0,
     design: Design = "single",
+    allow_incomplete: bool = False,
 ) -> Study:
     """Sample ``n`` clean/adversarial pairs from an attack output folder and write a study folder.
 
     Single design: ``round(n * perturbed_share)`` items are shown perturbed, the rest clean.
     2AFC design: every item shows both versions, the altered one on a seeded, balanced side;
-    ``perturbed_share`` does not apply.
+    ``perturbed_share`` does not apply. The folder of an unfinished attack run is refused (a study would sample
+    the images written so far), or used with a warning under ``allow_incomplete``.
     """
     attack_dir, out = Path(attack_dir), Path(out)
     if design not in DESIGNS:
@@ -170,8 +172,11 @@ def create_study(
         raise ConfigError(f"perturbed share must be in [0, 1]; got {perturbed_share}")
     if n < 1:
         raise ConfigError(f"n must be at least 1; got {n}")
+    if seed < 0:
+        raise ConfigError(f"seed must be at least 0; got {seed}")
     if not attack_dir.is_dir():
         raise DataError(f"attack folder {attack_dir} not found; run `dermadv attack run` first or fix the path")
+    require_complete(attack_dir, allow_incomplete=allow_incomplete)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} already exists and is not empty; choose another --out")
     image_ids = _pairs(attack_dir)
