@@ -95,10 +95,12 @@ def test_a_mismatching_weights_file_is_refused(monkeypatch: pytest.MonkeyPatch, 
 
 def test_timm_names_random_init_and_unknown_names() -> None:
     model = build_classifier("timm:resnet10t", 5)
-    assert model(torch.rand(2, 3, 32, 32)).shape == (2, 5)  # two images: batch norm trains on more than one value
+    assert model.eval()(torch.rand(1, 3, 32, 32)).shape == (1, 5)
     assert model.weights_info is not None and model.weights_info.source == "none"
     assert "timm:tf_efficientnet_lite0" in list_architectures("timm:*lite0")
-    assert list_architectures("resnet1*") == ["resnet101", "resnet152", "resnet18"]
+    found = list_architectures("resnet1*")
+    assert {"resnet101", "resnet152", "resnet18", "timm:resnet18", "timm:resnet10t"} <= set(found)
+    assert all(n.startswith(("resnet1", "timm:resnet1")) for n in found)
     for name in ("timm:no_such_net", "resnet19"):
         with pytest.raises(ConfigError, match="dermadv models"):
             build_backbone(name, 7)

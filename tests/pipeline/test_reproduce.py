@@ -219,7 +219,7 @@ def test_sweep_fits_both_protocols_and_attack_sweep_reads_the_same_folders(
     generators = run / "sweep" / "generators"
     fits = {p: read_json(generators / f"{p}-eps8_255" / "manifest.json")["config"] for p in ("held-out", "paper")}
     assert (fits["held-out"]["fit_on"], fits["held-out"]["max_fit_images"]) == ("train", 40)
-    assert (fits["paper"]["fit_on"], fits["paper"]["max_fit_images"]) == ("test", None)
+    assert (fits["paper"]["fit_on"], fits["paper"]["max_fit_images"]) == ("test", 7)  # the attacked sample
     for folder in table["folder"]:
         assert run_complete(run / "sweep" / folder)
 

@@ -49,7 +49,7 @@ class ReproduceConfig:
     data: str | None = None
     preset: str = "demo"
     checkpoint: Path | None = None  # reuse a trained classifier instead of training one
-    fit_on: Literal["train", "test"] = "train"
+    fit_on: Literal["train", "test"] | None = None  # None: the preset's ("test", the paper's protocol, except cpu-64)
     eps: str | None = None
     target: str = "nv"
     seed: int = 0
@@ -75,8 +75,20 @@ class ReproduceConfig:
 
 
 #: ReproduceConfig fields a rerun may change: where it writes, which optional stages it adds (each sweep budget is a
-#: folder of its own), the report; data and checkpoint are compared by content, eps as resolved (``eps_value``).
-_NOT_COMPARED = ("out", "data", "checkpoint", "eps", "sweep", "sweep_eps", "sweep_only", "report", "allow_incomplete")
+#: folder of its own), the report; data and checkpoint are compared by content, eps and fit_on as resolved from the
+#: preset (``eps_value``, ``fit_on_value``).
+_NOT_COMPARED = (
+    "out",
+    "data",
+    "checkpoint",
+    "eps",
+    "fit_on",
+    "sweep",
+    "sweep_eps",
+    "sweep_only",
+    "report",
+    "allow_incomplete",
+)
 
 
 def fit_once(fit: Callable[[C], Path], cfg: C, state: str) -> None:
@@ -113,7 +125,8 @@ def reproduce(cfg: ReproduceConfig) -> Path:
     if cfg.checkpoint is not None:
         require_complete(cfg.checkpoint, allow_incomplete=cfg.allow_incomplete)
     dataset = load_dataset(cfg.data)
-    settings = {**asdict(cfg), "eps_value": parse_eps(eps, saved=True)}
+    fit_on = cfg.fit_on or acfg.get("fit_on", "train")
+    settings = {**asdict(cfg), "eps_value": parse_eps(eps, saved=True), "fit_on_value": fit_on}
     fingerprints = {
         "data": dataset.fingerprint,
         "data_content": dataset.content_fingerprint,
@@ -170,7 +183,7 @@ def reproduce(cfg: ReproduceConfig) -> Path:
         with run.stage("generator"):
             fit_once(
                 fit_generator,
-                _generator_config(cfg, acfg, checkpoint, split_path, gen_dir, eps, cfg.fit_on),
+                _generator_config(cfg, acfg, checkpoint, split_path, gen_dir, eps, fit_on),
                 "generator_state.pt",
             )
         with run.stage("attack"):
@@ -255,8 +268,12 @@ def _sweep_stage(cfg: ReproduceConfig, run: Run, acfg: dict[str, Any], checkpoin
                     eps,
                     fit_on,
                 )
+                # The paper protocol fits on exactly the images it attacks: the sweep's stratified sample (same seed).
                 gen = replace(
-                    gen, attack_size="model", max_fit_images=cfg.sweep_fit_images if fit_on == "train" else None
+                    gen,
+                    attack_size="model",
+                    max_fit_images=cfg.sweep_fit_images if fit_on == "train" else cfg.sweep_limit,
+                    epochs=acfg.get("sweep_epochs", {}).get(protocol, gen.epochs),
                 )
                 fit_once(fit_generator, gen, "generator_state.pt")
             sweep(attack, methods=["advgan", "pgd"], eps_values=[eps], generators=base / "generators", resume=True)
