@@ -15,13 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from dermadv.errors import RunError
 from dermadv.runs import (
     Run,
+    abandon_runs,
     atomic_path,
     atomic_write_text,
+    check_same_run,
     package_versions,
     read_json,
+    require_complete,
     run_complete,
+    watch_runs,
     write_csv,
     write_json,
 )
@@ -146,3 +151,106 @@ def test_run_complete_on_odd_folders(tmp_path: Path) -> None:
     assert not run_complete(tmp_path)
     (tmp_path / "manifest.json").write_text('{"status": "complete"}')
     assert run_complete(tmp_path)
+
+
+def test_unfinished_runs_are_marked_not_left_running(tmp_path: Path) -> None:
+    outside = Run(tmp_path / "outside", command="test", config={})
+    with watch_runs() as opened:
+        pipeline = Run(tmp_path / "pipeline", command="test", config={})
+        stage = Run(tmp_path / "pipeline" / "stage", command="test", config={})
+        done = Run(tmp_path / "done", command="test", config={})
+        done.finish()
+        gone = Run(tmp_path / "gone", command="test", config={})
+        (tmp_path / "gone" / "manifest.json").unlink()
+        (tmp_path / "gone").rmdir()
+    assert opened == [pipeline, stage, done, gone]
+    abandon_runs(opened, "interrupted", "stopped by Ctrl-C (SIGINT)")
+    for folder in ("pipeline", "pipeline/stage"):
+        manifest = read_json(tmp_path / folder / "manifest.json")
+        assert manifest["status"] == "interrupted" and manifest["reason"] == "stopped by Ctrl-C (SIGINT)"
+        assert "ended" in manifest and "total" in manifest["timings_s"]
+        assert not run_complete(tmp_path / folder)
+    assert read_json(tmp_path / "done" / "manifest.json")["status"] == "complete"
+    assert not (tmp_path / "gone").exists()  # a folder removed on failure is not brought back
+    assert read_json(tmp_path / "outside" / "manifest.json")["status"] == "running"  # not watched
+    assert outside.manifest["status"] == "running"
+
+
+# --- a run folder is one run (issue 12, part C) ---
+
+
+def _finished(folder: Path, command: str = "train", **config: object) -> dict[str, object]:
+    run = Run(folder, command=command, config=config, data_fingerprint="data-a", fingerprints={"classifier": "clf-a"})
+    run.finish()
+    return read_json(folder / "manifest.json")
+
+
+def test_a_rerun_with_other_settings_is_refused_in_one_line_naming_them(tmp_path: Path) -> None:
+    before = _finished(tmp_path, image_size=64, lr=0.001, epochs=5, out="a")
+    with pytest.raises(RunError) as info:
+        new = {"image_size": 32, "lr": 0.001, "epochs": 6, "out": "b"}
+        check_same_run(tmp_path, command="train", config=new, ignore=("out",))
+    message = str(info.value)
+    assert "\n" not in message and "image_size: 64 there, 32 now" in message and "epochs: 5 there, 6 now" in message
+    assert "lr:" not in message and "out:" not in message  # equal, or ignored
+    assert read_json(tmp_path / "manifest.json") == before  # refused: the finished manifest is untouched
+
+
+def test_same_settings_pass_and_numbers_compare_by_value(tmp_path: Path) -> None:
+    _finished(tmp_path, lr=0.001, warmup_epochs=1, size=[32, 32], weights=None)
+    manifest = check_same_run(
+        tmp_path, command="train", config={"lr": 1e-3, "warmup_epochs": 1.0, "size": (32, 32), "weights": None}
+    )
+    assert manifest is not None and manifest["status"] == "complete"
+    assert check_same_run(tmp_path / "new", command="train", config={"lr": 1}) is None
+
+
+def test_fingerprints_and_the_command_are_compared(tmp_path: Path) -> None:
+    _finished(tmp_path, lr=0.1)
+    with pytest.raises(RunError, match="classifier: 'clf-a' there, 'clf-b' now"):
+        check_same_run(tmp_path, command="train", config={}, fingerprints={"classifier": "clf-b"})
+    with pytest.raises(RunError, match="data: 'data-a' there, 'data-b' now"):
+        check_same_run(tmp_path, command="train", config={}, fingerprints={"data": "data-b"})
+    # a key the older manifest does not record is not compared
+    check_same_run(tmp_path, command="train", config={"new_option": 3}, fingerprints={"data_content": "x"})
+    with pytest.raises(RunError, match="holds a `dermadv train` run, not `attack fit`"):
+        check_same_run(tmp_path, command="attack fit", config={})
+
+
+def test_a_crashed_rerun_leaves_a_complete_folder_complete(tmp_path: Path) -> None:
+    before = _finished(tmp_path, command="reproduce", preset="demo")
+    with watch_runs() as opened:
+        rerun = Run(tmp_path, command="reproduce", config={"preset": "demo"}, keep_complete=True)
+        during = read_json(tmp_path / "manifest.json")  # what a reader (or a kill -9) sees meanwhile
+        with rerun.stage("sweep"):
+            pass
+    assert during["status"] == "complete" and during["rerun"]["status"] == "running"
+    abandon_runs(opened, "failed", "RuntimeError: out of memory")
+    after = read_json(tmp_path / "manifest.json")
+    assert after["status"] == "complete" and after["finished"] == before["finished"]
+    assert after["rerun"]["status"] == "failed" and after["rerun"]["reason"] == "RuntimeError: out of memory"
+    # a rerun that finishes writes its own complete manifest
+    again = Run(tmp_path, command="reproduce", config={"preset": "demo"}, keep_complete=True)
+    again.finish()
+    final = read_json(tmp_path / "manifest.json")
+    assert final["status"] == "complete" and "rerun" not in final and final["started"] == again.manifest["started"]
+
+
+def test_an_unfinished_runs_output_is_refused_or_used_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model = tmp_path / "train" / "model.safetensors"
+    Run(model.parent, command="train", config={}).abandon("interrupted", "stopped by Ctrl-C (SIGINT)")
+    model.write_bytes(b"weights")
+    with pytest.raises(RunError) as info:
+        require_complete(model)
+    assert "unfinished run" in str(info.value) and "says interrupted" in str(info.value)
+    assert "--allow-incomplete" in str(info.value) and "\n" not in str(info.value)
+    require_complete(model, allow_incomplete=True)
+    assert "UNFINISHED" in caplog.text and str(model) in caplog.text
+    require_complete(model.parent, allow_incomplete=True)  # a folder names its own manifest
+    Run(tmp_path / "done", command="train", config={}).finish()
+    require_complete(tmp_path / "done" / "model.safetensors")
+    outside = tmp_path / "downloaded" / "model.safetensors"  # no manifest: not a dermadv run, taken as it is
+    outside.parent.mkdir()
+    require_complete(outside)

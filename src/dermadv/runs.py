@@ -8,6 +8,7 @@ import dataclasses
 import io
 import json
 import logging
+import math
 import os
 import platform
 import subprocess
@@ -17,9 +18,11 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+from dermadv.errors import RunError
 
 log = logging.getLogger(__name__)
 
@@ -149,11 +152,19 @@ def hardware() -> dict[str, Any]:
     return info
 
 
+#: Lists that :func:`watch_runs` fills with every run opened while it is active.
+_watchers: list[list[Run]] = []
+
+#: Manifest status of a run that did not finish: stopped by Ctrl-C, or ended by an error.
+Unfinished = Literal["interrupted", "failed"]
+
+
 class Run:
     """A run folder with its ``manifest.json``.
 
     The manifest is written when the run starts (``status: running``) and rewritten at the end
     (``status: complete``), so a folder whose manifest does not say complete is known unfinished.
+    A run that stops early is marked ``interrupted`` or ``failed`` by :meth:`abandon`.
     """
 
     def __init__(
@@ -164,36 +175,51 @@ class Run:
         config: Any,
         seed: int | None = None,
         data_fingerprint: str | None = None,
+        fingerprints: Mapping[str, str | None] | None = None,
+        keep_complete: bool = False,
         write: bool = True,
     ) -> None:
         self.dir = Path(out)
         self.write = write
         self.t0 = time.time()
         self.timings: dict[str, float] = {}
+        self.finished = False
         self.manifest: dict[str, Any] = {
             "command": command,
             "argv": sys.argv,
             "config": _to_jsonable(config),
             "seed": seed,
             "data_fingerprint": data_fingerprint,
+            **{f"{name}_fingerprint": value for name, value in (fingerprints or {}).items()},
             "versions": package_versions(),
             "git_commit": git_commit(),
             "hardware": hardware(),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "status": "running",
         }
+        # A rerun that skips the finished stages of a complete folder leaves it complete until it finishes itself
+        # (even through kill -9): meanwhile the manifest on disk is the previous one, with this rerun under "rerun".
+        previous = read_manifest(self.dir) if keep_complete else None
+        self.previous = previous if previous is not None and previous.get("status") == "complete" else None
         if write:
             self.dir.mkdir(parents=True, exist_ok=True)
             self._save()
+            for opened in _watchers:
+                opened.append(self)
 
     @property
     def path(self) -> Path:
         return self.dir
 
     def _save(self) -> None:
-        if self.write:
-            self.manifest["timings_s"] = dict(self.timings)
-            write_json(self.dir / "manifest.json", self.manifest)
+        if not self.write:
+            return
+        self.manifest["timings_s"] = dict(self.timings)
+        shown = self.manifest
+        if self.previous is not None and not self.finished:
+            keys = ("status", "reason", "argv", "started", "ended", "timings_s")
+            shown = {**self.previous, "rerun": {k: self.manifest[k] for k in keys if k in self.manifest}}
+        write_json(self.dir / "manifest.json", shown)
 
     @contextlib.contextmanager
     def stage(self, name: str) -> Iterator[None]:
@@ -214,7 +240,38 @@ class Run:
         self.manifest.update(_to_jsonable(fields))
         self.manifest["status"] = "complete"
         self.manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        self.finished = True
         self._save()
+
+    def abandon(self, status: Unfinished, reason: str) -> None:
+        """Record that the run stopped before :meth:`finish`, so no reader mistakes it for one still running.
+
+        A rerun opened with ``keep_complete`` on a complete folder records the stop under ``rerun`` and leaves the
+        folder complete.
+        """
+        if self.finished or not self.dir.is_dir():  # a folder removed on failure stays removed
+            return
+        self.timings["total"] = round(time.time() - self.t0, 3)
+        self.manifest.update(status=status, reason=reason, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        self._save()
+
+
+@contextlib.contextmanager
+def watch_runs() -> Iterator[list[Run]]:
+    """Collect every :class:`Run` opened inside the block, so a caller can :meth:`~Run.abandon` the unfinished."""
+    opened: list[Run] = []
+    _watchers.append(opened)
+    try:
+        yield opened
+    finally:
+        _watchers.remove(opened)
+
+
+def abandon_runs(opened: Sequence[Run], status: Unfinished, reason: str) -> None:
+    """Mark the unfinished runs among ``opened``, inner runs first."""
+    for run in reversed(opened):
+        with contextlib.suppress(OSError):  # a read-only or vanished folder must not hide the original error
+            run.abandon(status, reason)
 
 
 def file_fingerprint(path: str | os.PathLike[str]) -> str:
@@ -228,11 +285,90 @@ def file_fingerprint(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()[:16]
 
 
-def run_complete(folder: str | os.PathLike[str]) -> bool:
-    p = Path(folder) / "manifest.json"
-    if not p.exists():
-        return False
+def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The ``manifest.json`` of a run folder; None when there is none (or it cannot be read as a JSON object)."""
     try:
-        return bool(read_json(p).get("status") == "complete")
+        manifest = read_json(Path(folder) / "manifest.json")
     except (OSError, json.JSONDecodeError):
-        return False
+        return None
+    return manifest if isinstance(manifest, dict) else None
+
+
+def run_complete(folder: str | os.PathLike[str]) -> bool:
+    manifest = read_manifest(folder)
+    return manifest is not None and manifest.get("status") == "complete"
+
+
+def _shown(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def check_same_run(
+    out: str | os.PathLike[str],
+    *,
+    command: str,
+    config: Any,
+    ignore: Sequence[str] = (),
+    fingerprints: Mapping[str, str | None] | None = None,
+) -> dict[str, Any] | None:
+    """Refuse to continue or rerun into ``out`` when its manifest records another command or other settings.
+
+    A run folder holds one run: every key of the resolved ``config`` (except ``ignore``: output paths, progress
+    bars, speed-only switches) must equal the manifest's, and so must each ``fingerprints`` entry (data, classifier:
+    what a path names, compared by content) that both sides record. Keys an older manifest lacks are not compared.
+    Returns the manifest (None when ``out`` holds none).
+    """
+    previous = read_manifest(out)
+    if previous is None:
+        return None
+    if previous.get("command") != command:
+        raise RunError(f"{out} holds a `dermadv {previous.get('command')}` run, not `{command}`; choose another --out")
+    old, new = previous.get("config") or {}, _to_jsonable(config)
+    differing = [(k, old[k], new[k]) for k in new if k in old and k not in ignore and not _same(old[k], new[k])]
+    for name, now in (fingerprints or {}).items():
+        was = previous.get(f"{name}_fingerprint")
+        if was is not None and now is not None and was != now:  # None: not recorded, as by older versions
+            differing.append((name, was, now))
+    if differing:
+        listed = "; ".join(f"{k}: {_shown(was)} there, {_shown(now)} now" for k, was, now in differing)
+        raise RunError(
+            f"{out} holds a `dermadv {command}` run with other settings ({listed}); "
+            "rerun with the same settings or choose another --out"
+        )
+    return previous
+
+
+def _same(was: Any, now: Any) -> bool:
+    numbers = (int, float)
+    if (
+        isinstance(was, numbers)
+        and isinstance(now, numbers)
+        and not isinstance(was, bool)
+        and not isinstance(now, bool)
+    ):
+        return math.isclose(was, now, rel_tol=1e-9)
+    return bool(was == now)
+
+
+def require_complete(path: str | os.PathLike[str], *, allow_incomplete: bool = False) -> None:
+    """Refuse an output (a checkpoint, a generator, an attack folder) of a run that did not finish.
+
+    The run is the one whose ``manifest.json`` sits in ``path`` (a folder) or beside it (a file); a path outside
+    any run folder is taken as it is. With ``allow_incomplete`` the output is used, with a warning.
+    """
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if not (folder / "manifest.json").exists():
+        return
+    manifest = read_manifest(folder)
+    status = manifest.get("status") if manifest else "unreadable"
+    if status == "complete":
+        return
+    what = f"{path} is the output of an unfinished run ({folder / 'manifest.json'} says {status})"
+    if not allow_incomplete:
+        raise RunError(
+            f"{what}; finish that run first (train and attack fit continue with --resume) "
+            "or pass --allow-incomplete to use it anyway"
+        )
+    log.warning("USING AN UNFINISHED RUN'S OUTPUT: %s; its results may be partial", what)

@@ -1,7 +1,8 @@
-"""Decode-once cache: equal to decoding directly, read back without any JPEG decode, keyed by data and size."""
+"""Decode-once cache: equal to decoding directly, read back without any JPEG decode, keyed by content and size."""
 
 from __future__ import annotations
 
+import io
 from dataclasses import replace
 from pathlib import Path
 
@@ -56,7 +57,7 @@ def test_cache_equals_direct_decoding(dataset: ImageSet, dermadv_cache: Path) ->
 def test_second_call_reads_the_memmap(dataset: ImageSet, dermadv_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     first = np.array(decoded_images(dataset, SIZE, progress=False))
     files = cache_files(dermadv_cache)
-    assert [f.name for f in files] == [f"{dataset.source}-{dataset.fingerprint}-{SIZE[0]}x{SIZE[1]}.npy"]
+    assert files == [cache.cache_path(dataset, SIZE)]
     forbid_decoding(monkeypatch)
     second = decoded_images(dataset, SIZE, progress=False)
     assert isinstance(second, np.memmap) and not second.flags.writeable
@@ -79,8 +80,8 @@ def test_keyed_by_size_and_fingerprint(dataset: ImageSet, dermadv_cache: Path, m
     assert len(cache_files(dermadv_cache)) == 2
     decoded_images(dataset, [SIZE[0], SIZE[1]], progress=False)  # a list names the same size
     assert len(calls) == 2 * len(dataset)
-    # other content (another fingerprint) never reads this set's cache
-    other = replace(dataset, fingerprint="0" * 16)
+    # other content never reads this set's cache
+    other = replace(dataset, content_fingerprint="0" * 16)
     decoded_images(other, SIZE, progress=False)
     assert len(calls) == 3 * len(dataset) and len(cache_files(dermadv_cache)) == 3
 
@@ -100,13 +101,56 @@ def test_cache_false_writes_nothing(dataset: ImageSet, dermadv_cache: Path) -> N
 
 
 def test_stale_cache_of_another_shape_is_rebuilt(dataset: ImageSet, dermadv_cache: Path) -> None:
-    path = dermadv_cache / "decoded" / f"{dataset.source}-{dataset.fingerprint}-{SIZE[0]}x{SIZE[1]}.npy"
+    path = cache.cache_path(dataset, SIZE)
     path.parent.mkdir(parents=True)
     np.save(path, np.zeros((3, *SIZE, 3), dtype=np.uint8))
     images = decoded_images(dataset, SIZE, progress=False)
     assert images.shape == (len(dataset), *SIZE, 3)
     assert images.any()
     assert np.load(path, mmap_mode="r").shape == images.shape
+
+
+def test_a_replaced_image_is_decoded_again(synthetic_root: Path, tmp_path: Path, dermadv_cache: Path) -> None:
+    """Same file names and sizes, other bytes: the cache must not hand back the old pixels (issue 12, C5)."""
+    import shutil
+
+    root = tmp_path / "set"
+    shutil.copytree(synthetic_root, root)
+    before = load_ham10000(root)
+    assert before.paths is not None
+    old = np.array(decoded_images(before, SIZE, progress=False))
+    first = before.paths[0]
+    # another valid JPEG of the same byte size: the image flipped, coarser, padded after its end marker
+    size = first.stat().st_size
+    with Image.open(first) as im:
+        flipped = im.convert("RGB").transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    buffer = io.BytesIO()
+    flipped.save(buffer, format="JPEG", quality=20)
+    data = buffer.getvalue()
+    assert len(data) < size
+    first.write_bytes(data + b"\0" * (size - len(data)))
+    after = load_ham10000(root)
+    assert after.fingerprint == before.fingerprint  # ids, labels and file sizes are unchanged
+    new = decoded_images(after, SIZE, progress=False)
+    assert not np.array_equal(new[0], old[0])
+    np.testing.assert_array_equal(new[1:], old[1:])
+
+
+def test_random_bytes_in_place_of_an_image_are_one_clear_error(
+    synthetic_root: Path, tmp_path: Path, dermadv_cache: Path
+) -> None:
+    import shutil
+
+    from dermadv.errors import DataError
+
+    root = tmp_path / "set"
+    shutil.copytree(synthetic_root, root)
+    decoded_images(load_ham10000(root), SIZE, progress=False)
+    path = sorted(root.rglob("*.jpg"))[5]
+    path.write_bytes(np.random.default_rng(0).integers(0, 256, path.stat().st_size, dtype=np.uint8).tobytes())
+    with pytest.raises(DataError, match="cannot decode image") as info:
+        decoded_images(load_ham10000(root), SIZE, progress=False)
+    assert path.name in str(info.value) and "\n" not in str(info.value)
 
 
 def test_array_sets_are_resized_without_cache(dermadv_cache: Path) -> None:

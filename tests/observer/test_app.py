@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import http.client
 import re
 import socket
 import sqlite3
 import threading
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 import pytest
 
@@ -15,12 +16,17 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from dermadv.errors import RunError  # noqa: E402
-from dermadv.observer.app import create_app  # noqa: E402
+from dermadv.errors import ConfigError, RunError  # noqa: E402
+from dermadv.observer.app import allowed_hosts, create_app  # noqa: E402
 from dermadv.observer.storage import StudyDB  # noqa: E402
 from dermadv.observer.study import Invitation, Study, invite_observer, load_answer_key  # noqa: E402
 
 CURRENT_ITEM = re.compile(r'name="item_id" value="([0-9a-f]{32})"')
+
+
+def _client(study_dir: Path) -> TestClient:
+    """A test client that asks for the study's loopback host, as a browser on a local link does."""
+    return TestClient(create_app(study_dir), base_url="http://127.0.0.1")
 
 
 def _current_item(client: TestClient, token: str) -> str:
@@ -53,7 +59,7 @@ def observer(study: Study) -> Invitation:
 
 @pytest.fixture()
 def client(study: Study) -> TestClient:
-    return TestClient(create_app(study.path))
+    return _client(study.path)
 
 
 def test_rating_page_shows_current_item_progress_and_controls(client, observer, study) -> None:
@@ -73,7 +79,7 @@ def test_rating_page_shows_current_item_progress_and_controls(client, observer, 
 
 def test_security_headers(client, observer) -> None:
     page = client.get(f"/s/{observer.token}/rate")
-    assert page.headers["referrer-policy"] == "no-referrer"
+    assert page.headers["referrer-policy"] == "same-origin"  # no token to other sites; Origin on our own POST
     assert page.headers["cache-control"] == "no-store"
     assert "default-src 'none'" in page.headers["content-security-policy"]
     nonce = re.search(r"script-src 'nonce-([^']+)'", page.headers["content-security-policy"]).group(1)
@@ -151,7 +157,7 @@ def test_raw_unnormalised_paths_on_a_real_server(study, observer, live_server) -
 def test_2afc_serves_both_sides_only(make_study) -> None:
     study = make_study(n=4, design="2afc")
     token = invite_observer(study.path, "Observer A").token
-    client = TestClient(create_app(study.path))
+    client = _client(study.path)
     item_id = _current_item(client, token)
     page = client.get(f"/s/{token}/rate").text
     assert 'value="left"' in page and 'value="right"' in page and 'name="diagnosis"' not in page
@@ -192,6 +198,8 @@ def test_answer_is_committed_before_the_next_page_and_final(client, study, obser
         {"confidence": "6"},
         {"confidence": "abc"},
         {"confidence": "3.0"},
+        {"confidence": " 3"},
+        {"confidence": "3 "},
         {"confidence": ""},
         {"diagnosis": "melanoma"},
         {"diagnosis": "../mel"},
@@ -216,14 +224,14 @@ def test_only_the_current_item_can_be_answered(client, study, observer) -> None:
 
 
 def test_resume_after_restart_and_completion(study, observer) -> None:
-    first = TestClient(create_app(study.path))
+    first = _client(study.path)
     answered = []
     for _ in range(3):
         item_id = _current_item(first, observer.token)
         assert _answer(first, observer.token, item_id) == 303
         answered.append(item_id)
     del first
-    restarted = TestClient(create_app(study.path))  # a new app on the same database file
+    restarted = _client(study.path)  # a new app on the same database file
     start = restarted.get(f"/s/{observer.token}")
     assert "3 of 6 answered" in start.text and "Continue" in start.text
     page = restarted.get(f"/s/{observer.token}/rate").text
@@ -244,7 +252,7 @@ def test_observers_are_independent_and_concurrent(client, study, observer) -> No
 
     def run(token: str) -> None:
         try:
-            local = TestClient(create_app(study.path))
+            local = _client(study.path)
             for _ in range(study.n_items):
                 assert _answer(local, token, _current_item(local, token)) == 303
         except BaseException as e:  # noqa: BLE001 - reported in the main thread
@@ -277,3 +285,155 @@ def test_app_needs_a_study(tmp_path: Path, study) -> None:
     study.db_path.unlink()
     with pytest.raises(RunError, match="not found"):
         create_app(study.path)
+
+
+# --- nothing but the pixels, and hardening (issue 12) ---
+
+
+@pytest.mark.parametrize("design", ["single", "2afc"])
+def test_images_differ_only_in_their_pixels(make_study, design: str) -> None:
+    """Same size and the same headers for every image of a study; no ETag or Last-Modified to order them by."""
+    study = make_study(n=8, design=design, perturbed_share=0.5)
+    token = invite_observer(study.path, "Observer A").token
+    client = _client(study.path)
+    seen = set()
+    for item_id in study.item_ids:
+        for suffix in [""] if design == "single" else ["/left", "/right"]:
+            response = client.get(f"/s/{token}/image/{item_id}{suffix}")
+            assert response.status_code == 200
+            headers = {k: v for k, v in response.headers.items() if k != "date"}
+            assert not {"etag", "last-modified", "accept-ranges"} & set(headers)
+            assert int(headers["content-length"]) == len(response.content)
+            seen.add(tuple(sorted(headers.items())))
+    assert len(seen) == 1, seen
+
+
+def test_rating_page_repeats_instruction_and_keys(client, observer, make_study) -> None:
+    page = client.get(f"/s/{observer.token}/rate").text
+    instruction = page[page.index('id="instruction"') : page.index('id="viewer"')]
+    assert "Was this image altered?" in instruction and "Keys:" in instruction
+    for key in ("<kbd>Y</kbd>", "<kbd>N</kbd>", "<kbd>1</kbd>", "<kbd>5</kbd>", "<kbd>D</kbd>", "<kbd>Enter</kbd>"):
+        assert key in instruction
+    study = make_study(n=2, design="2afc")
+    token = invite_observer(study.path, "Observer A").token
+    page = _client(study.path).get(f"/s/{token}/rate").text
+    instruction = page[page.index('id="instruction"') : page.index('id="viewer"')]
+    assert (
+        "Which of the two images was" in instruction and "<kbd>L</kbd>" in instruction and "<kbd>R</kbd>" in instruction
+    )
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"Origin": "http://evil.example"},
+        {"Origin": "null"},
+        {"Origin": "http://127.0.0.1:9999"},
+        {"Origin": "https://127.0.0.1"},
+        {"Referer": "http://evil.example/s/page"},
+    ],
+    ids=["other-site", "null", "other-port", "other-scheme", "referer-only"],
+)
+def test_cross_site_answers_are_refused(client, study, observer, headers) -> None:
+    item_id = _current_item(client, observer.token)
+    data = {"item_id": item_id, "answer": "yes", "confidence": "3"}
+    response = client.post(f"/s/{observer.token}/answer", data=data, headers=headers, follow_redirects=False)
+    assert response.status_code == 403 and "another web page" in response.text
+    assert _rows(study) == []
+    same_site = {"Origin": "http://127.0.0.1", "Referer": f"http://127.0.0.1/s/{observer.token}/rate"}
+    response = client.post(f"/s/{observer.token}/answer", data=data, headers=same_site, follow_redirects=False)
+    assert response.status_code == 303 and len(_rows(study)) == 1
+
+
+@pytest.mark.parametrize("host", ["evil.example", "127.0.0.1.evil.example", "attacker:8000"])
+def test_unknown_host_headers_are_refused(study, observer, host) -> None:
+    client = TestClient(create_app(study.path), base_url=f"http://{host}")
+    response = client.get(f"/s/{observer.token}/rate")
+    assert response.status_code == 400 and "Observer A" not in response.text
+    assert client.get(f"/s/{observer.token}/image/{study.item_ids[0]}").status_code == 400
+    named = TestClient(
+        create_app(study.path, hosts=allowed_hosts("0.0.0.0", [host.split(":")[0]])), base_url=f"http://{host}"
+    )
+    assert named.get(f"/s/{observer.token}/rate").status_code == 200
+
+
+def test_allowed_hosts() -> None:
+    assert set(allowed_hosts("127.0.0.1")) == {"127.0.0.1", "localhost", "::1", "[::1]"}
+    assert allowed_hosts("study.example.org") == ("study.example.org",)
+    assert allowed_hosts("0.0.0.0", ["Study.Example.org", "10.0.0.5"]) == ("study.example.org", "10.0.0.5")
+    assert "[fe80::1]" in allowed_hosts("fe80::1")
+    with pytest.raises(ConfigError, match="--allowed-host"):
+        allowed_hosts("0.0.0.0")
+
+
+@pytest.mark.parametrize("what", ["image", "folder"])
+def test_symlinks_are_never_followed(make_study, what: str) -> None:
+    study = make_study(n=2)
+    token = invite_observer(study.path, "Observer A").token
+    item_id = study.item_ids[0]
+    key = study.path / "answer_key.json"
+    if what == "image":
+        study.image_path(item_id).unlink()
+        study.image_path(item_id).symlink_to(key)
+    else:  # the images folder replaced by a link to a folder holding a copy of the key under the image's name
+        elsewhere = study.path.parent / "elsewhere"
+        elsewhere.mkdir()
+        (elsewhere / f"{item_id}.png").symlink_to(key)
+        images = study.path / "images"
+        images.rename(study.path.parent / "images-moved")
+        images.symlink_to(elsewhere)
+    response = _client(study.path).get(f"/s/{token}/image/{item_id}")
+    assert response.status_code == 404
+    assert b"image_id" not in response.content and key.read_bytes() not in response.content
+
+
+def test_head_is_answered_like_get_without_a_body(client, study, observer, live_server) -> None:
+    item_id = study.item_ids[0]
+    for path in (f"/s/{observer.token}", f"/s/{observer.token}/image/{item_id}"):
+        get, head = client.get(path), client.head(path)
+        assert head.status_code == get.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == get.headers["content-length"]
+        assert head.headers["content-type"] == get.headers["content-type"]
+    assert client.head(f"/s/{'A' * 43}").status_code == 404
+    with live_server(create_app(study.path)) as url:  # a real server: uvicorn must accept a body-less reply
+        conn = http.client.HTTPConnection(urlsplit(url).hostname, urlsplit(url).port, timeout=10)
+        conn.request("HEAD", f"/s/{observer.token}/image/{item_id}")
+        response = conn.getresponse()
+        assert response.status == 200 and response.read() == b""
+        assert int(response.getheader("content-length")) == study.image_path(item_id).stat().st_size
+        conn.request("GET", f"/s/{observer.token}/image/{item_id}")  # the connection is still usable
+        assert conn.getresponse().read() == study.image_path(item_id).read_bytes()
+
+
+@pytest.mark.parametrize(
+    "body, content_type",
+    [
+        ('{"answer": "yes", "confidence": 3}', "application/json"),
+        ("answer=yes&confidence=3", "text/plain"),
+        ("", None),
+    ],
+    ids=["json", "text", "empty"],
+)
+def test_non_form_bodies_get_their_own_message(client, study, observer, body, content_type) -> None:
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post(f"/s/{observer.token}/answer", content=body, headers=headers, follow_redirects=False)
+    assert response.status_code == 415 and "with the form on the rating page" in response.text
+    assert _rows(study) == []
+
+
+@pytest.mark.parametrize(
+    "pairs, message",
+    [
+        ([("answer", "yes"), ("confidence", "3"), ("confidence", "5")], "sent more than once"),
+        ([("answer", "yes"), ("answer", "no"), ("confidence", "3")], "sent more than once"),
+        ([("answer", "yes"), ("confidence", "3"), ("extra", "1")], "unknown field"),
+    ],
+    ids=["confidence-twice", "answer-twice", "unknown"],
+)
+def test_duplicated_and_unknown_fields_are_refused(client, study, observer, pairs, message) -> None:
+    item_id = _current_item(client, observer.token)
+    body = urlencode([("item_id", item_id), *pairs])
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    response = client.post(f"/s/{observer.token}/answer", content=body, headers=headers, follow_redirects=False)
+    assert response.status_code == 422 and message in response.text
+    assert _rows(study) == []

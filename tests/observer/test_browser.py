@@ -1,10 +1,11 @@
-"""End to end in headless Chromium: two observers complete a 5-image study (mouse, keyboard); analysis reads it."""
+"""End to end in headless Chromium: two observers complete a 5-image study (mouse, keyboard); the page fits the window."""
 
 from __future__ import annotations
 
 import importlib.util
 import shutil
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -118,3 +119,46 @@ def _app(study_dir: Path):
     from dermadv.observer.app import create_app
 
     return create_app(study_dir)
+
+
+@pytest.mark.parametrize(
+    "design, width, height",
+    [("single", 1366, 768), ("2afc", 1366, 768), ("2afc", 390, 844), ("single", 390, 844)],
+    ids=["single-laptop", "2afc-laptop", "2afc-phone", "single-phone"],
+)
+def test_rating_page_fits_the_window(fake_attack_dir, live_server, tmp_path: Path, design, width, height) -> None:
+    """Whole images, the confidence row and the Send button all in view at first sight; a hint when zoomed out of view."""
+    from playwright.sync_api import expect, sync_playwright
+
+    attack = fake_attack_dir(tmp_path / "adv", n_images=3, size=(450, 600), seed=2)  # HAM10000's stored size
+    study = create_study(attack, tmp_path / "study", n=2, design=design, seed=1)
+    link = invite_observer(study.path, "Observer A").link("127.0.0.1", 0)
+    problems: list[str] = []
+    with live_server(_app(study.path)) as url, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.on("pageerror", lambda e: problems.append(str(e)))
+            page.goto(url + urlsplit(link).path + "/rate")
+            page.wait_for_function("Array.from(document.images).every((im) => im.complete && im.naturalWidth)")
+            expect(page.locator("#zoom-level")).not_to_have_text("×1")  # 600 px wide does not fit at ×1
+            boxes = {
+                "send": page.locator("#send").bounding_box(),
+                "confidence": page.locator('input[name="confidence"][value="5"]').bounding_box(),
+                **{
+                    im: page.locator(f"#{im}").bounding_box()
+                    for im in page.locator("#viewer img").evaluate_all("a => a.map(i => i.id)")
+                },
+            }
+            for name, box in boxes.items():
+                assert box is not None, name
+                assert box["x"] >= 0 and box["y"] >= 0, (name, box)
+                assert box["x"] + box["width"] <= width and box["y"] + box["height"] <= height, (name, box)
+            assert len(boxes) == (3 if design == "single" else 4)
+            expect(page.locator("#scroll-hint")).to_be_hidden()
+            page.keyboard.press("0")  # actual pixels: 600 px per image no longer fit
+            expect(page.locator("#zoom-level")).to_have_text("×1")
+            expect(page.locator("#scroll-hint")).to_be_visible()
+        finally:
+            browser.close()
+    assert not problems, problems

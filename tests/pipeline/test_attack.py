@@ -165,6 +165,66 @@ def test_classifier_and_generator_swapped_are_refused(pipeline, generator_run, t
     assert not (tmp_path / "adv").exists() and not (tmp_path / "gen").exists()
 
 
+def test_a_used_out_keeps_no_image_of_the_earlier_run(pipeline, tmp_path: Path) -> None:
+    """``attack run`` into a used --out: the earlier run's PNGs go, so images and predictions.csv agree."""
+    out = tmp_path / "adv"
+    cfg = AttackRunConfig(
+        pipeline.checkpoint, out, method="fgsm", eps="2/255", data=str(pipeline.data), limit=14, progress=False
+    )
+    attack_split(cfg)
+    attack_split(replace(cfg, limit=7, evaluate=False))
+    ids = sorted(pd.read_csv(out / "predictions.csv")["image_id"])
+    assert len(ids) == 7
+    for kind in ("clean", "adv", "perturbation"):
+        assert sorted(p.stem for p in (out / "images" / kind).glob("*.png")) == ids, kind
+    assert not (out / "attack_metrics.json").exists()  # the earlier run's scores went too
+    assert run_complete(out)
+
+
+def test_an_out_holding_other_files_is_refused(pipeline, tmp_path: Path) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    cfg = AttackRunConfig(pipeline.checkpoint, out, method="fgsm", eps="2/255", data=str(pipeline.data), limit=7)
+    with pytest.raises(RunError, match="holds files of no attack run \\(notes.txt\\)"):
+        attack_split(cfg)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+
+def test_outputs_of_unfinished_runs_are_refused_or_used_with_a_warning(
+    pipeline, adv_folder: Path, tmp_path: Path, caplog
+) -> None:
+    import shutil
+
+    from dermadv.runs import write_json
+
+    generator = tmp_path / "gen"
+    shutil.copytree(pipeline.generator.parent, generator)
+    manifest = read_json(generator / "manifest.json")
+    write_json(generator / "manifest.json", {**manifest, "status": "interrupted"})
+    cfg = AttackRunConfig(
+        pipeline.checkpoint,
+        tmp_path / "adv",
+        generator=generator / "generator.safetensors",
+        data=str(pipeline.data),
+        target=pipeline.target,
+        limit=7,
+        progress=False,
+    )
+    with pytest.raises(RunError, match="unfinished run .*says interrupted.*--allow-incomplete"):
+        attack_split(cfg)
+    assert not (tmp_path / "adv").exists()
+    attack_split(replace(cfg, allow_incomplete=True))
+    assert "UNFINISHED" in caplog.text and run_complete(tmp_path / "adv")
+
+    half = tmp_path / "half"
+    shutil.copytree(adv_folder, half)
+    write_json(half / "manifest.json", {**read_json(half / "manifest.json"), "status": "running"})
+    with pytest.raises(RunError, match="unfinished run"):
+        transfer(half, pipeline.other_checkpoint, tmp_path / "transfer")
+    assert not (tmp_path / "transfer").exists()
+
+
 def _dermadv(*args: object) -> subprocess.CompletedProcess[str]:
     exe = Path(sys.executable).with_name("dermadv")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

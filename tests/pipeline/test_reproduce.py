@@ -127,6 +127,43 @@ def test_interrupted_study_resumes_at_the_unfinished_stage(
     assert (run / "observer" / "study.json").is_file()
 
 
+def test_the_folder_is_complete_only_after_its_report(
+    repro: Path, synthetic_root: Path, tmp_path: Path, monkeypatch
+) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(repro, run)
+    (run / "manifest.json").unlink()  # every stage complete, the study itself not yet
+    _forbid_work(monkeypatch, *STAGES.values())
+    seen: list[str] = []
+
+    def failing_report(out: Path, **kwargs: object) -> None:
+        seen.append(read_json(Path(out) / "manifest.json")["status"])
+        raise OSError("disk full")
+
+    monkeypatch.setattr("dermadv.pipeline.reproduce.build_report", failing_report)
+    with pytest.raises(OSError, match="disk full"):
+        reproduce(replace(_config(run, synthetic_root), report=True))
+    assert seen == ["running"] and not run_complete(run)
+
+    monkeypatch.undo()
+    reproduce(replace(_config(run, synthetic_root), report=True))
+    assert run_complete(run)
+    stages = read_json(run / "report" / "summary.json")
+    assert stages["kind"] == "reproduce"
+    assert read_json(run / "report" / "sources" / "manifest.json")["status"] == "complete"
+    assert "| complete |" in (run / "report" / "report.md").read_text()
+
+
+def test_a_finished_folder_refuses_other_data(repro: Path, tmp_path: Path) -> None:
+    from dermadv.data.synthetic import generate_synthetic
+
+    other = generate_synthetic(tmp_path / "other", n_images=70, size=(60, 80), seed=1)
+    before = (repro / "manifest.json").read_bytes()
+    with pytest.raises(RunError, match="with other settings \\(data: '[0-9a-f]+' there, '[0-9a-f]+' now"):
+        reproduce(_config(repro, other))
+    assert (repro / "manifest.json").read_bytes() == before
+
+
 def test_paper_table_sets_the_paper_beside_this_run(repro: Path) -> None:
     rows = read_json(repro / "paper_table.json")
     assert rows == paper_table(repro)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
+from dermadv.errors import RunError
 from dermadv.pipeline.attack import AttackRunConfig
-from dermadv.pipeline.sweep import sweep
-from dermadv.runs import run_complete
+from dermadv.pipeline.sweep import attack_sweep, sweep
+from dermadv.runs import read_json, run_complete
 
 
 def test_sweep_writes_one_row_per_method_and_eps(pipeline, tmp_path: Path, caplog) -> None:
@@ -43,3 +46,22 @@ def test_sweep_writes_one_row_per_method_and_eps(pipeline, tmp_path: Path, caplo
     for folder in table["folder"]:
         assert run_complete(tmp_path / "sweep" / folder)
         assert (tmp_path / "sweep" / folder / "attack_metrics.json").is_file()
+
+
+def test_attack_sweep_is_a_run_folder_of_one_classifier(pipeline, tmp_path: Path) -> None:
+    out = tmp_path / "sweep"
+    cfg = AttackRunConfig(
+        checkpoint=pipeline.checkpoint, out=out, data=str(pipeline.data), target="nv", limit=7, progress=False
+    )
+    attack_sweep(cfg, methods=["fgsm"], eps_values=["2/255"])
+    manifest = read_json(out / "manifest.json")
+    assert manifest["command"] == "attack sweep" and manifest["status"] == "complete"
+    assert manifest["config"]["methods"] == ["fgsm"] and manifest["classifier_fingerprint"]
+    # more budgets for the same classifier: the same run, one more folder
+    attack_sweep(cfg, methods=["fgsm"], eps_values=["4/255"])
+    assert len(pd.read_csv(out / "sweep.csv")) == 2
+    # another classifier would mix two models' rows in one sweep.csv
+    before = (out / "manifest.json").read_bytes()
+    with pytest.raises(RunError, match="classifier: '[0-9a-f]+' there, '[0-9a-f]+' now"):
+        attack_sweep(replace(cfg, checkpoint=pipeline.other_checkpoint), methods=["fgsm"], eps_values=["2/255"])
+    assert (out / "manifest.json").read_bytes() == before

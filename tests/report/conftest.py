@@ -134,7 +134,7 @@ def write_attack(folder: Path, rng: np.random.Generator, *, inmem_differ: int = 
             "sampled": False,
         },
     )
-    metrics = evaluate_attack_folder(folder)
+    metrics = evaluate_attack_folder(folder, in_run=True)
     run.finish(n_images=len(rows))
     return metrics
 

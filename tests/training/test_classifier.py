@@ -184,6 +184,40 @@ def test_refuses_an_existing_run_without_resume(straight: Path, synthetic_root: 
     assert (straight / "model.safetensors").read_bytes() == before
 
 
+def test_resume_with_other_settings_is_refused_before_any_work(straight: Path, synthetic_root: Path) -> None:
+    """A run folder is one run: --resume with another --image-size names it, and the finished run stays complete."""
+    before = {p.name: p.read_bytes() for p in straight.iterdir() if p.is_file()}
+    with pytest.raises(RunError) as info:
+        fit(tiny_config(straight, synthetic_root, image_size=48, lr=2e-3, resume=True))
+    message = str(info.value)
+    assert "image_size: 32 there, 48 now" in message and "lr: 0.001 there, 0.002 now" in message
+    assert "\n" not in message
+    assert {p.name: p.read_bytes() for p in straight.iterdir() if p.is_file()} == before
+
+
+def test_resume_with_another_split_is_refused(straight: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    split = pd.read_csv(straight / "split.csv")
+    split.loc[split["split"] == "test", "split"] = "train"
+    split.to_csv(tmp_path / "split.csv", index=False)
+    with pytest.raises(RunError, match="split: '[0-9a-f]+' there, '[0-9a-f]+' now"):
+        fit(tiny_config(straight, synthetic_root, split_file=str(tmp_path / "split.csv"), resume=True))
+    assert run_complete(straight)
+
+
+def test_resume_of_a_complete_run_does_nothing(straight: Path, synthetic_root: Path, prepared: Prepared) -> None:
+    before = {p.name: p.stat().st_mtime_ns for p in straight.iterdir()}
+    assert fit(tiny_config(straight, synthetic_root, resume=True), prepared=prepared) == straight / "model.safetensors"
+    assert {p.name: p.stat().st_mtime_ns for p in straight.iterdir()} == before
+
+
+def test_an_image_size_the_architecture_cannot_take_is_one_clear_error(
+    workdir: Path, synthetic_root: Path, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="densenet121 cannot take 16×16 images.*--image-size"):
+        fit(tiny_config(tmp_path / "run", synthetic_root, arch="densenet121", image_size=16))
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------------------------------- pieces
 
 

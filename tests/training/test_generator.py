@@ -66,7 +66,7 @@ def test_interrupted_fit_resumes_to_the_straight_fit(pipeline, tmp_path: Path, m
         fit_generator(interrupted)  # a second fit into the folder must ask for --resume
     # The one-cycle schedule is planned over all epochs: resuming under another plan is refused, and the
     # refusal leaves the fit resumable (which is also why 1 epoch + 1 more cannot equal a 2-epoch fit).
-    with pytest.raises(RunError, match="--epochs 3"):
+    with pytest.raises(RunError, match="epochs: 2 there, 3 now"):
         fit_generator(replace(interrupted, epochs=3, resume=True))
     fit_generator(replace(interrupted, resume=True))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
@@ -16,7 +17,27 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    rich_markup_mode=None,  # plain help: rich markup would swallow "[default: …]" and show flags as <bool>
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from dermadv import __version__
+
+        typer.echo(f"dermadv {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    pass
+
+
 app.add_typer(data.app, name="data")
 app.command()(train.models)
 app.command()(train.train)
@@ -33,41 +54,82 @@ EXTRAS = {"fastapi": "web", "uvicorn": "web", "starlette": "web", "multipart": "
 EXTRAS |= {"art": "art", "medmnist": "medmnist", "playwright": "dev"}
 
 
-def _setup_logging(verbose: bool = False) -> None:
-    from dermadv import distributed as dd
+def _torchrun() -> bool:
+    """Launched by torchrun with more than one process (checked without importing torch)."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
-    level = logging.INFO if verbose or dd.is_main() else logging.WARNING
+
+def _setup_logging(verbose: bool = False) -> None:
+    main_process = True
+    if _torchrun():
+        from dermadv import distributed as dd
+
+        main_process = dd.is_main()
+    level = logging.INFO if verbose or main_process else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 
 
-def main() -> None:
-    from dermadv import distributed as dd
-
-    # Under torchrun, join the process group first so that logging knows which rank this is.
-    dd.init_from_env()
-    _setup_logging()
+def _run_app() -> tuple[int, str]:
+    """Run the typer app; returns the exit code and, for a failure, why."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except DermadvError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
-        sys.exit(1)
+        return 1, str(exc)
     except ModuleNotFoundError as exc:  # every command is listed; one that needs a missing extra says which
         extra = EXTRAS.get((exc.name or "").split(".")[0])
         if extra is None:
             raise
-        typer.secho(f"error: this command needs {exc.name}; install it with pip install 'dermadv[{extra}]'", err=True)
-        sys.exit(1)
+        message = f"this command needs {exc.name}; install it with pip install 'dermadv[{extra}]'"
+        typer.secho(f"error: {message}", err=True)
+        return 1, message
     except (typer.Abort, KeyboardInterrupt):
-        typer.secho("interrupted", err=True)
-        sys.exit(130)
-    except SystemExit:
-        raise
+        return 130, "interrupted"
+    except SystemExit as exc:  # sys.exit inside a command
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0, f"exit code {exc.code}"
+        typer.echo(exc.code, err=True)
+        return 1, str(exc.code)
     except Exception as exc:  # click usage errors arrive here in non-standalone mode
         # Duck-typed: typer >= 0.23 raises its vendored click's exceptions (typer._click), older typer click's own.
-        show, code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
-        if callable(show) and isinstance(code, int):
+        show, exit_code = getattr(exc, "show", None), getattr(exc, "exit_code", None)
+        if callable(show) and isinstance(exit_code, int):
             show()
-            sys.exit(code)
+            return exit_code, str(exc)
         raise
-    finally:
-        dd.cleanup()
+    # typer returns the code of a typer.Exit it caught, and 130 for Ctrl-C; a command itself returns None.
+    code = code if isinstance(code, int) and not isinstance(code, bool) else 0
+    return code, "interrupted" if code == 130 else f"exit code {code}"
+
+
+def main() -> None:
+    """The ``dermadv`` console script: exit 0 on success, 1 on an error, 2 on a usage error, 130 on Ctrl-C.
+
+    A run folder whose command stops early is marked ``interrupted`` or ``failed`` rather than left "running".
+    The command modules import their heavy dependencies inside the commands, so ``observer serve`` loads no
+    torch (serving a study needs no model); torch.distributed is joined only under torchrun.
+    """
+    from dermadv.runs import abandon_runs, watch_runs
+
+    torchrun = _torchrun()
+    if torchrun:
+        from dermadv import distributed as dd
+
+        # Join the process group first so that logging knows which rank this is.
+        dd.init_from_env()
+    _setup_logging()
+    with watch_runs() as opened:
+        try:
+            code, reason = _run_app()
+        except BaseException as exc:  # a bug: its traceback follows, and the runs it opened say failed
+            abandon_runs(opened, "failed", f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            if torchrun:
+                dd.cleanup()
+    if code == 130:
+        typer.secho("interrupted", err=True)
+        abandon_runs(opened, "interrupted", "stopped by Ctrl-C (SIGINT)")
+    elif code:
+        abandon_runs(opened, "failed", reason)
+    sys.exit(code)

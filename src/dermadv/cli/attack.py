@@ -8,12 +8,16 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from dermadv.cli.data import AllowIncompleteOpt
+
 app = typer.Typer(
-    help="Fit and run adversarial attacks (advgan, pgd, fgsm, cw, uap, pixel, art:<Name>).", no_args_is_help=True
+    help="Fit and run adversarial attacks (advgan, pgd, fgsm, cw, uap, pixel, art:<Name>).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
-CheckpointOpt = typer.Option(..., "--checkpoint", help="Classifier model.safetensors (from `dermadv train`).")
 DataOpt = typer.Option(None, "--data", help="Data the classifier was trained on; default: built-in synthetic set.")
+CheckpointOpt = typer.Option(..., "--checkpoint", help="Classifier model.safetensors (from `dermadv train`).")
 
 
 def _params(pairs: list[str]) -> dict[str, object]:
@@ -51,7 +55,8 @@ def fit(
     channels: int = typer.Option(16, help="Width of the generator."),
     seed: int = typer.Option(0),
     split_file: str | None = typer.Option(None, "--split-file"),
-    resume: bool = typer.Option(False, "--resume"),
+    resume: bool = typer.Option(False, "--resume/--no-resume", help="Continue an interrupted fit in --out."),
+    allow_incomplete: bool = AllowIncompleteOpt,
 ) -> None:
     """Fit an AdvGAN-style generator that makes the classifier predict --target."""
     from dermadv.training.generator import GeneratorConfig, fit_generator
@@ -75,6 +80,7 @@ def fit(
         seed=seed,
         split_file=split_file,
         resume=resume,
+        allow_incomplete=allow_incomplete,
     )
     typer.echo(f"generator: {fit_generator(cfg)}")
 
@@ -105,8 +111,11 @@ def run(
         "--adaptive/--no-adaptive",
         help="With --defence: BPDA/EOT gradients, or the plain attack that ignores it.",
     ),
+    allow_incomplete: bool = AllowIncompleteOpt,
 ) -> None:
-    """Attack a split; save 8-bit PNGs; score the saved images; print the paper's table."""
+    """Attack a split; save 8-bit PNGs; score the saved images; print the paper's table.
+
+    A used --out is emptied first: no image of an earlier run stays beside the new ones."""
     from dermadv.evaluation.attack_eval import format_attack_table
     from dermadv.pipeline.attack import AttackRunConfig, attack_split
 
@@ -129,6 +138,7 @@ def run(
         split_file=split_file,
         defence=defence,
         adaptive=adaptive,
+        allow_incomplete=allow_incomplete,
     )
     metrics = attack_split(cfg)
     if metrics is not None:
@@ -152,10 +162,11 @@ def sweep_cmd(
         None, "--generators", help="Folder of generator fits <protocol>-eps<k>_255/ (reproduce's sweep/generators)."
     ),
     seed: int = typer.Option(0),
+    allow_incomplete: bool = AllowIncompleteOpt,
 ) -> None:
-    """Run several methods × budgets; write sweep.csv (one row per method and eps)."""
+    """Run several methods × budgets; write sweep.csv (one row per method and eps) and a manifest."""
     from dermadv.pipeline.attack import AttackRunConfig
-    from dermadv.pipeline.sweep import sweep
+    from dermadv.pipeline.sweep import attack_sweep
 
     cfg = AttackRunConfig(
         checkpoint=checkpoint,
@@ -167,8 +178,11 @@ def sweep_cmd(
         limit=limit,
         fit_limit=fit_limit,
         seed=seed,
+        allow_incomplete=allow_incomplete,
     )
-    _print_sweep(sweep(cfg, methods=methods.split(","), eps_values=eps.split(","), generators=generators))
+    methods_list = [m.strip() for m in methods.split(",") if m.strip()]
+    eps_list = [e.strip() for e in eps.split(",") if e.strip()]
+    _print_sweep(attack_sweep(cfg, methods=methods_list, eps_values=eps_list, generators=generators))
 
 
 def _print_sweep(rows: list[dict[str, object]]) -> None:
@@ -195,12 +209,13 @@ def transfer_cmd(
     defence: str | None = typer.Option(
         None, "--defence", help="Score through jpeg:75, bits:5, median:3 or gauss:0.05."
     ),
+    allow_incomplete: bool = AllowIncompleteOpt,
 ) -> None:
     """Black-box transfer: score saved adversarial images on another classifier (or on a defence of it)."""
     from dermadv.evaluation.attack_eval import format_attack_table
     from dermadv.pipeline.attack import transfer
 
-    Console().print(format_attack_table(transfer(source, to, out, defence=defence)))
+    Console().print(format_attack_table(transfer(source, to, out, defence=defence, allow_incomplete=allow_incomplete)))
 
 
 @app.command("list")
@@ -216,10 +231,15 @@ def list_cmd() -> None:
 def evaluate_attack(
     folder: Path = typer.Argument(..., help="Output folder of `dermadv attack run`."),
     ci: str = typer.Option("wald", "--ci", help="wald (as the paper), wilson or exact."),
+    allow_incomplete: bool = AllowIncompleteOpt,
 ) -> None:
     """Accuracy clean/adversarial with CIs, McNemar, fooling ratio per class, imperceptibility."""
+    from dermadv.errors import ConfigError
     from dermadv.evaluation.attack_eval import evaluate_attack_folder, format_attack_table
+    from dermadv.evaluation.stats import CI_METHODS
 
-    metrics = evaluate_attack_folder(folder, ci_method=ci)  # type: ignore[arg-type]
+    if ci not in CI_METHODS:
+        raise ConfigError(f"--ci must be one of {', '.join(CI_METHODS)}; got {ci!r}")
+    metrics = evaluate_attack_folder(folder, ci_method=ci, allow_incomplete=allow_incomplete)  # type: ignore[arg-type]
     Console().print(format_attack_table(metrics))
     typer.echo(f"wrote {folder}/attack_metrics.json, attack_metrics.csv, per_image.csv")

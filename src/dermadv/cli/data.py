@@ -8,10 +8,15 @@ import typer
 
 from dermadv.errors import DermadvError
 
-app = typer.Typer(help="Inspect, split and download data.", no_args_is_help=True)
+app = typer.Typer(help="Inspect, split and download data.", no_args_is_help=True, rich_markup_mode=None)
 
 DataOpt = typer.Option(
     None, "--data", help="HAM10000 folder, DermaMNIST .npz, class-folder tree; default: built-in synthetic set."
+)
+AllowIncompleteOpt = typer.Option(
+    False,
+    "--allow-incomplete/--no-allow-incomplete",
+    help="Use the outputs of an unfinished run (a warning says so) instead of refusing them.",
 )
 
 

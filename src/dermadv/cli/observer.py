@@ -11,9 +11,7 @@ import typer
 
 from dermadv.errors import DermadvError
 
-app = typer.Typer(help="Observer study: can people see the perturbations?", no_args_is_help=True)
-
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+app = typer.Typer(help="Observer study: can people see the perturbations?", no_args_is_help=True, rich_markup_mode=None)
 
 
 @contextlib.contextmanager
@@ -38,12 +36,25 @@ def create(
     perturbed_share: float = typer.Option(0.6, help="Share of items shown perturbed (single design)."),
     seed: int = typer.Option(0, help="Seed of the sample and the plan."),
     design: Literal["single", "2afc"] = typer.Option("single", help="single: altered yes/no; 2afc: which of two."),
+    allow_incomplete: bool = typer.Option(
+        False,
+        "--allow-incomplete/--no-allow-incomplete",
+        help="Sample from the folder of an unfinished attack run (a warning says so) instead of refusing it.",
+    ),
 ) -> None:
     """Sample images from an attack output folder into a new study folder."""
     from dermadv.observer.study import create_study
 
     with _errors():
-        study = create_study(attack_dir, out, n=n, perturbed_share=perturbed_share, seed=seed, design=design)
+        study = create_study(
+            attack_dir,
+            out,
+            n=n,
+            perturbed_share=perturbed_share,
+            seed=seed,
+            design=design,
+            allow_incomplete=allow_incomplete,
+        )
     typer.echo(f"study {study.study_id}: {study.n_items} items ({study.design}) in {out}")
     typer.echo(f"next: dermadv observer invite {out} --name 'Observer A'")
 
@@ -52,7 +63,9 @@ def create(
 def invite(
     study_dir: Path = typer.Argument(..., help="Study folder."),
     name: str = typer.Option(..., "--name", help="Observer's name as it will appear in the analysis."),
-    reissue: bool = typer.Option(False, help="Give an invited observer a new link (the old one stops working)."),
+    reissue: bool = typer.Option(
+        False, "--reissue/--no-reissue", help="Give an invited observer a new link (the old one stops working)."
+    ),
     host: str = typer.Option("127.0.0.1", help="Host to put in the printed link."),
     port: int = typer.Option(8000, help="Port to put in the printed link."),
 ) -> None:
@@ -69,18 +82,19 @@ def serve(
     study_dir: Path = typer.Argument(..., help="Study folder."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind; anything but loopback exposes the study."),
     port: int = typer.Option(8000, help="Port."),
+    allowed_host: list[str] = typer.Option(
+        [], "--allowed-host", help="Another host name the links use (repeatable); needed with --host 0.0.0.0."
+    ),
 ) -> None:
-    """Run the study's web app (uvicorn)."""
-    import uvicorn
-
-    from dermadv.observer.app import create_app
+    """Run the study's web app (uvicorn); it answers only requests for --host (and --allowed-host)."""
+    from dermadv.observer.app import LOOPBACK, allowed_hosts, create_app
+    from dermadv.observer.app import serve as serve_app
 
     with _errors():
-        web_app = create_app(study_dir)
-    if host not in _LOOPBACK:
+        web_app = create_app(study_dir, hosts=allowed_hosts(host, allowed_host))
+    if host not in LOOPBACK:
         typer.echo(f"warning: binding {host}: the study is reachable from other machines (plain HTTP)", err=True)
-    # No access log: every URL carries an observer's token, and logs get copied around.
-    uvicorn.run(web_app, host=host, port=port, log_level="info", access_log=False)
+    serve_app(web_app, host=host, port=port)
 
 
 @app.command()

@@ -11,9 +11,11 @@ def report(
     run_dir: Path = typer.Argument(
         ..., metavar="RUN_DIR", help="Run folder: from `dermadv reproduce`, `attack run` or `train`."
     ),
-    open_browser: bool = typer.Option(False, "--open", help="Open the page in the default browser."),
+    open_browser: bool = typer.Option(False, "--open/--no-open", help="Open the page in the default browser."),
     shot: bool = typer.Option(
-        False, "--screenshot", help="Also save report/screenshot.png (headless Chromium, needs playwright)."
+        False,
+        "--screenshot/--no-screenshot",
+        help="Also save report/screenshot.png (headless Chromium, needs playwright).",
     ),
 ) -> None:
     """Write RUN_DIR/report/: index.html, report.md, summary.json, figures/ (readable offline)."""

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import typer
 
+from dermadv.cli.data import AllowIncompleteOpt
+
 log = logging.getLogger(__name__)
 
 
@@ -28,9 +30,12 @@ def reproduce(
     sweep_limit: int = typer.Option(350, "--sweep-limit", help="Class-stratified test sample per sweep run."),
     sweep_eps: str | None = typer.Option(None, "--sweep-eps", help="Budgets of the sweep, e.g. 1/255,2/255."),
     sweep_fit_images: int = typer.Option(1500, "--sweep-fit-images", help="Train images each sweep generator fits on."),
-    sweep_only: bool = typer.Option(False, "--sweep-only", help="Only the sweep (a second process can share --out)."),
+    sweep_only: bool = typer.Option(
+        False, "--sweep-only/--no-sweep-only", help="Only the sweep (a second process can share --out)."
+    ),
     report: bool = typer.Option(True, "--report/--no-report"),
     seed: int = typer.Option(0),
+    allow_incomplete: bool = AllowIncompleteOpt,
 ) -> None:
     """Run the whole study (split → classifier → generator → attack → evaluation → kit → report)."""
     from rich.console import Console
@@ -48,7 +53,7 @@ def reproduce(
         data=data,
         preset=preset,
         checkpoint=checkpoint,
-        fit_on=fit_on,
+        fit_on=fit_on,  # type: ignore[arg-type]  # checked by ReproduceConfig
         eps=eps,
         target=target,
         sweep=sweep or sweep_only,
@@ -58,6 +63,7 @@ def reproduce(
         sweep_only=sweep_only,
         report=report,
         seed=seed,
+        allow_incomplete=allow_incomplete,
     )
     run_study(cfg)
     if not dd.is_main() or sweep_only:

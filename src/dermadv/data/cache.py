@@ -1,6 +1,7 @@
 """Decode-once cache: images decoded and resized once into a memory-mapped uint8 array.
 
-Keyed by the data fingerprint and the size, so later epochs and runs read no JPEG.
+Keyed by the bytes of the files (``ImageSet.content_fingerprint``) and the size, so later epochs and runs read no
+JPEG, and a replaced file is decoded again.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ def resize_array(images: np.ndarray, size: Size) -> np.ndarray:
     return out
 
 
+def cache_path(dataset: ImageSet, size: Size) -> Path:
+    """Where the decoded set lives: one file per content (the bytes of every image, in order) and size."""
+    key = dataset.content_fingerprint or dataset.fingerprint
+    return cache_root() / "decoded" / f"{dataset.source}-{key}-{size[0]}x{size[1]}.npy"
+
+
 def decoded_images(
     dataset: ImageSet, size: Size | None = None, *, cache: bool = True, progress: bool = True
 ) -> np.ndarray:
@@ -67,7 +74,7 @@ def decoded_images(
     if dataset.arrays is not None:
         return resize_array(dataset.arrays, size)
     assert dataset.paths is not None
-    path = cache_root() / "decoded" / f"{dataset.source}-{dataset.fingerprint}-{size[0]}x{size[1]}.npy"
+    path = cache_path(dataset, size)
     if cache and path.exists():
         arr = np.load(path, mmap_mode="r")
         if arr.shape == (len(dataset), size[0], size[1], 3):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,7 +17,8 @@ class ImageSet:
     """Labelled images: either files (``paths``) or a decoded uint8 array (``arrays``, N×H×W×3).
 
     ``labels`` index into ``classes``. ``lesion_ids`` group images of one lesion (for HAM10000;
-    other sources use the image id). ``fingerprint`` identifies the content for caches and manifests.
+    other sources use the image id). ``fingerprint`` identifies the set (ids, labels, lesions, file sizes) for manifests;
+    ``content_fingerprint`` the bytes of its files, so a replaced image is decoded again.
     """
 
     source: str
@@ -28,6 +30,7 @@ class ImageSet:
     paths: list[Path] | None = None
     arrays: np.ndarray | None = None
     fingerprint: str = ""
+    content_fingerprint: str = ""  # over the files' bytes (``paths`` sources); keys the decode cache
     predefined_split: list[str] | None = None
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -50,4 +53,17 @@ def fingerprint_of(parts: list[str]) -> str:
     for p in parts:
         h.update(p.encode("utf-8"))
         h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def content_fingerprint_of(paths: Sequence[Path]) -> str:
+    """A short sha256 over the bytes of every file, in order.
+
+    Costs 0.13-0.17 s for the 10,015 JPEGs of the 200×150 HAM10000 copy (39 MB, in the page cache, one core;
+    threads were slower for files this small), about 3 s for the 2.6 GB of the 600×450 originals.
+    """
+    h = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            h.update(hashlib.sha256(f.read()).digest())
     return h.hexdigest()[:16]

@@ -63,10 +63,16 @@ def load_dermamnist(path: Path) -> ImageSet:
             f"DermaMNIST file {path} not found; run `dermadv data download dermamnist --size 64` "
             f"or download it from {ZENODO}"
         )
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if not magic.startswith((b"PK", b"\x93NUMPY")):
+        # np.load would take it for a pickle and suggest allow_pickle, which is never the fix here
+        raise DataError(f"{path} is not a .npz archive (not a zip of arrays); download it again from {ZENODO}")
     try:
         npz = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
-        raise DataError(f"{path} is not a readable .npz file ({exc}); download it again from {ZENODO}") from None
+        reason = "it holds Python objects" if "pickle" in str(exc) else str(exc)
+        raise DataError(f"{path} is not a readable .npz file ({reason}); download it again from {ZENODO}") from None
     if not isinstance(npz, np.lib.npyio.NpzFile):
         raise DataError(f"{path} holds a single array, not a MedMNIST .npz with train/val/test keys")
     with npz:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from dermadv.data.classes import CLASS_NAMES, CLASSES
-from dermadv.data.dataset import ImageSet, fingerprint_of
+from dermadv.data.dataset import ImageSet, content_fingerprint_of, fingerprint_of
 from dermadv.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -85,4 +85,5 @@ def load_image_folder(root: Path) -> ImageSet:
         classes=CLASSES,
         paths=paths,
         fingerprint=fingerprint,
+        content_fingerprint=content_fingerprint_of(paths),
     )

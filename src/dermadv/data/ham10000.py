@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from dermadv.data.classes import CLASSES
-from dermadv.data.dataset import ImageSet, fingerprint_of
+from dermadv.data.dataset import ImageSet, content_fingerprint_of, fingerprint_of
 from dermadv.errors import DataError
 
 METADATA_NAME = "HAM10000_metadata.csv"
@@ -65,6 +65,12 @@ def read_metadata(csv_path: Path) -> pd.DataFrame:
             f"{csv_path} has unknown dx value(s) {', '.join(repr(u) for u in unknown)} (first at row(s) "
             f"{', '.join(str(r + 2) for r in rows)}); valid codes are {', '.join(CLASSES)}"
         )
+    blank = df.index[df["lesion_id"] == ""]
+    if len(blank):
+        raise DataError(
+            f"{csv_path} has an empty lesion_id in {len(blank)} row(s) (first at row {blank[0] + 2}); fill it in "
+            "(with the image_id where the lesion is unknown): splits keep all images of a lesion together"
+        )
     dup = df["image_id"][df["image_id"].duplicated()]
     if len(dup):
         raise DataError(f"{csv_path} lists image_id {dup.iloc[0]} more than once; each image must appear once")
@@ -100,5 +106,6 @@ def load_ham10000(root: str | os.PathLike[str]) -> ImageSet:
         lesion_ids=df["lesion_id"].tolist(),
         paths=paths,
         fingerprint=fp,
+        content_fingerprint=content_fingerprint_of(paths),
         extra=extra,
     )

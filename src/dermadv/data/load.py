@@ -13,8 +13,8 @@ import pandas as pd
 
 from dermadv.data.cache import Size, decoded_images
 from dermadv.data.classes import CLASS_NAMES, CLASSES
-from dermadv.data.dataset import ImageSet
-from dermadv.data.splits import load_splits, make_splits, split_indices
+from dermadv.data.dataset import ImageSet, fingerprint_of
+from dermadv.data.splits import load_splits, make_splits, split_indices, unsplit_frame
 from dermadv.errors import DataError
 
 if TYPE_CHECKING:  # the data package needs no torch until a tensor is handed to it
@@ -87,6 +87,11 @@ class Prepared:
     def indices(self, split: str) -> np.ndarray:
         return split_indices(self.frame, split)
 
+    @property
+    def split_fingerprint(self) -> str:
+        """Which image is in which split: a run resumed with another split file is refused."""
+        return fingerprint_of([f"{i}:{s}" for i, s in zip(self.frame["image_id"], self.frame["split"], strict=True)])
+
 
 def parse_size(image_size: int | str | tuple[int, int] | None, dataset: ImageSet) -> Size | None:
     if image_size is None or image_size == "stored":
@@ -108,10 +113,19 @@ def prepare(
     seed: int = 0,
     fractions: tuple[float, float, float] = (0.70, 0.15, 0.15),
     progress: bool = True,
+    unsplit: bool = False,
 ) -> Prepared:
-    """Load ``data``, split it (``split_file`` or a new seeded split) and decode it once at ``image_size``."""
+    """Load ``data``, split it (``split_file`` or a new seeded split) and decode it once at ``image_size``.
+
+    ``unsplit``: make no split; every image is in split ``all`` (external data, evaluated as a whole).
+    """
     dataset = load_dataset(data)
-    frame = load_splits(split_file, dataset) if split_file else make_splits(dataset, fractions=fractions, seed=seed)
+    if unsplit:
+        frame = unsplit_frame(dataset)
+    elif split_file:
+        frame = load_splits(split_file, dataset)
+    else:
+        frame = make_splits(dataset, fractions=fractions, seed=seed)
     size = parse_size(image_size, dataset)
     images = decoded_images(dataset, size, progress=progress)
     return Prepared(dataset, frame, images, (int(images.shape[1]), int(images.shape[2])))

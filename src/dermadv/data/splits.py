@@ -27,13 +27,9 @@ def make_splits(
     """
     if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
         raise ConfigError(f"split fractions must be three non-negative numbers summing to 1; got {fractions}")
-    frame = pd.DataFrame(
-        {
-            "image_id": dataset.image_ids,
-            "lesion_id": dataset.lesion_ids,
-            "dx": [dataset.classes[i] for i in dataset.labels],
-        }
-    )
+    if seed < 0:
+        raise ConfigError(f"seed must be at least 0; got {seed}")
+    frame = unsplit_frame(dataset).drop(columns="split")
     if dataset.predefined_split is not None:
         frame["split"] = dataset.predefined_split
         return frame
@@ -59,7 +55,27 @@ def make_splits(
             counts[k] += sizes[j]
             assignment[lesions[j]] = SPLITS[k]
     frame["split"] = frame["lesion_id"].map(assignment)
+    empty = [
+        name for name, share in zip(SPLITS, fractions, strict=True) if share > 0 and not (frame["split"] == name).any()
+    ]
+    if empty:
+        raise DataError(
+            f"{len(frame)} images of {len(lesion_dx)} lesions are too few to split {'/'.join(map(str, fractions))}: "
+            f"the {' and '.join(empty)} split would be empty; use more data (a few lesions per class at least)"
+        )
     return frame
+
+
+def unsplit_frame(dataset: ImageSet) -> pd.DataFrame:
+    """``image_id, lesion_id, dx, split`` with every image in split ``all``."""
+    return pd.DataFrame(
+        {
+            "image_id": dataset.image_ids,
+            "lesion_id": dataset.lesion_ids,
+            "dx": [dataset.classes[i] for i in dataset.labels],
+            "split": "all",
+        }
+    )
 
 
 def save_splits(frame: pd.DataFrame, path: str | os.PathLike[str]) -> None:

@@ -18,7 +18,7 @@ from dermadv.errors import RunError
 from dermadv.evaluation.attack_metrics import AttackMetrics, attack_metrics
 from dermadv.evaluation.imperceptibility import MEASURES, PerturbationSizes, measure_perturbations
 from dermadv.evaluation.stats import DEFAULT_CI, CIMethod
-from dermadv.runs import read_json, write_csv, write_json
+from dermadv.runs import read_json, require_complete, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -26,15 +26,14 @@ _REQUIRED_COLUMNS = ("image_id", "label", "clean_pred", "adv_pred")
 _RUN_FIRST = "run `dermadv attack run --out {folder}` first"
 
 
-def _read_attack(folder: Path, *, in_run: bool = False) -> dict[str, Any]:
+def _read_attack(folder: Path, *, in_run: bool = False, allow_incomplete: bool = False) -> dict[str, Any]:
     path = folder / "attack.json"
     if not folder.is_dir():
         raise RunError(f"attack output folder {folder} does not exist; {_RUN_FIRST.format(folder=folder)}")
     if not path.exists():
         raise RunError(f"{path} not found: not an attack output folder; {_RUN_FIRST.format(folder=folder)}")
-    manifest = folder / "manifest.json"
-    if not in_run and manifest.exists() and read_json(manifest).get("status") != "complete":
-        log.warning("%s does not say complete: the attack run may not have finished", manifest)
+    if not in_run:
+        require_complete(folder, allow_incomplete=allow_incomplete)
     attack = read_json(path)
     if not isinstance(attack, dict):
         raise RunError(f"{path} must hold a JSON object; rerun `dermadv attack run --out {folder}`")
@@ -124,16 +123,22 @@ def per_class_rows(metrics: AttackMetrics) -> list[dict[str, Any]]:
 
 
 def evaluate_attack_folder(
-    folder: str | Path, *, ci_method: CIMethod = DEFAULT_CI, write: bool = True, in_run: bool = False
+    folder: str | Path,
+    *,
+    ci_method: CIMethod = DEFAULT_CI,
+    write: bool = True,
+    in_run: bool = False,
+    allow_incomplete: bool = False,
 ) -> AttackMetrics:
     """Evaluate an attack output folder (see docs/DESIGN.md) and, with ``write``, save the results beside it.
 
     Writes ``attack_metrics.json`` (with a ``definitions`` block), ``attack_metrics.csv`` (per class)
     and ``per_image.csv`` atomically. ``in_run``: called by the run that writes the folder, before it
-    marks itself complete (no "unfinished" warning).
+    marks itself complete. Otherwise the folder of an unfinished run is refused, or read with a warning under
+    ``allow_incomplete``.
     """
     folder = Path(folder)
-    attack = _read_attack(folder, in_run=in_run)
+    attack = _read_attack(folder, in_run=in_run, allow_incomplete=allow_incomplete)
     classes = tuple(attack.get("classes") or CLASSES)
     target = attack.get("target")
     if target is not None and target not in classes:

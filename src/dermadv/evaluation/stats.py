@@ -12,6 +12,7 @@ from statsmodels.stats.proportion import proportion_confint
 from dermadv.errors import ConfigError
 
 CIMethod = Literal["wald", "wilson", "exact"]
+CI_METHODS: tuple[CIMethod, ...] = ("wald", "wilson", "exact")
 _SM_METHOD = {"wald": "normal", "wilson": "wilson", "exact": "beta"}
 
 #: Wald is the default because the paper's intervals are Wald (84% (82-86) on ~1,500 images);

@@ -257,3 +257,19 @@ def build_classifier(arch: str, num_classes: int, *, weights: str | Path | None 
     model = Classifier(backbone, num_classes, mean=info.mean, std=info.std)
     model.weights_info = info
     return model
+
+
+@torch.no_grad()
+def check_input_size(model: nn.Module, size: tuple[int, int], *, arch: str) -> None:
+    """Refuse an image size the architecture cannot take (DenseNet needs 32 px), before any training step."""
+    was_training = model.training
+    device = next(model.parameters()).device
+    try:
+        model.eval()(torch.zeros(2, 3, *size, device=device))
+    except (RuntimeError, ValueError) as exc:
+        reason = str(exc).splitlines()[0][:120]
+        raise ConfigError(
+            f"{arch} cannot take {size[0]}×{size[1]} images ({reason}); use a larger --image-size, e.g. 64"
+        ) from None
+    finally:
+        model.train(was_training)

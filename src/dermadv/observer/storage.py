@@ -115,12 +115,10 @@ def validate_answer(
         raise RunError(f"unknown study design {design!r} in the database")
     if answer not in allowed:
         raise InvalidAnswerError(f"answer must be one of {', '.join(allowed)}; got {answer!r}")
-    try:
-        level = int(confidence)
-    except (TypeError, ValueError):
-        raise InvalidAnswerError(f"confidence must be a whole number from 1 to 5; got {confidence!r}") from None
-    if not 1 <= level <= 5 or str(level) != str(confidence).strip():
+    # Exactly one digit: no " 3", "03", "+3" or "3.0", which a lenient int() would take as 3.
+    if isinstance(confidence, bool) or str(confidence) not in ("1", "2", "3", "4", "5"):
         raise InvalidAnswerError(f"confidence must be a whole number from 1 to 5; got {confidence!r}")
+    level = int(confidence)
     diagnosis = diagnosis or None
     if diagnosis is not None and (design != "single" or diagnosis not in CLASSES):
         expected = ", ".join(CLASSES) if design == "single" else "none in the 2afc design"

@@ -7,6 +7,8 @@ A study folder holds::
     answer_key.json    the plan: item id -> source image, condition / altered side, true label (never served)
     images/<item>.png            single design: the image shown
     images/<item>-left.png, -right.png   2AFC design: the pair shown side by side
+                       (stored PNGs: size, bytes outside the pixels and mtime say nothing about the plan,
+                       see :mod:`dermadv.observer.images`)
     answers.sqlite     observers, their item orders and answers (see :mod:`dermadv.observer.storage`)
 """
 
@@ -19,6 +21,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import time
 from dataclasses import dataclass
@@ -26,12 +29,12 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from PIL import Image
 
 from dermadv.data.classes import CLASSES
 from dermadv.errors import ConfigError, DataError, RunError
+from dermadv.observer.images import check_same_size, write_study_images
 from dermadv.observer.storage import StudyDB
-from dermadv.runs import Run, read_json, write_json
+from dermadv.runs import Run, read_json, require_complete, write_json
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +82,21 @@ class Study:
             raise DataError(f"side {side!r} does not fit the {self.design} design")
         name = f"{item_id}.png" if side is None else f"{item_id}-{side}.png"
         return self.path / IMAGES_DIR / name
+
+    def read_image(self, item_id: str, side: Side | None = None) -> bytes:
+        """The bytes of an item's image; never through a symbolic link, which could point at the answer key."""
+        path = self.image_path(item_id, side)
+        folder = self.path / IMAGES_DIR
+        if folder.is_symlink() or path.is_symlink() or path.resolve().parent != folder.resolve():
+            raise DataError(f"{path} is a link or lies outside {folder}; study images must be plain files")
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError as e:
+            raise DataError(f"image {path} cannot be read ({e.strerror}); recreate the study") from None
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise DataError(f"{path} is not a regular file; study images must be plain files")
+            return f.read()
 
 
 @dataclass(frozen=True)
@@ -130,12 +148,6 @@ def _labels(attack_dir: Path) -> dict[str, str]:
         return {row["image_id"]: row["label"] for row in reader}
 
 
-def _export_png(src: Path, dst: Path) -> None:
-    # Re-encoding (rather than copying) drops any metadata chunk that could name the source or condition.
-    with Image.open(src) as im:
-        im.convert("RGB").save(dst, format="PNG", compress_level=6)
-
-
 def create_study(
     attack_dir: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -144,12 +156,14 @@ def create_study(
     perturbed_share: float = 0.6,
     seed: int = 0,
     design: Design = "single",
+    allow_incomplete: bool = False,
 ) -> Study:
     """Sample ``n`` clean/adversarial pairs from an attack output folder and write a study folder.
 
     Single design: ``round(n * perturbed_share)`` items are shown perturbed, the rest clean.
     2AFC design: every item shows both versions, the altered one on a seeded, balanced side;
-    ``perturbed_share`` does not apply.
+    ``perturbed_share`` does not apply. The folder of an unfinished attack run is refused (a study would sample
+    the images written so far), or used with a warning under ``allow_incomplete``.
     """
     attack_dir, out = Path(attack_dir), Path(out)
     if design not in DESIGNS:
@@ -158,8 +172,11 @@ def create_study(
         raise ConfigError(f"perturbed share must be in [0, 1]; got {perturbed_share}")
     if n < 1:
         raise ConfigError(f"n must be at least 1; got {n}")
+    if seed < 0:
+        raise ConfigError(f"seed must be at least 0; got {seed}")
     if not attack_dir.is_dir():
         raise DataError(f"attack folder {attack_dir} not found; run `dermadv attack run` first or fix the path")
+    require_complete(attack_dir, allow_incomplete=allow_incomplete)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} already exists and is not empty; choose another --out")
     image_ids = _pairs(attack_dir)
@@ -190,16 +207,16 @@ def create_study(
         run = Run(tmp, command="observer create", config=config, seed=seed)
         images = tmp / IMAGES_DIR
         images.mkdir()
-        key = []
+        key, jobs = [], []
         for item_id, image_id, condition, side in zip(item_ids, sample, conditions, sides, strict=True):
             clean = attack_dir / IMAGES_DIR / "clean" / f"{image_id}.png"
             adv = attack_dir / IMAGES_DIR / "adv" / f"{image_id}.png"
+            check_same_size(clean, adv)
             if side is None:
-                _export_png(adv if condition == "perturbed" else clean, images / f"{item_id}.png")
+                jobs.append((adv if condition == "perturbed" else clean, images / f"{item_id}.png"))
             else:
                 other: Side = "right" if side == "left" else "left"
-                _export_png(adv, images / f"{item_id}-{side}.png")
-                _export_png(clean, images / f"{item_id}-{other}.png")
+                jobs += [(adv, images / f"{item_id}-{side}.png"), (clean, images / f"{item_id}-{other}.png")]
             key.append(
                 {
                     "item_id": item_id,
@@ -209,6 +226,8 @@ def create_study(
                     "altered_side": side,
                 }
             )
+        # Re-encoded (not copied): no metadata chunk can name the source, and size and mtime say nothing.
+        write_study_images(jobs, mtime=int(time.time()))
         public_ids = sorted(item_ids)  # sorted random ids: the listing order says nothing about the plan
         write_json(
             tmp / STUDY_FILE,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,8 +24,8 @@ from tqdm.auto import tqdm
 from dermadv import distributed as dd
 from dermadv.attacks.base import Attack
 from dermadv.data.load import to_float
-from dermadv.errors import DataError
-from dermadv.runs import write_csv, write_json
+from dermadv.errors import DataError, RunError
+from dermadv.runs import read_manifest, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,43 @@ def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> None:
         rows = prediction_rows([task.image_ids[i] for i in order], label_codes, task.classes, cp, ap, im)
         write_csv(out / "predictions.csv", rows)
     dd.barrier()
+
+
+#: Everything ``attack run`` (or ``attack transfer``, ``evaluate-attack``, ``report``) writes into an attack folder.
+ATTACK_OUTPUTS = (
+    "manifest.json",
+    "attack.json",
+    "predictions.csv",
+    "attack_metrics.json",
+    "attack_metrics.csv",
+    "per_image.csv",
+    "images",
+    "report",
+)
+
+
+def clear_attack_folder(out: Path) -> None:
+    """Empty a used attack folder before a new run writes into it, so no PNG or table of the earlier run stays
+    beside the new ones (a rerun with fewer images used to keep the others' PNGs); a folder that holds anything
+    else is refused."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise RunError(f"--out {out} is a file; pass a folder for the attack outputs")
+    entries = [e for e in out.iterdir() if not e.name.startswith(".")]  # hidden ones: temporary files of a write
+    if not entries:
+        return
+    manifest = read_manifest(out) or {}
+    foreign = sorted(e.name for e in entries if e.name not in ATTACK_OUTPUTS)
+    if foreign or not ((out / "attack.json").exists() or str(manifest.get("command", "")).startswith("attack")):
+        shown = ", ".join(foreign[:3]) or ", ".join(sorted(e.name for e in entries)[:3])
+        raise RunError(f"{out} holds files of no attack run ({shown}); choose an empty or new --out")
+    log.info("removing the outputs of the earlier attack run in %s", out)
+    for entry in out.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def write_attack_info(out: Path, info: dict[str, Any]) -> None:

@@ -16,17 +16,25 @@ from torch import nn
 from dermadv import distributed as dd
 from dermadv.attacks.base import Attack, check_fit_spec
 from dermadv.attacks.registry import create_attack, get_attack_class
-from dermadv.config import parse_eps
+from dermadv.config import check_at_least, check_budgets, check_types, parse_eps
 from dermadv.data.classes import class_index
 from dermadv.data.load import prepare, split_beside
-from dermadv.data.splits import stratified_sample
+from dermadv.data.splits import SPLITS, stratified_sample
 from dermadv.defences.transforms import attacked_model, parse_defence
 from dermadv.errors import ConfigError, RunError
 from dermadv.evaluation.attack_eval import AttackMetrics, evaluate_attack_folder
 from dermadv.models.checkpoints import check_fits, load_checkpoint
 from dermadv.models.classifier import ResizedClassifier
-from dermadv.pipeline.apply import AttackTask, predict_probs, prediction_rows, read_png, run_attack, write_attack_info
-from dermadv.runs import Run, file_fingerprint, read_json, write_csv, write_json
+from dermadv.pipeline.apply import (
+    AttackTask,
+    clear_attack_folder,
+    predict_probs,
+    prediction_rows,
+    read_png,
+    run_attack,
+    write_attack_info,
+)
+from dermadv.runs import Run, file_fingerprint, read_json, require_complete, write_csv, write_json
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,20 @@ class AttackRunConfig:
     defence: str | None = None  # attack and score the model behind an input transform (jpeg:75, …)
     adaptive: bool = True  # with a defence: BPDA (+EOT) gradients; False: the plain attack that ignores it
     eot_samples: int = 8
+    allow_incomplete: bool = False  # accept a checkpoint or generator of an unfinished run (with a warning)
+
+    def __post_init__(self) -> None:
+        # Every option checked before any work (a sweep used to stop at its first bad budget).
+        check_types(self)
+        get_attack_class(self.method)
+        check_budgets(self, "eps")
+        for split in (self.split, self.fit_split):
+            if split not in (*SPLITS, "all"):
+                raise ConfigError(f"split must be one of {', '.join(SPLITS)}, all; got {split!r}")
+        check_at_least(self, 1, "steps", "pixels", "batch_size", "limit", "fit_limit")
+        check_at_least(self, 0, "seed")
+        if self.target is not None:
+            class_index(self.target)
 
 
 #: how to give a required hyperparameter on the command line
@@ -76,7 +98,10 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
     """Attack a split and write the attack output folder; evaluate it when ``cfg.evaluate`` (on rank 0)."""
     dd.init_from_env()
     device = dd.default_device()
-    eps = parse_eps(cfg.eps) if cfg.eps is not None else None
+    eps = parse_eps(cfg.eps, saved=True) if cfg.eps is not None else None
+    for output in (cfg.checkpoint, cfg.generator):
+        if output is not None:
+            require_complete(output, allow_incomplete=cfg.allow_incomplete)
     model, meta = load_checkpoint(cfg.checkpoint, device=device)
     target = class_index(cfg.target, meta.classes) if cfg.target else None
     defence = parse_defence(cfg.defence) if cfg.defence else None
@@ -114,9 +139,18 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
             path=cfg.generator or cfg.method,
         )
     idx = prep.indices(cfg.split)
+    if len(idx) == 0:
+        raise ConfigError(
+            f"the {cfg.split} split of {cfg.data or 'the synthetic set'} is empty; choose another --split"
+        )
     if cfg.limit:
         idx = stratified_sample(prep.dataset.labels, idx, cfg.limit, cfg.seed)
+    if attack.needs_fit and target is None:
+        raise ConfigError(f"{cfg.method} is fitted toward a target class; pass --target")
     out = Path(cfg.out)
+    if dd.is_main():
+        clear_attack_folder(out)
+    dd.barrier()
     run = Run(
         out,
         command="attack run",
@@ -127,8 +161,6 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
     )
     torch.manual_seed(cfg.seed)
     if attack.needs_fit:
-        if target is None:
-            raise ConfigError(f"{cfg.method} is fitted toward a target class; pass --target")
         with run.stage("fit"):
             fit_idx = prep.indices(cfg.fit_split)
             if cfg.fit_limit:
@@ -185,28 +217,46 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
     return metrics
 
 
-def transfer(source: Path, checkpoint: Path, out: Path, *, defence: str | None = None) -> AttackMetrics:
+def transfer(
+    source: Path, checkpoint: Path, out: Path, *, defence: str | None = None, allow_incomplete: bool = False
+) -> AttackMetrics:
     """Score the saved adversarial images of ``source`` on another classifier (black-box transfer).
 
     With a ``defence`` the images pass through it first: the attack made without knowing the defence.
     """
     spec = parse_defence(defence) if defence else None
-    src_info_path = Path(source) / "attack.json"
+    source, out = Path(source), Path(out)
+    src_info_path = source / "attack.json"
     if not src_info_path.exists():
         raise RunError(
             f"{source} is not an attack output folder (no attack.json); pass the --out of `dermadv attack run`"
         )
+    require_complete(source, allow_incomplete=allow_incomplete)
+    require_complete(checkpoint, allow_incomplete=allow_incomplete)
     info = read_json(src_info_path)
+    if not (source / "predictions.csv").is_file():
+        raise RunError(f"{source} has no predictions.csv: its attack run did not finish; rerun `dermadv attack run`")
+    preds = pd.read_csv(source / "predictions.csv", dtype={"image_id": str})
+    ids = preds["image_id"].tolist()
+    missing = [i for i in ids if not all((source / "images" / k / f"{i}.png").is_file() for k in ("clean", "adv"))]
+    if missing:
+        raise RunError(
+            f"{source} lacks the PNGs of {len(missing)} of its {len(ids)} images (first: {missing[0]}); "
+            "rerun `dermadv attack run` for it"
+        )
     device = dd.default_device()
     model, meta = load_checkpoint(checkpoint, device=device)
     if list(meta.classes) != list(info["classes"]):
         raise ConfigError(
             f"{checkpoint} predicts {','.join(meta.classes)} but the attack used {','.join(info['classes'])}"
         )
-    preds = pd.read_csv(Path(source) / "predictions.csv")
-    out = Path(out)
-    config = {"source": str(source), "checkpoint": str(checkpoint), "defence": str(spec) if spec else None}
-    run = Run(out, command="attack transfer", config=config)
+    clear_attack_folder(out)
+    run = Run(
+        out,
+        command="attack transfer",
+        config={"source": str(source), "checkpoint": str(checkpoint), "defence": str(spec) if spec else None},
+        fingerprints={"classifier": file_fingerprint(checkpoint)},
+    )
     attacked: nn.Module = model
     if tuple(info["image_size"]) != tuple(meta.image_size):
         attacked = ResizedClassifier(model, meta.image_size)
@@ -214,11 +264,8 @@ def transfer(source: Path, checkpoint: Path, out: Path, *, defence: str | None =
         torch.manual_seed(0)  # a randomised defence draws the same noise on every run
         attacked = spec(attacked).eval()
     for kind in ("clean", "adv", "perturbation"):
-        dst = out / "images" / kind
-        if dst.exists():
-            shutil.rmtree(dst)
-        shutil.copytree(Path(source) / "images" / kind, dst)
-    ids = preds["image_id"].astype(str).tolist()
+        if (source / "images" / kind).is_dir():
+            shutil.copytree(source / "images" / kind, out / "images" / kind)
     probs: dict[str, list[np.ndarray]] = {"clean": [], "adv": []}
     for s in range(0, len(ids), 128):
         for kind, parts in probs.items():

@@ -247,7 +247,7 @@ def evaluate_transforms(
 
 
 def transforms_split(cfg: TransformsConfig) -> TransformsResult:
-    defences, budgets = _parse_defences(cfg.defences), parse_eps_list(cfg.eps)
+    defences, budgets = _parse_defences(cfg.defences), [parse_eps(e) for e in parse_eps_list(cfg.eps)]
     sample, run = _start(cfg, "defend transforms")
     with run.stage("attack"):
         result = evaluate_transforms(
@@ -425,7 +425,7 @@ def detect_split(cfg: DetectConfig) -> DetectResult:
 
 def card_split(cfg: CardConfig) -> CardResult:
     """Robustness cards (targeted PGD with early stop, in memory) of the undefended model and each defence."""
-    defences, budgets = _parse_defences(cfg.defences), parse_eps_list(cfg.eps)
+    defences, budgets = _parse_defences(cfg.defences), [parse_eps(e) for e in parse_eps_list(cfg.eps)]
     sample, run = _start(cfg, "defend card")
     target = class_index(cfg.target, sample.meta.classes)
     images, labels = sample.images(), torch.from_numpy(sample.labels)

@@ -5,15 +5,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pandas as pd
 import torch
 from torch import nn
 
 from dermadv import distributed as dd
 from dermadv.data.load import prepare, split_beside
+from dermadv.data.splits import SPLITS
 from dermadv.defences.transforms import parse_defence
+from dermadv.errors import ConfigError
 from dermadv.evaluation.metrics import ClassificationReport, classification_metrics, write_classification_outputs
+from dermadv.evaluation.stats import CI_METHODS
 from dermadv.models.checkpoints import check_fits, load_checkpoint
-from dermadv.runs import Run
+from dermadv.runs import Run, require_complete
 from dermadv.training.classifier import predict_logits
 
 log = logging.getLogger(__name__)
@@ -30,20 +34,42 @@ def evaluate_checkpoint(
     ci_method: str = "wald",
     batch_size: int = 256,
     defence: str | None = None,
+    allow_incomplete: bool = False,
 ) -> ClassificationReport:
     """Predict ``split`` with the checkpoint and write metrics/predictions into ``out``.
 
     The split defaults to the ``split.csv`` written by the training run, so the test images are the
-    ones the classifier never saw. With a ``defence`` (``jpeg:75``…) the images pass through it first.
+    ones the classifier never saw. ``split="all"`` without a split file takes every image of ``data`` and needs no
+    split: on data the checkpoint was not trained on (an external test set) the log says so. With a ``defence`` (``jpeg:75``…) the
+    images pass through it first.
     """
     checkpoint = Path(checkpoint)
+    if split not in (*SPLITS, "all"):
+        raise ConfigError(f"split must be one of {', '.join(SPLITS)}, all; got {split!r}")
+    if ci_method not in CI_METHODS:
+        raise ConfigError(f"ci must be one of {', '.join(CI_METHODS)}; got {ci_method!r}")
+    require_complete(checkpoint, allow_incomplete=allow_incomplete)
     device = dd.default_device()
     spec = parse_defence(defence) if defence else None
     classifier, meta = load_checkpoint(checkpoint, device=device)
     model: nn.Module = spec(classifier) if spec is not None else classifier
-    split_file = split_file or split_beside(checkpoint)
-    prep = prepare(data, image_size=meta.image_size, split_file=split_file)
+    beside = split_beside(checkpoint)
+    external = None
+    if split == "all" and split_file is None:
+        prep = prepare(data, image_size=meta.image_size, unsplit=True)
+        seen = _training_images(beside, prep.dataset.image_ids)
+        external = seen == 0
+        if external:
+            log.warning("external data: none of the %d images was used to train %s", len(prep.frame), checkpoint)
+        else:
+            log.warning("%d of the %d images were in the checkpoint's train or val split", seen, len(prep.frame))
+    else:
+        split_file = split_file or beside
+        prep = prepare(data, image_size=meta.image_size, split_file=split_file)
     check_fits(meta, prep.dataset.classes, path=checkpoint)
+    idx = prep.indices(split)
+    if len(idx) == 0:
+        raise ConfigError(f"the {split} split of {data or 'the synthetic set'} is empty; choose another --split")
     suffix = ("-tta" if tta else "") + (f"-{spec.name}{spec.value:g}" if spec is not None else "")
     out = Path(out) if out else checkpoint.parent / f"eval-{split}{suffix}"
     run = Run(
@@ -56,11 +82,11 @@ def evaluate_checkpoint(
             "split_file": split_file,
             "tta": tta,
             "ci_method": ci_method,
+            "external_data": external,
             "defence": str(spec) if spec is not None else None,
         },
         data_fingerprint=prep.dataset.fingerprint,
     )
-    idx = prep.indices(split)
     torch.manual_seed(0)  # a randomised defence draws the same noise on every run
     with run.stage("predict"):
         logits = predict_logits(
@@ -80,3 +106,12 @@ def evaluate_checkpoint(
     run.finish(n_images=int(len(idx)))
     log.info("wrote %s", out)
     return report
+
+
+def _training_images(split_file: str | None, image_ids: list[str]) -> int:
+    """How many of ``image_ids`` the checkpoint's split file puts in train or val (0 without a split file)."""
+    if split_file is None:
+        return 0
+    frame = pd.read_csv(split_file, dtype=str, keep_default_na=False)
+    trained = set(frame.loc[frame["split"].isin(["train", "val"]), "image_id"])
+    return sum(i in trained for i in image_ids)

@@ -2,7 +2,7 @@
 
 split → classifier → test evaluation → generator → adversarial test set (evaluated) → (robustness sweep) →
 observer-study kit → paper table → report. A stage whose folder is complete is skipped, so a second call
-resumes where the first stopped.
+resumes where the first stopped; the folder is complete once the report is written.
 """
 
 from __future__ import annotations
@@ -10,22 +10,31 @@ from __future__ import annotations
 import logging
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from dermadv import distributed as dd
-from dermadv.config import parse_eps
-from dermadv.data.load import prepare
+from dermadv.config import check_at_least, check_budgets, check_types, parse_eps, parse_eps_list
+from dermadv.data.classes import class_index
+from dermadv.data.load import load_dataset, prepare
 from dermadv.data.splits import save_splits
-from dermadv.errors import RunError
 from dermadv.observer.study import create_study
 from dermadv.pipeline.attack import AttackRunConfig, attack_split
 from dermadv.pipeline.evaluate import evaluate_checkpoint
 from dermadv.pipeline.sweep import PROTOCOLS, generator_folder, sweep
 from dermadv.presets import preset_attack_config, preset_train_config
 from dermadv.report.build import build_report, collect
-from dermadv.runs import Run, atomic_write_text, read_json, run_complete, write_json
+from dermadv.runs import (
+    Run,
+    atomic_write_text,
+    check_same_run,
+    file_fingerprint,
+    read_manifest,
+    require_complete,
+    run_complete,
+    write_json,
+)
 from dermadv.training.classifier import TrainConfig, fit
 from dermadv.training.generator import GeneratorConfig, fit_generator
 
@@ -40,7 +49,7 @@ class ReproduceConfig:
     data: str | None = None
     preset: str = "demo"
     checkpoint: Path | None = None  # reuse a trained classifier instead of training one
-    fit_on: str | None = None  # None: the preset's ("test", the paper's protocol, except cpu-64)
+    fit_on: Literal["train", "test"] | None = None  # None: the preset's ("test", the paper's protocol, except cpu-64)
     eps: str | None = None
     target: str = "nv"
     seed: int = 0
@@ -51,6 +60,35 @@ class ReproduceConfig:
     sweep_only: bool = False  # skip the main generator/attack stages (e.g. a second process sharing the folder)
     observer_n: int = 50
     report: bool = True
+    allow_incomplete: bool = False  # accept a --checkpoint from an unfinished training run (with a warning)
+
+    def __post_init__(self) -> None:
+        # Every option checked before the first stage: a bad --sweep-eps used to fail after training (171 s).
+        check_types(self)
+        preset_train_config(self.preset)
+        check_budgets(self, "eps")
+        if self.sweep_eps is not None:
+            parse_eps_list(self.sweep_eps, option="--sweep-eps")
+        class_index(self.target)
+        check_at_least(self, 0, "seed")
+        check_at_least(self, 1, "sweep_limit", "sweep_fit_images", "observer_n")
+
+
+#: ReproduceConfig fields a rerun may change: where it writes, which optional stages it adds (each sweep budget is a
+#: folder of its own), the report; data and checkpoint are compared by content, eps and fit_on as resolved from the
+#: preset (``eps_value``, ``fit_on_value``).
+_NOT_COMPARED = (
+    "out",
+    "data",
+    "checkpoint",
+    "eps",
+    "fit_on",
+    "sweep",
+    "sweep_eps",
+    "sweep_only",
+    "report",
+    "allow_incomplete",
+)
 
 
 def fit_once(fit: Callable[[C], Path], cfg: C, state: str) -> None:
@@ -74,18 +112,44 @@ def _markdown(rows: list[dict[str, str]]) -> str:
 
 
 def reproduce(cfg: ReproduceConfig) -> Path:
-    """Run the whole study into ``cfg.out``; stages already complete are skipped (resume)."""
+    """Run the whole study into ``cfg.out``; stages already complete are skipped (resume).
+
+    A rerun must use the settings, data and checkpoint the folder was made with (one line names what differs);
+    while it runs, a complete folder stays complete (its manifest says so until the rerun finishes).
+    """
     dd.init_from_env()
     out = Path(cfg.out)
     tcfg = preset_train_config(cfg.preset)
     acfg = preset_attack_config(cfg.preset)
     eps = cfg.eps or acfg["eps"]
-    parse_eps(eps)
+    if cfg.checkpoint is not None:
+        require_complete(cfg.checkpoint, allow_incomplete=cfg.allow_incomplete)
+    dataset = load_dataset(cfg.data)
+    fit_on = cfg.fit_on or acfg.get("fit_on", "train")
+    settings = {**asdict(cfg), "eps_value": parse_eps(eps, saved=True), "fit_on_value": fit_on}
+    fingerprints = {
+        "data": dataset.fingerprint,
+        "data_content": dataset.content_fingerprint,
+        "classifier": file_fingerprint(cfg.checkpoint) if cfg.checkpoint and Path(cfg.checkpoint).is_file() else None,
+    }
+    # the sweep's settings matter once the folder holds a sweep; --sweep may be added to a finished study
+    swept = bool(((read_manifest(out) or {}).get("config") or {}).get("sweep"))
+    ignore = _NOT_COMPARED if swept else (*_NOT_COMPARED, "sweep_limit", "sweep_fit_images")
+    check_same_run(out, command="reproduce", config=settings, ignore=ignore, fingerprints=fingerprints)
     # A sweep-only process shares the folder with a main one: it keeps its manifest under sweep/.
     run_dir = (
         out / "sweep" / f"manifest-sweep-{'_'.join(e.replace('/', '-') for e in (cfg.sweep_eps or '').split(','))}"
     )
-    run = Run(run_dir if cfg.sweep_only else out, command="reproduce", config=cfg, seed=cfg.seed, write=dd.is_main())
+    run = Run(
+        run_dir if cfg.sweep_only else out,
+        command="reproduce",
+        config=settings,
+        seed=cfg.seed,
+        data_fingerprint=fingerprints.pop("data"),
+        fingerprints=fingerprints,
+        keep_complete=True,
+        write=dd.is_main(),
+    )
     clf_dir, gen_dir, adv_dir = out / "classifier", out / "generator", out / "adv-test"
     split_path = out / "split.csv"
 
@@ -100,14 +164,11 @@ def reproduce(cfg: ReproduceConfig) -> Path:
             dd.barrier()
             if (clf_dir / "split.csv").exists() and dd.is_main():
                 shutil.copy2(clf_dir / "split.csv", split_path)
-        prep = None
         if not split_path.exists():
             prep = prepare(cfg.data, image_size=tcfg["image_size"], seed=cfg.seed)
             if dd.is_main():
                 save_splits(prep.frame, split_path)
         dd.barrier()
-        run.update(data_fingerprint=prep.dataset.fingerprint if prep else None)
-
     with run.stage("classifier"):
         train = TrainConfig(out=clf_dir, data=cfg.data, seed=cfg.seed, split_file=str(split_path), **tcfg)
         fit_once(fit, train, "train_state.pt")
@@ -120,8 +181,6 @@ def reproduce(cfg: ReproduceConfig) -> Path:
         dd.barrier()
     if not cfg.sweep_only:
         with run.stage("generator"):
-            fit_on = cfg.fit_on or acfg.get("fit_on", "train")
-            _check_same_settings(gen_dir, eps=parse_eps(eps), target=cfg.target, fit_on=fit_on)
             fit_once(
                 fit_generator,
                 _generator_config(cfg, acfg, checkpoint, split_path, gen_dir, eps, fit_on),
@@ -151,12 +210,11 @@ def reproduce(cfg: ReproduceConfig) -> Path:
         rows = paper_table(out)
         write_json(out / "paper_table.json", rows)
         atomic_write_text(out / "paper_table.md", _markdown(rows))
-        run.finish()  # the study is complete with its paper table; the report is a view of it
         if cfg.report:
             with run.stage("report"):
-                build_report(out)
+                build_report(out, last_stage=True)
     if dd.is_main():
-        run.finish()
+        run.finish()  # only now: a folder whose report failed or was cut short is not complete
     dd.barrier()
     return out
 
@@ -219,18 +277,3 @@ def _sweep_stage(cfg: ReproduceConfig, run: Run, acfg: dict[str, Any], checkpoin
                 )
                 fit_once(fit_generator, gen, "generator_state.pt")
             sweep(attack, methods=["advgan", "pgd"], eps_values=[eps], generators=base / "generators", resume=True)
-
-
-def _check_same_settings(gen_dir: Path, *, eps: float, target: str, fit_on: str) -> None:
-    """Refuse to resume a run folder whose generator was fitted with other settings."""
-    if not (gen_dir / "manifest.json").exists():
-        return
-    old = read_json(gen_dir / "manifest.json").get("config", {})
-    was = {"eps": old.get("eps_value"), "target": old.get("target"), "fit_on": old.get("fit_on")}
-    now = {"eps": eps, "target": target, "fit_on": fit_on}
-    diff = [k for k in now if was[k] is not None and (abs(was[k] - now[k]) > 1e-9 if k == "eps" else was[k] != now[k])]
-    if diff:
-        raise RunError(
-            f"{gen_dir.parent} was run with other settings ({', '.join(f'{k}={was[k]}' for k in diff)}); "
-            "choose another --out for these settings"
-        )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,11 @@ from dermadv import distributed as dd
 from dermadv.attacks.generator import GeneratorAttack
 from dermadv.attacks.registry import get_attack_class
 from dermadv.config import format_eps, parse_eps
+from dermadv.errors import ConfigError
 from dermadv.evaluation.attack_metrics import AttackMetrics
+from dermadv.models.checkpoints import load_checkpoint
 from dermadv.pipeline.attack import AttackRunConfig, attack_split
-from dermadv.runs import read_json, run_complete, write_csv
+from dermadv.runs import Run, check_same_run, file_fingerprint, read_json, require_complete, run_complete, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -65,22 +67,66 @@ def sweep(
     ``generators``: the folder of generator fits the ``advgan`` method reads; ``resume``: skip complete folders.
     """
     base = Path(cfg.out)
+    configs = _check_sweep(cfg, methods, eps_values)
     rows: list[dict[str, Any]] = []
     for eps_text in eps_values:
-        eps = parse_eps(eps_text)
+        eps = parse_eps(eps_text, saved=True)
         for method in methods:
             for protocol, generator in _runs(method, eps, generators):
                 sub = replace(
-                    cfg,
-                    method=method,
-                    eps=eps_text,
-                    generator=generator,
-                    out=base / attack_folder(method, eps, protocol),
+                    configs[method, eps_text], generator=generator, out=base / attack_folder(method, eps, protocol)
                 )
                 if not (resume and run_complete(sub.out)):
                     attack_split(sub)
         if dd.is_main():
             rows = write_sweep_csv(base)
+    return rows
+
+
+def _check_sweep(
+    cfg: AttackRunConfig, methods: Sequence[str], eps_values: Sequence[str]
+) -> dict[tuple[str, str], AttackRunConfig]:
+    """The config of every (method, eps) run, each checked before the first run starts."""
+    if not methods or not eps_values:
+        raise ConfigError("a sweep needs at least one method and one budget, e.g. --methods pgd --eps 2/255")
+    configs = {}
+    for eps_text in eps_values:
+        try:
+            parse_eps(eps_text, saved=True)
+        except ConfigError as exc:
+            raise ConfigError(f"--eps {','.join(eps_values)}: {exc}") from None
+        for method in methods:
+            configs[method, eps_text] = replace(cfg, method=method, eps=eps_text)
+    return configs
+
+
+#: AttackRunConfig fields a rerun of ``attack sweep`` into the same folder may change: the methods and budgets are
+#: each a folder of their own; the classifier and the data are compared by content.
+_NOT_COMPARED = ("out", "method", "eps", "generator", "progress", "allow_incomplete", "checkpoint", "data", "params")
+
+
+def attack_sweep(
+    cfg: AttackRunConfig, *, methods: Sequence[str], eps_values: Sequence[str], generators: Path | None = None
+) -> list[dict[str, Any]]:
+    """``dermadv attack sweep``: :func:`sweep` as a run folder of its own (``manifest.json`` beside ``sweep.csv``).
+
+    A rerun into the same folder must attack the same classifier, data, split and sample (one line names what
+    differs), so that ``sweep.csv``, rebuilt from every attack folder there, never mixes two settings.
+    """
+    _check_sweep(cfg, methods, eps_values)
+    require_complete(cfg.checkpoint, allow_incomplete=cfg.allow_incomplete)
+    checkpoint = Path(cfg.checkpoint)
+    load_checkpoint(checkpoint)  # a missing or foreign checkpoint is refused before the folder is made
+    fingerprints = {"classifier": file_fingerprint(checkpoint) if checkpoint.is_file() else None}
+    settings = {**asdict(cfg), "methods": list(methods), "eps_values": list(eps_values)}
+    ignore = (*_NOT_COMPARED, "methods", "eps_values")
+    check_same_run(cfg.out, command="attack sweep", config=settings, ignore=ignore, fingerprints=fingerprints)
+    run = Run(
+        cfg.out, command="attack sweep", config=settings, seed=cfg.seed, fingerprints=fingerprints, write=dd.is_main()
+    )
+    rows = sweep(cfg, methods=methods, eps_values=eps_values, generators=generators)
+    if dd.is_main():
+        run.finish(n_rows=len(rows))
     return rows
 
 
@@ -114,7 +160,9 @@ def _protocol(folder: str, method: str) -> str:
 def write_sweep_csv(base: Path) -> list[dict[str, Any]]:
     """Collect every complete attack folder under ``base`` into ``sweep.csv`` (method, protocol, eps order)."""
     rows = []
-    for folder in sorted(p for p in base.iterdir() if p.is_dir() and (p / "attack_metrics.json").exists()):
+    # an attack folder still running, or cut short, is left out until it completes
+    done = (p for p in base.iterdir() if p.is_dir() and (p / "attack_metrics.json").exists() and run_complete(p))
+    for folder in sorted(done):
         info = read_json(folder / "attack.json")
         metrics = AttackMetrics.from_dict(read_json(folder / "attack_metrics.json"))
         method = info["method"]

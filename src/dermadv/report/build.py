@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import jinja2
 
@@ -127,11 +128,13 @@ def _missing_notes(layout: Layout, data: dict[str, Any], notes: list[str]) -> li
     return missing
 
 
-def collect(run_dir: str | Path) -> ReportData:
+def collect(run_dir: str | Path, *, last_stage: bool = False) -> ReportData:
     """Read a run folder (reproduce, attack output, classifier or study folder) into :class:`ReportData`.
 
     Reads only files inside ``run_dir`` and never recomputes an attack (an observer study without a saved
     analysis is analysed from its answers, read-only). Missing or unreadable parts become notes.
+    ``last_stage``: the report is the last stage of the run in ``run_dir`` (``reproduce``), which marks itself
+    complete once the report is written; the report shows it so.
     """
     run_dir = Path(run_dir).resolve()
     if not run_dir.is_dir():
@@ -139,6 +142,10 @@ def collect(run_dir: str | Path) -> ReportData:
     layout = locate(run_dir)
     sources = Sources(run_dir)
     stages = [s for name, folder in layout.stage_folders() if (s := read_stage(name, folder, sources)) is not None]
+    if last_stage and stages and stages[0].folder == ".":
+        manifest = {k: v for k, v in stages[0].manifest.items() if k != "rerun"} | {"status": "complete"}
+        stages[0] = replace(stages[0], manifest=manifest)
+        sources.generated[unquote(stages[0].link.href)] = manifest  # the cited copy says the same
     notes: list[str] = []
     parts: dict[str, Any] = {"classifier": None, "attack": None, "sweep": None, "observer": None}
     readers: list[tuple[str, str, Path | None, Callable[[Path], Any]]] = [
@@ -246,18 +253,16 @@ def summary_json(data: ReportData) -> dict[str, Any]:
     }
 
 
-def build_report(run_dir: str | Path, *, open_browser: bool = False) -> Path:
-    """Write ``<run_dir>/report/`` and return the path of its ``index.html``."""
+def build_report(run_dir: str | Path, *, open_browser: bool = False, last_stage: bool = False) -> Path:
+    """Write ``<run_dir>/report/`` and return the path of its ``index.html`` (``last_stage``: see :func:`collect`)."""
     t0 = time.time()
-    data = collect(run_dir)
+    data = collect(run_dir, last_stage=last_stage)
     out = data.run_dir / REPORT_DIR
     for sub in ("figures", "images", "sources"):
         if (out / sub).exists():
             shutil.rmtree(out / sub)  # a rebuilt report must not keep files of an older run
     out.mkdir(parents=True, exist_ok=True)
     for href, src in data.copies.items():
-        from urllib.parse import unquote
-
         dst = out / unquote(href)
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(src, dst)

@@ -24,12 +24,13 @@ from tqdm.auto import tqdm
 
 from dermadv import distributed as dd
 from dermadv.attacks.base import Attack
+from dermadv.config import check_at_least, check_positive, check_share, check_types
 from dermadv.data.load import Prepared, prepare, to_float
 from dermadv.data.splits import save_splits
 from dermadv.errors import ConfigError
 from dermadv.models.checkpoints import CheckpointMeta, save_checkpoint
-from dermadv.models.classifier import Classifier, WeightsInfo, build_classifier
-from dermadv.runs import Run, atomic_path, write_csv, write_json
+from dermadv.models.classifier import Classifier, WeightsInfo, build_classifier, check_input_size
+from dermadv.runs import Run, atomic_path, check_same_run, write_csv, write_json
 from dermadv.training.adversarial import adversarial_batch, check_adversarial, training_attack
 from dermadv.training.augment import AugmentConfig, augment
 from dermadv.training.data import device_images, start_fit
@@ -73,20 +74,21 @@ class TrainConfig:
     adv_generator: str | None = None  # generator.safetensors for adversarial="generator"
 
     def __post_init__(self) -> None:
-        # Checked here, not at first use: an unknown optimizer would otherwise silently train with SGD.
-        choices = {
-            "optimizer": ("adamw", "sgd"),
-            "class_balance": ("none", "sqrt", "inverse"),
-            "select": ("balanced_accuracy", "accuracy", "sum"),
-            "amp": ("auto", "bf16", "off"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"{name} must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-        for name in ("epochs", "batch_size"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a whole number of at least 1; got {getattr(self, name)!r}")
+        # Checked here, before any work: a wrong value would otherwise fail minutes later, or train silently
+        # with something else (an unknown optimizer used to mean SGD).
+        check_types(self)
+        check_at_least(self, 1, "epochs", "batch_size", "patience", "max_train_images")
+        check_at_least(self, 8, "image_size")
+        check_at_least(self, 0, "seed", "weight_decay", "warmup_epochs")
+        check_positive(self, "lr")
+        check_share(self, "label_smoothing", "ema_decay")
         check_adversarial(self.adversarial, self.adv_eps, self.adv_steps, self.adv_generator)
+
+
+#: TrainConfig fields a resumed run may change: where it writes, progress bars, speed-only switches, and the length
+#: (--resume with more epochs extends a finished run); the data and split files are compared by content
+#: (fingerprints), not by path.
+_NOT_COMPARED = ("out", "resume", "progress", "compile", "channels_last", "epochs", "patience", "data", "split_file")
 
 
 @dataclass
@@ -290,7 +292,11 @@ def _validation_logits(
 def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
     """Train a classifier into ``cfg.out``; return the path of ``model.safetensors`` (best on validation)."""
     out = Path(cfg.out)
-    device, state_path = start_fit(out, "train_state.pt", seed=cfg.seed, resume=cfg.resume, what="a training run")
+    device, state_path = start_fit(
+        out, "train_state.pt", seed=cfg.seed, resume=cfg.resume, what="a training run", command="train"
+    )
+    # --resume continues one run: the same settings (checked before decoding any image), data and split
+    previous = check_same_run(out, command="train", config=asdict(cfg), ignore=_NOT_COMPARED) if cfg.resume else None
     if prepared is None:
         with dd.main_first():  # rank 0 fills the decode cache, the others then read it
             prepared = prepare(
@@ -302,20 +308,34 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
             )
     prep = prepared
     ds = prep.dataset
-    run = Run(
-        out, command="train", config=asdict(cfg), seed=cfg.seed, data_fingerprint=ds.fingerprint, write=dd.is_main()
-    )
-    if dd.is_main():
-        save_splits(prep.frame, out / "split.csv")
+    fingerprints = {"data": ds.fingerprint, "data_content": ds.content_fingerprint, "split": prep.split_fingerprint}
+    if previous is not None:
+        check_same_run(out, command="train", config={}, fingerprints=fingerprints)
+        length = {k: (previous.get("config") or {}).get(k) for k in ("epochs", "patience")}
+        if previous.get("status") == "complete" and length == {"epochs": cfg.epochs, "patience": cfg.patience}:
+            log.info("%s holds this training run, complete: nothing to resume", out)
+            return out / "model.safetensors"
     train_idx, val_idx = prep.indices("train"), prep.indices("val")
     if cfg.max_train_images:
         train_idx = train_idx[: cfg.max_train_images]
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ConfigError("the split has an empty train or val part; use more data or other --split fractions")
+    model = build_classifier(cfg.arch, ds.num_classes, weights=cfg.weights).to(device)
+    check_input_size(model, prep.size, arch=cfg.arch)
+    run = Run(
+        out,
+        command="train",
+        config=asdict(cfg),
+        seed=cfg.seed,
+        data_fingerprint=fingerprints.pop("data"),
+        fingerprints=fingerprints,
+        write=dd.is_main(),
+    )
+    if dd.is_main():
+        save_splits(prep.frame, out / "split.csv")
     images = device_images(prep.images, device)
     labels = torch.from_numpy(ds.labels).to(images.device)
 
-    model = build_classifier(cfg.arch, ds.num_classes, weights=cfg.weights).to(device)
     if use_channels_last(cfg, device):
         model = model.to(memory_format=torch.channels_last)
     ema = None

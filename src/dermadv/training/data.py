@@ -9,10 +9,16 @@ import torch
 
 from dermadv import distributed as dd
 from dermadv.errors import RunError
+from dermadv.runs import read_manifest
 
 
-def start_fit(out: Path, state_name: str, *, seed: int, resume: bool, what: str) -> tuple[torch.device, Path]:
-    """Common start of a resumable fit: join the process group, seed, pick the device, guard the run folder."""
+def start_fit(
+    out: Path, state_name: str, *, seed: int, resume: bool, what: str, command: str
+) -> tuple[torch.device, Path]:
+    """Common start of a resumable fit: join the process group, seed, pick the device, guard the run folder.
+
+    Without ``resume``, a folder that holds a fit's state or a complete run is refused: a run folder is one run.
+    """
     dd.init_from_env()
     torch.manual_seed(seed)
     device = dd.default_device()
@@ -20,8 +26,12 @@ def start_fit(out: Path, state_name: str, *, seed: int, resume: bool, what: str)
         # one input size throughout: cuDNN times its convolution algorithms once and keeps the fastest
         torch.backends.cudnn.benchmark = True
     state_path = Path(out) / state_name
+    previous = read_manifest(out)
+    held = state_path.exists() or (previous is not None and previous.get("status") == "complete")
     # Rank 0 decides for all: a rank that looked later could see the state file rank 0 just wrote.
-    if dd.broadcast_object(state_path.exists()) and not resume:
+    if dd.broadcast_object(held) and not resume:
+        if previous is not None and previous.get("command") not in (None, command):
+            what = f"a `dermadv {previous['command']}` run"
         raise RunError(f"{out} already holds {what}; pass --resume to continue it or choose another --out")
     return device, state_path
 

@@ -31,14 +31,14 @@ from dermadv.attacks.generator import (
     generator_inputs,
     save_generator,
 )
-from dermadv.config import parse_eps
+from dermadv.config import check_at_least, check_budgets, check_positive, check_types, parse_eps
 from dermadv.data.classes import class_index
 from dermadv.data.load import prepare, split_beside, to_float
 from dermadv.data.splits import stratified_sample
 from dermadv.errors import ConfigError, RunError
 from dermadv.models.checkpoints import check_fits, load_checkpoint
 from dermadv.models.classifier import ResizedClassifier
-from dermadv.runs import Run, atomic_path, file_fingerprint, write_csv
+from dermadv.runs import Run, atomic_path, check_same_run, file_fingerprint, require_complete, write_csv
 from dermadv.training.classifier import autocast
 from dermadv.training.data import device_images, start_fit
 
@@ -138,15 +138,40 @@ class GeneratorConfig:
     amp: Literal["auto", "bf16", "off"] = "auto"
     resume: bool = False
     progress: bool = True
+    allow_incomplete: bool = False  # accept a checkpoint from an unfinished training run (with a warning)
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        check_budgets(self, "eps")
+        class_index(self.target)
+        if self.condition not in CONDITIONS:
+            raise ConfigError(f"condition must be one of {', '.join(CONDITIONS)}; got {self.condition!r}")
+        check_at_least(self, 1, "epochs", "batch_size", "channels", "max_fit_images")
+        check_at_least(self, 0, "seed", "res_blocks", "kappa", "gan_weight", "hinge_weight")
+        check_positive(self, "lr", "hinge_ratio")
+
+
+#: GeneratorConfig fields a resumed fit may change: where it writes, progress bars; the classifier and the data are
+#: compared by content (fingerprints), not by path.
+_NOT_COMPARED = ("out", "resume", "progress", "allow_incomplete", "checkpoint", "data", "split_file")
 
 
 def fit_generator(cfg: GeneratorConfig) -> Path:
     """Fit a generator into ``cfg.out``; return the path of ``generator.safetensors``."""
-    eps = parse_eps(cfg.eps)
-    if cfg.condition not in CONDITIONS:
-        raise ConfigError(f"condition must be one of {', '.join(CONDITIONS)}; got {cfg.condition!r}")
+    eps = parse_eps(cfg.eps, saved=True)
     out = Path(cfg.out)
-    device, state_path = start_fit(out, "generator_state.pt", seed=cfg.seed, resume=cfg.resume, what="a generator fit")
+    device, state_path = start_fit(
+        out, "generator_state.pt", seed=cfg.seed, resume=cfg.resume, what="a generator fit", command="attack fit"
+    )
+    require_complete(cfg.checkpoint, allow_incomplete=cfg.allow_incomplete)
+    # --resume continues one run: the same settings, classifier (by content) and data
+    classifier_fingerprint = file_fingerprint(cfg.checkpoint) if Path(cfg.checkpoint).is_file() else None
+    fingerprints = {"classifier": classifier_fingerprint}
+    previous = None
+    if cfg.resume:
+        previous = check_same_run(
+            out, command="attack fit", config=asdict(cfg), ignore=_NOT_COMPARED, fingerprints=fingerprints
+        )
     classifier, meta = load_checkpoint(cfg.checkpoint, device=device)
     for p in classifier.parameters():
         p.requires_grad_(False)
@@ -158,6 +183,12 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
             cfg.data, image_size=size, split_file=split_file, seed=cfg.seed, progress=dd.is_main() and cfg.progress
         )
     check_fits(meta, prep.dataset.classes, path=cfg.checkpoint)
+    fingerprints |= {"data": prep.dataset.fingerprint, "data_content": prep.dataset.content_fingerprint}
+    if previous is not None:
+        check_same_run(out, command="attack fit", config={}, fingerprints=fingerprints)
+        if previous.get("status") == "complete":
+            log.info("%s holds this generator fit, complete: nothing to resume", out)
+            return out / "generator.safetensors"
     attacked: nn.Module = classifier if cfg.attack_size == "model" else ResizedClassifier(classifier, meta.image_size)
     attacked.eval()
     idx = prep.indices(cfg.fit_on)
@@ -176,7 +207,7 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
         classes=tuple(meta.classes),
         image_size=prep.size,
         attack_size=cfg.attack_size,
-        classifier_fingerprint=file_fingerprint(cfg.checkpoint),
+        classifier_fingerprint=classifier_fingerprint or "",
     )
     gen = PerturbationGenerator(eps, channels=cfg.channels, res_blocks=cfg.res_blocks, condition=cfg.condition).to(
         device
@@ -214,7 +245,8 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
         command="attack fit",
         config={**asdict(cfg), "eps_value": eps},
         seed=cfg.seed,
-        data_fingerprint=prep.dataset.fingerprint,
+        data_fingerprint=fingerprints.pop("data"),
+        fingerprints=fingerprints,
         write=dd.is_main(),
     )
     history: list[dict[str, float]] = []
