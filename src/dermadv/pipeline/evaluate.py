@@ -54,15 +54,19 @@ def evaluate_checkpoint(
     classifier, meta = load_checkpoint(checkpoint, device=device)
     model: nn.Module = spec(classifier) if spec is not None else classifier
     beside = split_beside(checkpoint)
-    external = None
+    external: bool | None = None  # None: not known
     if split == "all" and split_file is None:
         prep = prepare(data, image_size=meta.image_size, unsplit=True)
-        seen = _training_images(beside, prep.dataset.image_ids)
-        external = seen == 0
-        if external:
-            log.warning("external data: none of the %d images was used to train %s", len(prep.frame), checkpoint)
+        n = len(prep.frame)
+        if beside is None:
+            log.warning("no split.csv beside %s: cannot tell whether these %d images trained it", checkpoint, n)
         else:
-            log.warning("%d of the %d images were in the checkpoint's train or val split", seen, len(prep.frame))
+            seen = _training_images(beside, prep.dataset.image_ids)
+            external = seen == 0
+            if external:
+                log.warning("external data: none of the %d images was used to train %s", n, checkpoint)
+            else:
+                log.warning("%d of the %d images were in the checkpoint's train or val split", seen, n)
     else:
         split_file = split_file or beside
         prep = prepare(data, image_size=meta.image_size, split_file=split_file)
@@ -108,10 +112,8 @@ def evaluate_checkpoint(
     return report
 
 
-def _training_images(split_file: str | None, image_ids: list[str]) -> int:
-    """How many of ``image_ids`` the checkpoint's split file puts in train or val (0 without a split file)."""
-    if split_file is None:
-        return 0
+def _training_images(split_file: str, image_ids: list[str]) -> int:
+    """How many of ``image_ids`` the checkpoint's split file puts in train or val."""
     frame = pd.read_csv(split_file, dtype=str, keep_default_na=False)
     trained = set(frame.loc[frame["split"].isin(["train", "val"]), "image_id"])
     return sum(i in trained for i in image_ids)

@@ -77,9 +77,9 @@ class TrainConfig:
         # Checked here, before any work: a wrong value would otherwise fail minutes later, or train silently
         # with something else (an unknown optimizer used to mean SGD).
         check_types(self)
-        check_at_least(self, 1, "epochs", "batch_size", "patience", "max_train_images")
+        check_at_least(self, 1, "epochs", "batch_size", "max_train_images")
         check_at_least(self, 8, "image_size")
-        check_at_least(self, 0, "seed", "weight_decay", "warmup_epochs")
+        check_at_least(self, 0, "seed", "weight_decay", "warmup_epochs", "patience")  # patience 0: one epoch
         check_positive(self, "lr")
         check_share(self, "label_smoothing", "ema_decay")
         check_adversarial(self.adversarial, self.adv_eps, self.adv_steps, self.adv_generator)
@@ -311,9 +311,8 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
     fingerprints = {"data": ds.fingerprint, "data_content": ds.content_fingerprint, "split": prep.split_fingerprint}
     if previous is not None:
         check_same_run(out, command="train", config={}, fingerprints=fingerprints)
-        length = {k: (previous.get("config") or {}).get(k) for k in ("epochs", "patience")}
-        if previous.get("status") == "complete" and length == {"epochs": cfg.epochs, "patience": cfg.patience}:
-            log.info("%s holds this training run, complete: nothing to resume", out)
+        if previous.get("status") == "complete" and previous.get("epochs_run") == cfg.epochs:
+            log.info("%s holds this training run, complete with all %d epochs: nothing to resume", out, cfg.epochs)
             return out / "model.safetensors"
     train_idx, val_idx = prep.indices("train"), prep.indices("val")
     if cfg.max_train_images:
