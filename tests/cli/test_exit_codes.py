@@ -74,6 +74,13 @@ FAILURES: dict[str, tuple[list[str], int]] = {
     "attack run": (["--checkpoint", "{tmp}/m.safetensors", "--out", "{tmp}/adv", "--eps", "8"], 1),
     "attack sweep": (["--checkpoint", "{tmp}/missing.safetensors", "--out", "{tmp}/sweep"], 1),
     "attack transfer": (["--from", "{tmp}/nowhere", "--to", "{tmp}/missing.safetensors", "--out", "{tmp}/t"], 1),
+    "defend transforms": (["--checkpoint", "{tmp}/missing.safetensors", "--out", "{tmp}/d"], 1),
+    "defend certify": (["--checkpoint", "{tmp}/missing.safetensors", "--out", "{tmp}/d"], 1),
+    "defend detect": (
+        ["--checkpoint", "{tmp}/missing.safetensors", "--out", "{tmp}/d", "--attack-folder", "{tmp}/a"],
+        1,
+    ),
+    "defend card": (["--checkpoint", "{tmp}/missing.safetensors", "--out", "{tmp}/d"], 1),
     "attack list": (["surplus-argument"], 2),
     "reproduce": (["--out", "{tmp}/repro", "--preset", "huge"], 1),
     "report": (["{tmp}/nowhere"], 1),
