@@ -44,7 +44,7 @@ def test_offline_weights_map_every_tensor_shape_for_shape() -> None:
     model.load_state_dict(state, strict=True)
 
 
-def test_offline_weights_are_imagenet_weights(lite0_imagenet: clf.Classifier) -> None:
+def test_offline_weights_are_imagenet_weights() -> None:
     """With its ImageNet head the mapped model names skimage's cat and coffee cup: the mapping is right, not just shaped."""
     import timm
 
