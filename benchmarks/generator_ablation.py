@@ -26,6 +26,7 @@ from dermadv.attacks.gradient import PGD
 from dermadv.config import parse_eps
 from dermadv.data.classes import class_index
 from dermadv.data.load import prepare, to_float
+from dermadv.data.splits import stratified_sample
 from dermadv.models.checkpoints import load_checkpoint
 from dermadv.training.generator import LossWeights, gan_step
 
@@ -89,6 +90,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--variants", default="[{}]", help="JSON list of variant dicts (keys above)")
     parser.add_argument("--pgd", action="store_true", help="also per-image PGD-20 on the same test images")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--limit", type=int, default=None, help="a class-stratified test sample (the sweep's, seed 0); default: all"
+    )
+    parser.add_argument("--fit-limit", type=int, default=None, help="a class-stratified sample of the train split")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, meta = load_checkpoint(args.checkpoint)
@@ -97,6 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     eps, target = parse_eps(args.eps), class_index(args.target, meta.classes)
     prep = prepare(args.data, image_size=meta.image_size, split_file=Path(args.checkpoint).parent / "split.csv")
     split = {s: prep.indices(s) for s in ("train", "test")}
+    for name, limit in (("test", args.limit), ("train", args.fit_limit)):
+        if limit:
+            split[name] = stratified_sample(prep.dataset.labels, split[name], limit, 0)
     images = {s: to_float(torch.from_numpy(np.asarray(prep.images[i]))) for s, i in split.items()}
     labels = {s: prep.dataset.labels[i] for s, i in split.items()}
     rows = []
@@ -125,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
                 ]
             )
         worst, _ = worst_class(predict(model, on_grid(adv)), labels["test"], target)
-        rows.append({"variant": v, "worst_class": worst, "seconds": round(time.time() - start)})
+        rows.append({"variant": given, "worst_class": worst, "seconds": round(time.time() - start)})
         print(json.dumps(rows[-1]), flush=True)
 
 

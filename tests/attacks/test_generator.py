@@ -92,11 +92,13 @@ def test_eps_in_range_is_accepted(value: str | float) -> None:
 # --- conditioning on the classifier's input gradient ---
 
 
-def test_gradient_inputs_carry_the_descent_direction_toward_the_target(tiny) -> None:
+@pytest.mark.parametrize(("condition", "share"), [("gradient", 0.9), ("gradient-half", 0.75)])
+def test_gradient_inputs_carry_the_descent_direction_toward_the_target(tiny, condition: str, share: float) -> None:
+    """The sign channel is a descent direction of the cross-entropy toward the target (at half resolution too)."""
     from dermadv.attacks.generator import generator_inputs
 
     images, target = tiny.test_images[:32], 1
-    inputs = generator_inputs(tiny.model, images, target=target, condition="gradient")
+    inputs = generator_inputs(tiny.model, images, target=target, condition=condition)
     assert inputs.shape == (32, 9, *images.shape[-2:]) and float(inputs.min()) >= 0 and float(inputs.max()) <= 1
     assert torch.equal(inputs[:, :3], images)
     assert torch.equal(generator_inputs(tiny.model, images, target=target, condition="image"), images)
@@ -105,7 +107,7 @@ def test_gradient_inputs_carry_the_descent_direction_toward_the_target(tiny) -> 
     with torch.no_grad():
         before = nn.functional.cross_entropy(tiny.model(images), goal, reduction="none")
         after = nn.functional.cross_entropy(tiny.model((images + 1 / 255 * step).clamp(0, 1)), goal, reduction="none")
-    assert (after < before).float().mean() >= 0.9
+    assert (after < before).float().mean() >= share
 
 
 def _fit_in_memory(tiny, condition: str, *, target: int, eps: float) -> GeneratorAttack:

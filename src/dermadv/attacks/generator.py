@@ -6,6 +6,8 @@ A fully convolutional generator maps an image to a perturbation bounded by a har
 ``condition="gradient"`` also feeds the generator the classifier's input gradient toward the target
 (one backward pass per image, as in learned-optimiser attacks, Jiang et al. 2019): an image-only
 generator learns an almost universal pattern (FGSM-strength), the conditioned one adapts to each lesion.
+``condition="gradient-half"`` takes that gradient on the image at half resolution (a quarter of the backward
+pass's cost) and upsamples it: the cheaper conditioning, for speed.
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ from dermadv.attacks.registry import register_attack
 from dermadv.errors import CheckpointError
 from dermadv.models.checkpoints import load_state, save_state
 
-Condition = Literal["image", "gradient"]
-CONDITIONS: tuple[str, ...] = ("image", "gradient")
+Condition = Literal["image", "gradient", "gradient-half"]
+CONDITIONS: tuple[str, ...] = ("image", "gradient", "gradient-half")
 
 
 @dataclass(frozen=True)
 class GeneratorSpec:
-    condition: str = "image"  # "image" (AdvGAN) or "gradient" (image + the classifier's input gradient)
+    condition: str = "image"  # "image" (AdvGAN), "gradient" (+ the classifier's input gradient), "gradient-half"
     channels: int = 16
     res_blocks: int = 3
     eps: float = 8 / 255
@@ -101,15 +103,20 @@ class PerturbationGenerator(nn.Module):
 
 def generator_inputs(model: nn.Module, images: torch.Tensor, *, target: int, condition: str) -> torch.Tensor:
     """What the generator sees: the images, and for ``condition="gradient"`` the descent direction of the
-    cross-entropy toward ``target`` at the images, as a standardised map and as its sign (9 channels in [0, 1])."""
+    cross-entropy toward ``target`` at the images, as a standardised map and as its sign (9 channels in [0, 1]).
+    ``"gradient-half"``: that direction at the image downsampled by two, upsampled back (a quarter of the cost)."""
     if condition == "image":
         return images
+    half = condition == "gradient-half"
     with torch.enable_grad():
-        x = images.detach().requires_grad_(True)
+        x = F.interpolate(images, scale_factor=0.5, mode="area") if half else images
+        x = x.detach().requires_grad_(True)
         logits = model(x).float()
         loss = F.cross_entropy(logits, torch.full((len(x),), target, device=x.device), reduction="sum")
         (grad,) = torch.autograd.grad(loss, x)
     step = -grad
+    if half:
+        step = F.interpolate(step, size=images.shape[-2:], mode="bilinear", align_corners=False)
     scaled = step / (step.flatten(1).std(1).view(-1, 1, 1, 1) + 1e-12)
     return torch.cat([images, scaled.clamp(-3, 3) / 6 + 0.5, step.sign() * 0.5 + 0.5], 1).detach()
 

@@ -50,7 +50,9 @@ def fit(
     gan_weight: float = typer.Option(0.05, "--gan-weight", help="Weight of the least-squares GAN loss."),
     hinge_weight: float = typer.Option(1.0, "--hinge-weight", help="Weight of the L2 hinge."),
     condition: str = typer.Option(
-        "gradient", help="gradient (image + the classifier's input gradient; stronger) or image (AdvGAN's original)."
+        "gradient",
+        help="gradient (image + the classifier's input gradient; stronger), gradient-half (that gradient at half "
+        "resolution; faster) or image (AdvGAN's original).",
     ),
     channels: int = typer.Option(16, help="Width of the generator."),
     seed: int = typer.Option(0),

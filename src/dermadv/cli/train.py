@@ -86,6 +86,12 @@ def train(
         None, "--compile/--no-compile", help=_help("compile", "torch.compile the model.")
     ),
     resume: bool = typer.Option(False, "--resume/--no-resume", help="Continue an interrupted run in --out."),
+    init: str | None = typer.Option(
+        None,
+        "--init",
+        help="Fine-tune from this model.safetensors of a train run (same arch, classes and size; overrides --weights), "
+        "e.g. adversarially with --adversarial.",
+    ),
     adversarial: str | None = typer.Option(None, help="Adversarial training: none, pgd, fgsm-rs or generator."),
     adv_eps: str | None = typer.Option(None, "--adv-eps", help="L∞ budget of the training attack (default 2/255)."),
     adv_steps: int | None = typer.Option(None, "--adv-steps", help="PGD steps of the training attack (default 10)."),
@@ -114,6 +120,7 @@ def train(
         split_file=split_file,
         compile=compile,
         resume=resume or None,
+        init=init,
         adversarial=adversarial,
         adv_eps=adv_eps,
         adv_steps=adv_steps,

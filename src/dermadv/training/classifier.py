@@ -30,7 +30,7 @@ from dermadv.data.splits import save_splits
 from dermadv.errors import ConfigError
 from dermadv.models.checkpoints import CheckpointMeta, save_checkpoint
 from dermadv.models.classifier import Classifier, WeightsInfo, build_classifier, check_input_size
-from dermadv.runs import Run, atomic_path, check_same_run, write_csv, write_json
+from dermadv.runs import Run, atomic_path, check_same_run, file_fingerprint, write_csv, write_json
 from dermadv.training.adversarial import adversarial_batch, check_adversarial, training_attack
 from dermadv.training.augment import AugmentConfig, augment
 from dermadv.training.data import device_images, start_fit
@@ -58,6 +58,7 @@ class TrainConfig:
     select: Literal["balanced_accuracy", "accuracy", "sum"] = "balanced_accuracy"
     calibrate_bias: bool = False  # tune a per-class logit bias on the validation split
     weights: str | None = None  # None, "imagenet" or a path to ImageNet weights
+    init: str | None = None  # a dermadv model.safetensors to fine-tune from (e.g. adversarially); overrides weights
     seed: int = 0
     split_file: str | None = None
     amp: Literal["auto", "bf16", "off"] = "auto"
@@ -83,6 +84,8 @@ class TrainConfig:
         check_positive(self, "lr")
         check_share(self, "label_smoothing", "ema_decay")
         check_adversarial(self.adversarial, self.adv_eps, self.adv_steps, self.adv_generator)
+        if self.init is not None and not Path(self.init).is_file():
+            raise ConfigError(f"init checkpoint {self.init} does not exist; pass the model.safetensors of a train run")
 
 
 #: TrainConfig fields a resumed run may change: where it writes, progress bars, speed-only switches, and the length
@@ -319,7 +322,12 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
         train_idx = train_idx[: cfg.max_train_images]
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ConfigError("the split has an empty train or val part; use more data or other --split fractions")
-    model = build_classifier(cfg.arch, ds.num_classes, weights=cfg.weights).to(device)
+    if cfg.init:
+        model = _init_from_checkpoint(cfg, ds.classes, prep.size)
+        fingerprints["init"] = file_fingerprint(cfg.init)
+    else:
+        model = build_classifier(cfg.arch, ds.num_classes, weights=cfg.weights)
+    model = model.to(device)
     check_input_size(model, prep.size, arch=cfg.arch)
     run = Run(
         out,
@@ -498,6 +506,24 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
         run.finish(epochs_run=len(history))
     dd.barrier()
     return out / "model.safetensors"
+
+
+def _init_from_checkpoint(cfg: TrainConfig, classes: tuple[str, ...], size: tuple[int, int]) -> Classifier:
+    """The classifier of ``cfg.init`` in training mode, checked against this run's architecture, classes and size."""
+    from dermadv.models.checkpoints import check_fits, load_checkpoint
+
+    assert cfg.init is not None
+    model, meta = load_checkpoint(cfg.init)
+    check_fits(meta, classes, path=cfg.init)
+    if meta.arch != cfg.arch:
+        raise ConfigError(f"--init {cfg.init} is a {meta.arch} but the run asks for --arch {cfg.arch}; pass the same arch")
+    if tuple(meta.image_size) != tuple(size):
+        raise ConfigError(
+            f"--init {cfg.init} was trained at {meta.image_size[0]}x{meta.image_size[1]} px but the run uses "
+            f"{size[0]}x{size[1]}; pass --image-size {meta.image_size[0]}"
+        )
+    model.weights_info = WeightsInfo(f"init:{cfg.init}", meta.mean, meta.std)
+    return model.train()
 
 
 def _meta_with(meta: CheckpointMeta, **extra: object) -> CheckpointMeta:
