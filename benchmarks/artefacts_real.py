@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 import dermadv.attacks  # noqa: F401  (registers every attack)
-from dermadv.attacks.registry import create_attack
 from dermadv.attacks.artefacts import SEVERITIES
+from dermadv.attacks.registry import create_attack
 from dermadv.data.classes import class_index
 from dermadv.data.load import prepare, to_float
 from dermadv.data.splits import stratified_sample

@@ -516,7 +516,9 @@ def _init_from_checkpoint(cfg: TrainConfig, classes: tuple[str, ...], size: tupl
     model, meta = load_checkpoint(cfg.init)
     check_fits(meta, classes, path=cfg.init)
     if meta.arch != cfg.arch:
-        raise ConfigError(f"--init {cfg.init} is a {meta.arch} but the run asks for --arch {cfg.arch}; pass the same arch")
+        raise ConfigError(
+            f"--init {cfg.init} is a {meta.arch} but the run asks for --arch {cfg.arch}; pass the same arch"
+        )
     if tuple(meta.image_size) != tuple(size):
         raise ConfigError(
             f"--init {cfg.init} was trained at {meta.image_size[0]}x{meta.image_size[1]} px but the run uses "
