@@ -55,7 +55,9 @@ class TrainConfig:
     augment: bool = True
     ema_decay: float = 0.0  # 0 disables the weight average
     patience: int = 8  # epochs without validation balanced-accuracy gain before stopping
-    select: Literal["balanced_accuracy", "accuracy", "sum"] = "balanced_accuracy"
+    # the epoch whose model is kept: best on clean validation, or "last" (adversarial training: clean validation
+    # prefers the least-trained, least robust epoch)
+    select: Literal["balanced_accuracy", "accuracy", "sum", "last"] = "balanced_accuracy"
     calibrate_bias: bool = False  # tune a per-class logit bias on the validation split
     weights: str | None = None  # None, "imagenet" or a path to ImageNet weights
     init: str | None = None  # a dermadv model.safetensors to fine-tune from (e.g. adversarially); overrides weights
@@ -447,6 +449,7 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
                 "balanced_accuracy": stats.val_balanced_acc,
                 "accuracy": stats.val_acc,
                 "sum": stats.val_acc + stats.val_balanced_acc,
+                "last": float(epoch),
             }[cfg.select]
             improved = score > best
             if improved:
