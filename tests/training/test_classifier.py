@@ -121,6 +121,16 @@ def test_checkpoint_is_the_best_validation_epoch(straight: Path, prepared: Prepa
     assert balanced_accuracy_score(labels, pred) == pytest.approx(hist["val_balanced_acc"][best], abs=1e-12)
 
 
+def test_select_last_keeps_the_final_epoch(workdir: Path, synthetic_root: Path, prepared: Prepared) -> None:
+    """select=last (adversarial training) keeps the last epoch's weights whatever validation says."""
+    run = workdir / "last"
+    fit(tiny_config(run, synthetic_root, epochs=3, select="last", patience=1), prepared=prepared)
+    _, meta = load_checkpoint(run / "model.safetensors")
+    assert len(history(run)) == 3 and json.loads(meta.extra)["epoch"] == 2  # each epoch "improves": no early stop
+    checkpoint, final = load_state(run / "model.safetensors")[0], model_state(run)
+    assert all(torch.equal(checkpoint[k], final[k]) for k in checkpoint)
+
+
 def test_same_seed_same_run(straight: Path, workdir: Path, synthetic_root: Path, prepared: Prepared) -> None:
     fit(tiny_config(workdir / "again", synthetic_root), prepared=prepared)
     assert_same_run(straight, workdir / "again")
