@@ -173,7 +173,14 @@ def _free_port() -> int:
 def interrupt(tmp_path: Path, args: list[str | Path], ready: Callable[[], bool]) -> subprocess.CompletedProcess[str]:
     """Start ``dermadv ARGS``, wait until ``ready()``, send SIGINT (Ctrl-C) and collect the result."""
     proc = subprocess.Popen(
-        [SCRIPT, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(tmp_path)
+        [SCRIPT, *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env(tmp_path),
+        # A foreground command, as a user would press Ctrl-C in: a test run started in the background
+        # (`make test &`) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 180
