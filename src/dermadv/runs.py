@@ -351,7 +351,7 @@ def _same(was: Any, now: Any) -> bool:
     return bool(was == now)
 
 
-def require_complete(path: str | os.PathLike[str], *, allow_incomplete: bool = False) -> None:
+def require_complete(path: str | os.PathLike[str], *, allow_incomplete: bool = False, fix: str | None = None) -> None:
     """Refuse an output (a checkpoint, a generator, an attack folder) of a run that did not finish.
 
     The run is the one whose ``manifest.json`` sits in ``path`` (a folder) or beside it (a file); a path outside
@@ -368,7 +368,11 @@ def require_complete(path: str | os.PathLike[str], *, allow_incomplete: bool = F
     what = f"{path} is the output of an unfinished run ({folder / 'manifest.json'} says {status})"
     if not allow_incomplete:
         raise RunError(
-            f"{what}; finish that run first (train and attack fit continue with --resume) "
-            "or pass --allow-incomplete to use it anyway"
+            f"{what}; "
+            + (
+                fix
+                or "finish that run first (train and attack fit continue with --resume) "
+                "or pass --allow-incomplete to use it anyway"
+            )
         )
     log.warning("USING AN UNFINISHED RUN'S OUTPUT: %s; its results may be partial", what)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from dermadv.attacks.gradient import PGD
-from dermadv.errors import ConfigError
+from dermadv.errors import ConfigError, RunError
 from dermadv.models.checkpoints import load_checkpoint
 from dermadv.models.classifier import Classifier
 from dermadv.training.adversarial import adversarial_batch, fgsm_rs, training_attack
@@ -142,3 +143,9 @@ def test_init_refuses_a_missing_or_mismatching_checkpoint(fit_run: Path, tmp_pat
     with pytest.raises(ConfigError, match="--image-size 32"):
         fit(TrainConfig(out=tmp_path / "b", arch="resnet18", **{**base, "image_size": 48}))  # type: ignore[arg-type]
     assert not (tmp_path / "a" / "model.safetensors").exists()
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(fit_run.parent, unfinished)
+    manifest = json.loads((unfinished / "manifest.json").read_text())
+    (unfinished / "manifest.json").write_text(json.dumps({**manifest, "status": "interrupted"}))
+    with pytest.raises(RunError, match="finish that run first"):
+        fit(TrainConfig(out=tmp_path / "c", arch="resnet18", **{**base, "init": str(unfinished / fit_run.name)}))  # type: ignore[arg-type]

@@ -28,9 +28,9 @@ from dermadv.config import check_at_least, check_positive, check_share, check_ty
 from dermadv.data.load import Prepared, prepare, to_float
 from dermadv.data.splits import save_splits
 from dermadv.errors import ConfigError
-from dermadv.models.checkpoints import CheckpointMeta, save_checkpoint
+from dermadv.models.checkpoints import CheckpointMeta, check_fits, save_checkpoint
 from dermadv.models.classifier import Classifier, WeightsInfo, build_classifier, check_input_size
-from dermadv.runs import Run, atomic_path, check_same_run, file_fingerprint, write_csv, write_json
+from dermadv.runs import Run, atomic_path, check_same_run, file_fingerprint, require_complete, write_csv, write_json
 from dermadv.training.adversarial import adversarial_batch, check_adversarial, training_attack
 from dermadv.training.augment import AugmentConfig, augment
 from dermadv.training.data import device_images, start_fit
@@ -302,6 +302,7 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
     )
     # --resume continues one run: the same settings (checked before decoding any image), data and split
     previous = check_same_run(out, command="train", config=asdict(cfg), ignore=_NOT_COMPARED) if cfg.resume else None
+    start_from = _init_from_checkpoint(cfg) if cfg.init else None  # checked before any image is decoded
     if prepared is None:
         with dd.main_first():  # rank 0 fills the decode cache, the others then read it
             prepared = prepare(
@@ -324,9 +325,10 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
         train_idx = train_idx[: cfg.max_train_images]
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ConfigError("the split has an empty train or val part; use more data or other --split fractions")
-    if cfg.init:
-        model = _init_from_checkpoint(cfg, ds.classes, prep.size)
-        fingerprints["init"] = file_fingerprint(cfg.init)
+    if start_from is not None:
+        model, init_meta = start_from
+        check_fits(init_meta, ds.classes, path=str(cfg.init))
+        fingerprints["init"] = file_fingerprint(str(cfg.init))
     else:
         model = build_classifier(cfg.arch, ds.num_classes, weights=cfg.weights)
     model = model.to(device)
@@ -511,24 +513,25 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
     return out / "model.safetensors"
 
 
-def _init_from_checkpoint(cfg: TrainConfig, classes: tuple[str, ...], size: tuple[int, int]) -> Classifier:
-    """The classifier of ``cfg.init`` in training mode, checked against this run's architecture, classes and size."""
-    from dermadv.models.checkpoints import check_fits, load_checkpoint
+def _init_from_checkpoint(cfg: TrainConfig) -> tuple[Classifier, CheckpointMeta]:
+    """The classifier of ``cfg.init`` in training mode, from a finished run, checked against this run's architecture
+    and image size (the classes once the data is read)."""
+    from dermadv.models.checkpoints import load_checkpoint
 
     assert cfg.init is not None
+    require_complete(cfg.init, fix="finish that run first (`dermadv train --resume`), then fine-tune from it")
     model, meta = load_checkpoint(cfg.init)
-    check_fits(meta, classes, path=cfg.init)
     if meta.arch != cfg.arch:
         raise ConfigError(
             f"--init {cfg.init} is a {meta.arch} but the run asks for --arch {cfg.arch}; pass the same arch"
         )
-    if tuple(meta.image_size) != tuple(size):
+    if tuple(meta.image_size) != (cfg.image_size, cfg.image_size):
         raise ConfigError(
             f"--init {cfg.init} was trained at {meta.image_size[0]}x{meta.image_size[1]} px but the run uses "
-            f"{size[0]}x{size[1]}; pass --image-size {meta.image_size[0]}"
+            f"--image-size {cfg.image_size}; pass --image-size {meta.image_size[0]}"
         )
     model.weights_info = WeightsInfo(f"init:{cfg.init}", meta.mean, meta.std)
-    return model.train()
+    return model.train(), meta
 
 
 def _meta_with(meta: CheckpointMeta, **extra: object) -> CheckpointMeta:
