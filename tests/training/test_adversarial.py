@@ -125,11 +125,10 @@ def test_init_fine_tunes_from_a_checkpoint(fit_run: Path, tmp_path: Path, synthe
     )
     tuned, meta = load_checkpoint(fit(cfg))
     assert meta.weights == f"init:{fit_run}"
-    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        # BatchNorm running statistics move with the new batches even at lr 0, so compare the decisions loosely
-        agree = (start(images).argmax(1) == tuned(images).argmax(1)).float().mean()
-    assert agree >= 0.75
+    # the learned weights are the checkpoint's (BatchNorm running statistics, buffers, move with the new batches)
+    before, after = dict(start.named_parameters()), dict(tuned.named_parameters())
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
     manifest = json.loads((tmp_path / "ft" / "manifest.json").read_text())
     assert manifest["init_fingerprint"]
 
