@@ -140,3 +140,24 @@ def test_gradient_conditioned_generator_fools_more_than_the_image_only_one(tiny)
         assert float((result.adv_images - tiny.test_images[keep]).abs().max()) <= eps + 1e-6
         rates[condition] = float(result.success.float().mean())
     assert rates["gradient"] > rates["image"] + 0.06, rates
+
+
+@pytest.mark.parametrize("gan_weight", [0.0, 0.05])
+def test_the_critic_is_trained_only_when_the_gan_term_counts(tiny, gan_weight: float) -> None:
+    """Without the GAN term the critic cannot change G, so it is skipped (a quarter of a fit step's cost)."""
+    from dermadv.attacks.generator import PatchDiscriminator
+    from dermadv.training.generator import LossWeights, gan_step
+
+    torch.manual_seed(0)
+    gen = PerturbationGenerator(8 / 255, channels=8, res_blocks=1, condition="image")
+    disc = PatchDiscriminator(8)
+    before = [p.detach().clone() for p in disc.parameters()]
+    opt_g = torch.optim.Adam(gen.parameters(), lr=1e-3)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=1e-3)
+    stats = gan_step(
+        gen, disc, opt_g, opt_d, tiny.model, tiny.train_images[:8], target=2, eps=8 / 255,
+        weights=LossWeights(gan_weight=gan_weight, hinge_weight=0.0),
+    )  # fmt: skip
+    changed = any(not torch.equal(a, b) for a, b in zip(before, disc.parameters(), strict=True))
+    assert changed == (gan_weight > 0)
+    assert (float(stats[2]) > 0) == (gan_weight > 0)  # the critic's loss is reported only when it is trained

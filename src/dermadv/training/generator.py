@@ -85,19 +85,25 @@ def gan_step(
     with autocast_ctx():
         delta = generator(inputs)
     adv = (images + delta.float()).clamp(0, 1)
-    # Discriminator: clean images are "real", adversarial ones "fake" (least squares, Mao et al. 2017).
-    d_real, d_fake = discriminator(images), discriminator(adv.detach())
-    loss_d = 0.5 * (F.mse_loss(d_real, torch.ones_like(d_real)) + F.mse_loss(d_fake, torch.zeros_like(d_fake)))
-    opt_d.zero_grad(set_to_none=True)
-    loss_d.backward()
-    opt_d.step()
+    use_gan = weights.gan_weight > 0  # without the GAN term the critic cannot change G: neither is computed
+    zero = torch.zeros((), device=images.device)
+    loss_d = zero
+    if use_gan:
+        # Discriminator: clean images are "real", adversarial ones "fake" (least squares, Mao et al. 2017).
+        d_real, d_fake = discriminator(images), discriminator(adv.detach())
+        loss_d = 0.5 * (F.mse_loss(d_real, torch.ones_like(d_real)) + F.mse_loss(d_fake, torch.zeros_like(d_fake)))
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
     # Generator: make the classifier say the target, look real, keep the L2 norm under the hinge bound.
     with autocast_ctx():
         logits = attacked(adv).float()
     margins = targeted_margin_loss(logits, target, weights.kappa)
     loss_adv = (margins * sample_weights).mean() if sample_weights is not None else margins.mean()
-    d_out = discriminator(adv)
-    loss_gan = F.mse_loss(d_out, torch.ones_like(d_out))
+    loss_gan = zero
+    if use_gan:
+        d_out = discriminator(adv)
+        loss_gan = F.mse_loss(d_out, torch.ones_like(d_out))
     l2_bound = weights.hinge_ratio * eps * math.sqrt(adv[0].numel())
     loss_hinge = F.relu((adv - images).flatten(1).norm(dim=1) - l2_bound).mean()
     loss_g = loss_adv + weights.gan_weight * loss_gan + weights.hinge_weight * loss_hinge
