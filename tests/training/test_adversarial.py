@@ -148,3 +148,22 @@ def test_init_refuses_a_missing_or_mismatching_checkpoint(fit_run: Path, tmp_pat
     (unfinished / "manifest.json").write_text(json.dumps({**manifest, "status": "interrupted"}))
     with pytest.raises(RunError, match="finish that run first"):
         fit(TrainConfig(out=tmp_path / "c", arch="resnet18", **{**base, "init": str(unfinished / fit_run.name)}))  # type: ignore[arg-type]
+
+
+def test_noise_training_sees_noisy_images_and_records_sigma(fit_run: Path, tmp_path: Path, synthetic_root: Path) -> None:
+    """--noise-sigma (the base model of randomized smoothing): the same frozen model scores worse on its noisy
+    training batches than on clean ones, and the checkpoint records the sigma."""
+    base = TrainConfig(
+        out=tmp_path / "clean", data=str(synthetic_root), arch="resnet18", image_size=32, epochs=1, batch_size=32,
+        lr=1e-12, ema_decay=0.0, progress=False, init=str(fit_run),
+    )  # fmt: skip
+    losses = {}
+    for sigma in (0.0, 0.5):
+        out = fit(replace(base, out=tmp_path / f"s{sigma}", noise_sigma=sigma))
+        history = (out.parent / "history.csv").read_text().splitlines()
+        losses[sigma] = float(history[1].split(",")[1])
+        extra = json.loads(load_checkpoint(out)[1].extra or "{}")
+        assert extra.get("training_noise_sigma") == (sigma or None)
+    assert losses[0.5] > losses[0.0] + 0.1, losses
+    with pytest.raises(ConfigError, match="noise_sigma"):
+        TrainConfig(out=Path("x"), noise_sigma=-0.1)

@@ -96,6 +96,12 @@ def train(
     adv_eps: str | None = typer.Option(None, "--adv-eps", help="L∞ budget of the training attack (default 2/255)."),
     adv_steps: int | None = typer.Option(None, "--adv-steps", help="PGD steps of the training attack (default 10)."),
     adv_generator: str | None = typer.Option(None, "--adv-generator", help="generator.safetensors for generator."),
+    noise_sigma: float | None = typer.Option(
+        None,
+        "--noise-sigma",
+        help="Train under Gaussian noise of this sigma on the [0, 1] scale (the base model of randomized "
+        "smoothing; certify with the same --sigma). Default 0: none.",
+    ),
 ) -> None:
     """Train a classifier; writes model.safetensors, history.csv and a manifest.
 
@@ -125,6 +131,7 @@ def train(
         adv_eps=adv_eps,
         adv_steps=adv_steps,
         adv_generator=adv_generator,
+        noise_sigma=noise_sigma,
     )
     cfg = load_config(config, TrainConfig, overrides, base=base)
     path = fit(cfg)

@@ -75,6 +75,9 @@ class TrainConfig:
     adv_eps: str | float = "2/255"
     adv_steps: int = 10
     adv_generator: str | None = None  # generator.safetensors for adversarial="generator"
+    # Gaussian noise N(0, sigma²) added to every training image in [0, 1] (Cohen et al. 2019): the base classifier of
+    # randomized smoothing (`dermadv defend certify --sigma` the same value); 0: none
+    noise_sigma: float = 0.0
 
     def __post_init__(self) -> None:
         # Checked here, before any work: a wrong value would otherwise fail minutes later, or train silently
@@ -85,6 +88,7 @@ class TrainConfig:
         check_at_least(self, 0, "seed", "weight_decay", "warmup_epochs", "patience")  # patience 0: one epoch
         check_positive(self, "lr")
         check_share(self, "label_smoothing", "ema_decay")
+        check_at_least(self, 0, "noise_sigma")
         check_adversarial(self.adversarial, self.adv_eps, self.adv_steps, self.adv_generator)
         if self.init is not None and not Path(self.init).is_file():
             raise ConfigError(f"init checkpoint {self.init} does not exist; pass the model.safetensors of a train run")
@@ -260,6 +264,8 @@ def train_one_epoch(
         if attack is not None:
             with autocast(device, cfg.amp):
                 x = adversarial_batch(model, x, y, attack)
+        if cfg.noise_sigma > 0:
+            x = x + cfg.noise_sigma * torch.randn(x.shape, generator=generator, device=x.device)
         x = x.contiguous(memory_format=torch.channels_last) if use_channels_last(cfg, device) else x
         with autocast(device, cfg.amp):
             loss = criterion(model(x).float(), y)
@@ -408,7 +414,9 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
         cfg.adversarial, cfg.adv_eps, cfg.adv_steps, generator=cfg.adv_generator, classes=ds.classes, device=device
     )
     attack, attack_info = adversarial if adversarial else (None, None)
-    trained_against = {"training_attack": attack_info.describe()} if attack_info else {}
+    trained_against: dict[str, object] = {"training_attack": attack_info.describe()} if attack_info else {}
+    if cfg.noise_sigma > 0:
+        trained_against["training_noise_sigma"] = cfg.noise_sigma
     eval_model: nn.Module = ema.module if ema is not None else model  # type: ignore[assignment]
     with run.stage("train"):
         for epoch in range(start_epoch, cfg.epochs):
