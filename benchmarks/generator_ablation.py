@@ -5,7 +5,7 @@
 
 Each variant is fitted in memory with the library's own ``gan_step`` (the loss ``dermadv attack fit`` uses) on the
 split named by ``fit_on`` and scored on the test split after rounding to the 8-bit grid. Keys of a variant:
-condition, fit_on (train|test), epochs, batch_size, lr, channels, res_blocks, gan_weight, hinge_weight, kappa.
+condition, fit_on (train|val|test), epochs, batch_size, lr, channels, res_blocks, gan_weight, hinge_weight, kappa, steps.
 The README's ablation table comes from this script on the demo preset's classifier. No timed asserts.
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dermadv.attacks.generator import PatchDiscriminator, PerturbationGenerator, generator_inputs
+from dermadv.attacks.generator import PatchDiscriminator, PerturbationGenerator, generate
 from dermadv.attacks.gradient import PGD
 from dermadv.config import parse_eps
 from dermadv.data.classes import class_index
@@ -32,7 +32,7 @@ from dermadv.training.generator import LossWeights, gan_step
 
 DEFAULTS: dict[str, Any] = dict(
     condition="gradient", fit_on="test", epochs=10, batch_size=16, lr=3e-3, channels=16, res_blocks=3,
-    gan_weight=0.0, hinge_weight=0.0, kappa=5.0,
+    gan_weight=0.0, hinge_weight=0.0, kappa=5.0, steps=1,
 )  # fmt: skip
 
 
@@ -76,6 +76,7 @@ def fit_variant(model: torch.nn.Module, images: torch.Tensor, labels: np.ndarray
                 eps=eps,
                 weights=loss,
                 sample_weights=weights[b],
+                steps=v["steps"],
             )
             sched.step()
     return gen.eval()
@@ -93,7 +94,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--limit", type=int, default=None, help="a class-stratified test sample (the sweep's, seed 0); default: all"
     )
-    parser.add_argument("--fit-limit", type=int, default=None, help="a class-stratified sample of the train split")
+    parser.add_argument(
+        "--fit-limit", type=int, default=None, help="a class-stratified sample of the train (and val) split"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, meta = load_checkpoint(args.checkpoint)
@@ -101,8 +104,8 @@ def main(argv: list[str] | None = None) -> None:
         p.requires_grad_(False)
     eps, target = parse_eps(args.eps), class_index(args.target, meta.classes)
     prep = prepare(args.data, image_size=meta.image_size, split_file=Path(args.checkpoint).parent / "split.csv")
-    split = {s: prep.indices(s) for s in ("train", "test")}
-    for name, limit in (("test", args.limit), ("train", args.fit_limit)):
+    split = {s: prep.indices(s) for s in ("train", "val", "test")}
+    for name, limit in (("test", args.limit), ("train", args.fit_limit), ("val", args.fit_limit)):
         if limit:
             split[name] = stratified_sample(prep.dataset.labels, split[name], limit, 0)
     images = {s: to_float(torch.from_numpy(np.asarray(prep.images[i]))) for s, i in split.items()}
@@ -125,10 +128,7 @@ def main(argv: list[str] | None = None) -> None:
         with torch.no_grad():
             adv = torch.cat(
                 [
-                    (
-                        x[i : i + 256]
-                        + gen(generator_inputs(model, x[i : i + 256], target=target, condition=gen.condition))
-                    ).clamp(0, 1)
+                    generate(gen, model, x[i : i + 256], target=target, eps=eps, steps=v["steps"])
                     for i in range(0, len(x), 256)
                 ]
             )

@@ -110,7 +110,7 @@ def test_gradient_inputs_carry_the_descent_direction_toward_the_target(tiny, con
     assert (after < before).float().mean() >= share
 
 
-def _fit_in_memory(tiny, condition: str, *, target: int, eps: float) -> GeneratorAttack:
+def _fit_in_memory(tiny, condition: str, *, target: int, eps: float, steps: int = 1) -> GeneratorAttack:
     from dermadv.attacks.generator import GeneratorSpec, PatchDiscriminator
     from dermadv.training.generator import LossWeights, gan_step
 
@@ -123,9 +123,9 @@ def _fit_in_memory(tiny, condition: str, *, target: int, eps: float) -> Generato
     for batch in torch.cat([torch.randperm(len(tiny.train_images), generator=rng) for _ in range(3)]).split(16):
         gan_step(
             gen, disc, opt_g, opt_d, tiny.model, tiny.train_images[batch], target=target, eps=eps,
-            weights=LossWeights(gan_weight=0.0, hinge_weight=0.0),
+            weights=LossWeights(gan_weight=0.0, hinge_weight=0.0), steps=steps,
         )  # fmt: skip
-    spec = GeneratorSpec(condition=condition, eps=eps, target_index=target)
+    spec = GeneratorSpec(condition=condition, channels=8, res_blocks=1, eps=eps, target_index=target, steps=steps)
     return GeneratorAttack(gen.eval(), spec=spec)
 
 
@@ -161,3 +161,33 @@ def test_the_critic_is_trained_only_when_the_gan_term_counts(tiny, gan_weight: f
     changed = any(not torch.equal(a, b) for a, b in zip(before, disc.parameters(), strict=True))
     assert changed == (gan_weight > 0)
     assert (float(stats[2]) > 0) == (gan_weight > 0)  # the critic's loss is reported only when it is trained
+
+
+def test_two_step_generator_stays_in_budget_and_round_trips(tiny, tmp_path) -> None:
+    """Two applications on fresh gradients: projected onto the eps ball, saved and loaded with its step count;
+    one step is exactly AdvGAN's ``clamp(images + G(inputs))``."""
+    from dermadv.attacks.generator import generate, generator_inputs, save_generator
+
+    target, eps = 2, 4 / 255
+    attack = _fit_in_memory(tiny, "gradient", target=target, eps=eps, steps=2)
+    images = tiny.test_images[:16]
+    adv = attack(tiny.model, images, target=target).adv_images
+    assert float((adv - images).abs().max()) <= eps + 1e-6
+    save_generator(tmp_path / "g.safetensors", attack.generator, attack.spec)
+    loaded = load_generator(tmp_path / "g.safetensors")
+    assert loaded.spec.steps == 2
+    torch.testing.assert_close(loaded(tiny.model, images, target=target).adv_images, adv)
+    one = generate(attack.generator, tiny.model, images, target=target, eps=eps, steps=1)
+    with torch.no_grad():
+        inputs = generator_inputs(tiny.model, images, target=target, condition="gradient")
+        torch.testing.assert_close(one, (images + attack.generator(inputs)).clamp(0, 1))
+    assert not torch.equal(one, adv)  # the second step moves the images further
+
+
+def test_multi_step_needs_a_gradient_condition(tmp_path) -> None:
+    from dermadv.training.generator import GeneratorConfig
+
+    with pytest.raises(ConfigError, match="steps > 1 needs a gradient condition"):
+        GeneratorConfig(checkpoint=tmp_path / "m", out=tmp_path / "o", condition="image", steps=2)
+    with pytest.raises(ConfigError, match="steps must be at least 1"):
+        GeneratorConfig(checkpoint=tmp_path / "m", out=tmp_path / "o", steps=0)

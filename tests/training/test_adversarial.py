@@ -150,7 +150,9 @@ def test_init_refuses_a_missing_or_mismatching_checkpoint(fit_run: Path, tmp_pat
         fit(TrainConfig(out=tmp_path / "c", arch="resnet18", **{**base, "init": str(unfinished / fit_run.name)}))  # type: ignore[arg-type]
 
 
-def test_noise_training_sees_noisy_images_and_records_sigma(fit_run: Path, tmp_path: Path, synthetic_root: Path) -> None:
+def test_noise_training_sees_noisy_images_and_records_sigma(
+    fit_run: Path, tmp_path: Path, synthetic_root: Path
+) -> None:
     """--noise-sigma (the base model of randomized smoothing): the same frozen model scores worse on its noisy
     training batches than on clean ones, and the checkpoint records the sigma."""
     base = TrainConfig(

@@ -28,7 +28,7 @@ from dermadv.attacks.generator import (
     GeneratorSpec,
     PatchDiscriminator,
     PerturbationGenerator,
-    generator_inputs,
+    generate,
     save_generator,
 )
 from dermadv.config import check_at_least, check_budgets, check_positive, check_types, parse_eps
@@ -73,6 +73,7 @@ def gan_step(
     eps: float,
     weights: LossWeights,
     sample_weights: torch.Tensor | None = None,
+    steps: int = 1,
     autocast_ctx: Callable[[], AbstractContextManager[None]] = nullcontext,
 ) -> torch.Tensor:
     """One AdvGAN update of D then G on a batch; returns detached [margin loss, GAN loss, D loss, #fooled].
@@ -80,11 +81,7 @@ def gan_step(
     ``sample_weights`` (mean ≈ 1) weight each image's margin loss, e.g. by inverse class frequency so
     that rare classes, which decide the worst-class fooling ratio, are not drowned by nevi.
     """
-    condition = str(getattr(generator, "module", generator).condition)
-    inputs = generator_inputs(attacked, images, target=target, condition=condition)
-    with autocast_ctx():
-        delta = generator(inputs)
-    adv = (images + delta.float()).clamp(0, 1)
+    adv = generate(generator, attacked, images, target=target, eps=eps, steps=steps, autocast_ctx=autocast_ctx)
     use_gan = weights.gan_weight > 0  # without the GAN term the critic cannot change G: neither is computed
     zero = torch.zeros((), device=images.device)
     loss_d = zero
@@ -139,6 +136,7 @@ class GeneratorConfig:
     )
     channels: int = 16
     res_blocks: int = 3
+    steps: int = 1  # generator applications per attack, each on a fresh gradient (gradient conditions only)
     seed: int = 0
     split_file: str | None = None
     amp: Literal["auto", "bf16", "off"] = "auto"
@@ -152,7 +150,12 @@ class GeneratorConfig:
         class_index(self.target)
         if self.condition not in CONDITIONS:
             raise ConfigError(f"condition must be one of {', '.join(CONDITIONS)}; got {self.condition!r}")
-        check_at_least(self, 1, "epochs", "batch_size", "channels", "max_fit_images")
+        check_at_least(self, 1, "epochs", "batch_size", "channels", "max_fit_images", "steps")
+        if self.steps > 1 and self.condition == "image":
+            raise ConfigError(
+                "steps > 1 needs a gradient condition (--condition gradient): an image-only generator would apply "
+                "the same pattern again"
+            )
         check_at_least(self, 0, "seed", "res_blocks", "kappa", "gan_weight", "hinge_weight")
         check_positive(self, "lr", "hinge_ratio")
 
@@ -207,6 +210,7 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
         condition=cfg.condition,
         channels=cfg.channels,
         res_blocks=cfg.res_blocks,
+        steps=cfg.steps,
         eps=eps,
         target=cfg.target,
         target_index=target,
@@ -302,6 +306,7 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
                     eps=eps,
                     weights=weights,
                     sample_weights=image_weights[b].to(device),
+                    steps=cfg.steps,
                     autocast_ctx=lambda: autocast(device, cfg.amp),
                 )
                 sched_g.step()
