@@ -113,6 +113,7 @@ def _generator_rate(
     path: str | None,
     condition: str,
     channels: int = 16,
+    steps: int = 1,
 ) -> float | None:
     """Images/s of the generator attack making adversarial images (as torchattacks' call does: no scoring pass),
     or ``None`` (with a message) when it is not available."""
@@ -130,7 +131,7 @@ def _generator_rate(
             # an untrained generator runs exactly as fast as a trained one
             from dermadv.attacks.generator import GeneratorSpec, PerturbationGenerator
 
-            spec = GeneratorSpec(condition=condition, channels=channels, eps=eps, target_index=target)
+            spec = GeneratorSpec(condition=condition, channels=channels, eps=eps, target_index=target, steps=steps)
             net = PerturbationGenerator(eps, channels=channels, condition=condition).to(images.device).eval()
             attack = GeneratorAttack(net, spec=spec)
     except (ImportError, TypeError) as exc:
@@ -196,9 +197,14 @@ def main(argv: list[str] | None = None) -> None:
         "generator": _generator_rate(model, images, args.batch, eps, target, args.generator, "gradient"),
     }
     # untrained generators run exactly as fast as trained ones: the cheaper variants beside it
-    for condition, channels in (("gradient-half", 16), ("gradient-half", 8), ("image", 16)):
-        name = f"generator, {condition}, {channels} channels"
-        rates[name] = _generator_rate(model, images, args.batch, eps, target, None, condition, channels)
+    for condition, channels, steps in (
+        ("gradient", 16, 2),
+        ("gradient-half", 16, 1),
+        ("gradient-half", 8, 1),
+        ("image", 16, 1),
+    ):
+        name = f"generator, {condition}, {channels} channels" + (f", {steps} steps" if steps > 1 else "")
+        rates[name] = _generator_rate(model, images, args.batch, eps, target, None, condition, channels, steps)
     width = max(len(k) for k in rates)
     for name, rate in rates.items():
         print(f"{name:<{width}}  {'skipped' if rate is None else f'{rate:10.1f} images/s'}")
