@@ -169,3 +169,29 @@ def test_noise_training_sees_noisy_images_and_records_sigma(
     assert losses[0.5] > losses[0.0] + 0.1, losses
     with pytest.raises(ConfigError, match="noise_sigma"):
         TrainConfig(out=Path("x"), noise_sigma=-0.1)
+
+
+def test_adv_share_attacks_part_of_each_batch_and_is_recorded(
+    tmp_path: Path, synthetic_root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--adv-share 0.5 (Goodfellow et al.'s clean + adversarial halves) attacks half of each batch and is recorded
+    with the training attack; a share outside (0, 1] is refused before any work."""
+    import dermadv.training.classifier as classifier_module
+
+    attacked: list[tuple[int, int]] = []
+
+    def counting(model, images, labels, attack):  # type: ignore[no-untyped-def]
+        attacked.append((len(images), len(labels)))
+        return adversarial_batch(model, images, labels, attack)
+
+    monkeypatch.setattr(classifier_module, "adversarial_batch", counting)
+    cfg = TrainConfig(
+        out=tmp_path / "mix", data=str(synthetic_root), arch="resnet18", image_size=32, epochs=1, batch_size=32,
+        progress=False, adversarial="fgsm-rs", adv_eps="4/255", adv_share=0.5,
+    )  # fmt: skip
+    _, meta = load_checkpoint(fit(cfg))
+    assert attacked and all(n == m == 16 for n, m in attacked[:-1])  # every full batch of 32: its first 16
+    assert json.loads(meta.extra)["training_attack"] == {"method": "fgsm-rs", "eps": "4/255", "share": 0.5}
+    for bad in (0.0, 1.5):
+        with pytest.raises(ConfigError, match="adv_share"):
+            TrainConfig(out=Path("x"), adversarial="pgd", adv_share=bad)

@@ -96,6 +96,11 @@ def train(
     adv_eps: str | None = typer.Option(None, "--adv-eps", help="L∞ budget of the training attack (default 2/255)."),
     adv_steps: int | None = typer.Option(None, "--adv-steps", help="PGD steps of the training attack (default 10)."),
     adv_generator: str | None = typer.Option(None, "--adv-generator", help="generator.safetensors for generator."),
+    adv_share: float | None = typer.Option(
+        None,
+        "--adv-share",
+        help="Share of each batch attacked (the rest stays clean, as in Goodfellow et al. 2015). Default 1: all.",
+    ),
     noise_sigma: float | None = typer.Option(
         None,
         "--noise-sigma",
@@ -131,6 +136,7 @@ def train(
         adv_eps=adv_eps,
         adv_steps=adv_steps,
         adv_generator=adv_generator,
+        adv_share=adv_share,
         noise_sigma=noise_sigma,
     )
     cfg = load_config(config, TrainConfig, overrides, base=base)
