@@ -269,3 +269,27 @@ def test_cli_bad_preset_gives_one_error_line(tmp_path: Path) -> None:
     assert len(errors) == 1 and "unknown preset 'gpu-9000'; choose one of demo" in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists()
+
+
+def test_a_complete_generator_fit_made_with_other_settings_is_refused(tmp_path: Path) -> None:
+    """reproduce reuses a complete generator fit only when it was made with the settings asked for now (a preset
+    that changed, e.g. its held-out steps, must not pick up the old fit)."""
+    from dataclasses import asdict
+
+    from dermadv.pipeline.reproduce import fit_once
+    from dermadv.runs import Run
+    from dermadv.training.generator import GeneratorConfig, check_generator_settings
+
+    cfg = GeneratorConfig(checkpoint=tmp_path / "model.safetensors", out=tmp_path / "gen", condition="gradient")
+    Run(cfg.out, command="attack fit", config=asdict(cfg)).finish()
+    calls: list[GeneratorConfig] = []
+
+    def fit(c: GeneratorConfig) -> Path:
+        calls.append(c)
+        return c.out
+
+    fit_once(fit, replace(cfg, progress=False), "generator_state.pt", check=check_generator_settings)
+    assert calls == []  # complete, same settings: reused
+    with pytest.raises(RunError, match="steps: 1 there, 2 now"):
+        fit_once(fit, replace(cfg, steps=2), "generator_state.pt", check=check_generator_settings)
+    assert calls == []

@@ -36,7 +36,7 @@ from dermadv.runs import (
     write_json,
 )
 from dermadv.training.classifier import TrainConfig, fit
-from dermadv.training.generator import GeneratorConfig, fit_generator
+from dermadv.training.generator import GeneratorConfig, check_generator_settings, fit_generator
 
 log = logging.getLogger(__name__)
 
@@ -91,10 +91,16 @@ _NOT_COMPARED = (
 )
 
 
-def fit_once(fit: Callable[[C], Path], cfg: C, state: str) -> None:
-    """``fit(cfg)`` unless ``cfg.out`` holds a complete run; a fit interrupted there (its ``state`` file) resumes."""
+def fit_once(fit: Callable[[C], Path], cfg: C, state: str, *, check: Callable[[C], object] | None = None) -> None:
+    """``fit(cfg)`` unless ``cfg.out`` holds a complete run; a fit interrupted there (its ``state`` file) resumes.
+
+    ``check``: compares a complete run with ``cfg``, so that a fit made under other settings (e.g. by an older
+    preset) is refused with one line, never reused silently.
+    """
     if not run_complete(cfg.out):
         fit(replace(cfg, resume=(Path(cfg.out) / state).exists()))
+    elif check is not None:
+        check(cfg)
 
 
 def paper_table(run_dir: Path) -> list[dict[str, str]]:
@@ -185,6 +191,7 @@ def reproduce(cfg: ReproduceConfig) -> Path:
                 fit_generator,
                 _generator_config(cfg, acfg, checkpoint, split_path, gen_dir, eps, fit_on),
                 "generator_state.pt",
+                check=check_generator_settings,
             )
         with run.stage("attack"):
             if not run_complete(adv_dir):
@@ -274,6 +281,7 @@ def _sweep_stage(cfg: ReproduceConfig, run: Run, acfg: dict[str, Any], checkpoin
                     attack_size="model",
                     max_fit_images=cfg.sweep_fit_images if fit_on == "train" else cfg.sweep_limit,
                     epochs=acfg.get("sweep_epochs", {}).get(protocol, gen.epochs),
+                    steps=acfg.get("sweep_steps", {}).get(protocol, gen.steps),
                 )
-                fit_once(fit_generator, gen, "generator_state.pt")
+                fit_once(fit_generator, gen, "generator_state.pt", check=check_generator_settings)
             sweep(attack, methods=["advgan", "pgd"], eps_values=[eps], generators=base / "generators", resume=True)

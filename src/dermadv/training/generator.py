@@ -165,6 +165,11 @@ class GeneratorConfig:
 _NOT_COMPARED = ("out", "resume", "progress", "allow_incomplete", "checkpoint", "data", "split_file")
 
 
+def check_generator_settings(cfg: GeneratorConfig) -> None:
+    """Refuse (one line) when ``cfg.out`` holds a generator fit made with other settings than ``cfg``."""
+    check_same_run(cfg.out, command="attack fit", config=asdict(cfg), ignore=_NOT_COMPARED)
+
+
 def fit_generator(cfg: GeneratorConfig) -> Path:
     """Fit a generator into ``cfg.out``; return the path of ``generator.safetensors``."""
     eps = parse_eps(cfg.eps, saved=True)
