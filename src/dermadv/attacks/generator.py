@@ -7,7 +7,8 @@ A fully convolutional generator maps an image to a perturbation bounded by a har
 (one backward pass per image, as in learned-optimiser attacks, Jiang et al. 2019): an image-only
 generator learns an almost universal pattern (FGSM-strength), the conditioned one adapts to each lesion.
 ``condition="gradient-half"`` takes that gradient on the image at half resolution (a quarter of the backward
-pass's cost) and upsamples it: the cheaper conditioning, for speed.
+pass's cost) and upsamples it: the cheaper conditioning, for speed. ``steps=2`` applies the generator twice, each
+time on a fresh gradient (:func:`generate`): twice the cost, better on images it was not fitted on.
 """
 
 from __future__ import annotations
