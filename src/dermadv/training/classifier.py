@@ -421,11 +421,12 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
         cfg.adversarial, cfg.adv_eps, cfg.adv_steps, generator=cfg.adv_generator, classes=ds.classes, device=device
     )
     attack, attack_info = adversarial if adversarial else (None, None)
-    trained_against: dict[str, object] = {"training_attack": attack_info.describe()} if attack_info else {}
+    trained_against: dict[str, object] = {}
+    if attack_info:
+        share = {"share": cfg.adv_share} if cfg.adv_share < 1 else {}
+        trained_against["training_attack"] = {**attack_info.describe(), **share}
     if cfg.noise_sigma > 0:
         trained_against["training_noise_sigma"] = cfg.noise_sigma
-    if attack_info and cfg.adv_share < 1:
-        trained_against["training_attack"] = {**attack_info.describe(), "share": cfg.adv_share}
     eval_model: nn.Module = ema.module if ema is not None else model  # type: ignore[assignment]
     with run.stage("train"):
         for epoch in range(start_epoch, cfg.epochs):
