@@ -206,6 +206,11 @@ def test_sweep_fits_both_protocols_and_attack_sweep_reads_the_same_folders(
     run = tmp_path / "run"
     shutil.copytree(repro, run)
     _forbid_work(monkeypatch, STAGES["classifier"], STAGES["evaluate"], STAGES["observer"])
+    # each protocol's generator takes its own settings over the study's (the cpu preset's study is gradient-half)
+    per_protocol = {"held-out": {"steps": 2}, "paper": {"channels": 8}}
+    monkeypatch.setitem(
+        PRESETS, "demo", {**TINY_DEMO, "attack": {**TINY_DEMO["attack"], "sweep_generator": per_protocol}}
+    )
     cfg = replace(_config(run, synthetic_root), sweep=True, sweep_eps="8/255", sweep_limit=7, sweep_fit_images=40)
     reproduce(cfg)
 
@@ -220,6 +225,8 @@ def test_sweep_fits_both_protocols_and_attack_sweep_reads_the_same_folders(
     fits = {p: read_json(generators / f"{p}-eps8_255" / "manifest.json")["config"] for p in ("held-out", "paper")}
     assert (fits["held-out"]["fit_on"], fits["held-out"]["max_fit_images"]) == ("train", 40)
     assert (fits["paper"]["fit_on"], fits["paper"]["max_fit_images"]) == ("test", 7)  # the attacked sample
+    assert (fits["held-out"]["steps"], fits["held-out"]["channels"]) == (2, 16)
+    assert (fits["paper"]["steps"], fits["paper"]["channels"]) == (1, 8)
     for folder in table["folder"]:
         assert run_complete(run / "sweep" / folder)
 

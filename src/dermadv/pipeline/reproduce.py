@@ -280,8 +280,7 @@ def _sweep_stage(cfg: ReproduceConfig, run: Run, acfg: dict[str, Any], checkpoin
                     gen,
                     attack_size="model",
                     max_fit_images=cfg.sweep_fit_images if fit_on == "train" else cfg.sweep_limit,
-                    epochs=acfg.get("sweep_epochs", {}).get(protocol, gen.epochs),
-                    steps=acfg.get("sweep_steps", {}).get(protocol, gen.steps),
+                    **acfg.get("sweep_generator", {}).get(protocol, {}),
                 )
                 fit_once(fit_generator, gen, "generator_state.pt", check=check_generator_settings)
             sweep(attack, methods=["advgan", "pgd"], eps_values=[eps], generators=base / "generators", resume=True)
