@@ -70,7 +70,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             generator=dict(condition="gradient-half", channels=8),
             held_out=dict(epochs=8, steps=2),
             eps="8/255",
-            epochs=20,
+            epochs=40,
             sweep_eps="1/255,2/255,4/255,8/255,16/255",
         ),
     },
