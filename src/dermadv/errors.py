@@ -19,3 +19,7 @@ class ConfigError(DermadvError):
 
 class RunError(DermadvError):
     """A run folder that is missing parts or cannot be resumed."""
+
+
+class ModelError(DermadvError):
+    """A model (file, export or endpoint) that cannot be loaded or answers badly."""

@@ -29,6 +29,7 @@ FAST_PARAMS: dict[str, dict[str, object]] = {
     "apgd-ce": {"eps": EPS, "steps": 10},
     "apgd-dlr": {"eps": EPS, "steps": 10},
     "square": {"eps": EPS, "queries": 200},
+    "square-8bit": {"eps": EPS, "queries": 200},
     "autoattack": {"eps": EPS, "steps": 5, "queries": 100},
     **{name: {"severity": 3} for name in ARTEFACTS},
 }
@@ -42,6 +43,7 @@ BUDGETS: dict[str, tuple[str, float]] = {
     "apgd-ce": ("linf", EPS),
     "apgd-dlr": ("linf", EPS),
     "square": ("linf", EPS),
+    "square-8bit": ("linf", EPS),
     "autoattack": ("linf", EPS),
 }
 

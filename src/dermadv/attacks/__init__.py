@@ -1,3 +1,3 @@
 """Attacks on [0, 1] images: one interface, one registry. Importing the package registers every attack."""
 
-from dermadv.attacks import art, artefacts, generator, gradient, natural, pixel, reliable, universal  # noqa: F401
+from dermadv.attacks import art, artefacts, generator, gradient, natural, pixel, reliable, square, universal  # noqa: F401

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, Protocol
 
 import torch
 from torch import nn
@@ -18,10 +18,25 @@ from torch import nn
 from dermadv.errors import CheckpointError
 
 
+#: what an attack needs of a model, weakest last: gradients (white-box), scores (probabilities or logits, counted
+#: queries), labels only (counted queries), or nothing but a surrogate (transfer: the target only scores)
+Needs = Literal["gradients", "scores", "labels", "surrogate"]
+#: the threat model under which an attack that needs this runs
+THREAT_MODEL_OF: dict[str, str] = {
+    "gradients": "white-box",
+    "scores": "score-based",
+    "labels": "decision-based",
+    "surrogate": "transfer",
+}
+
+
 @dataclass
 class AttackResult:
     adv_images: torch.Tensor  # N×3×H×W in [0, 1]
     success: torch.Tensor  # N bool: predicted target (targeted) or not the label (untargeted)
+    queries: torch.Tensor | None = field(
+        default=None, kw_only=True
+    )  # N int64: model queries the search spent per image (query-based attacks)
 
 
 class FitSpec(Protocol):
@@ -73,6 +88,9 @@ class Attack(ABC):
     """Base class. Subclasses implement :meth:`perturb`; the base clips to [0, 1] and scores success."""
 
     name: str = "attack"
+    #: what the attack needs of the model (ART's ``_estimator_requirements``); the pipeline refuses a model that
+    #: cannot offer it and names the threat model in ``attack.json``
+    needs: ClassVar[Needs] = "gradients"
     #: whether the attack fits once on a set of images (universal perturbation) before being applied
     needs_fit: bool = False
     #: set by an attack loaded already fitted (the generator): its budget, target and image size are fixed
@@ -95,13 +113,14 @@ class Attack(ABC):
         was_training = model.training
         model.eval()
         try:
+            self.last_queries: torch.Tensor | None = None
             adv = self.perturb(model, images, labels=labels, target=target).clamp(0, 1).detach()
             with torch.no_grad():
                 pred = model(adv).argmax(1)
         finally:
             model.train(was_training)
         success = pred == target if target is not None else pred != labels
-        return AttackResult(adv_images=adv, success=success)
+        return AttackResult(adv_images=adv, success=success, queries=self.last_queries)
 
     @abstractmethod
     def perturb(

@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from dermadv.cli import attack, data, defend, observer, report, reproduce, train
+from dermadv.cli import attack, data, defend, model, observer, report, reproduce, train
 from dermadv.errors import DermadvError
 
 app = typer.Typer(
@@ -48,6 +48,8 @@ app.add_typer(defend.app, name="defend")
 app.add_typer(observer.app, name="observer")
 app.command()(reproduce.reproduce)
 app.command()(report.report)
+app.add_typer(model.app, name="model")
+app.command()(model.audit)
 
 #: the extra of pyproject.toml that installs each optional package a command may import
 EXTRAS = {"fastapi": "web", "uvicorn": "web", "starlette": "web", "multipart": "web", "httpx": "web"}

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from dermadv.cli.data import AllowIncompleteOpt
+from dermadv.cli.data import AllowIncompleteOpt, ModelCardOpt, ModelOpt, ThreatModelOpt, WeightsOpt
 
 app = typer.Typer(
     help="Fit and run adversarial attacks (advgan, pgd, fgsm, cw, uap, pixel, art:<Name>).",
@@ -95,7 +95,7 @@ def fit(
 
 @app.command("run")
 def run(
-    checkpoint: Path = CheckpointOpt,
+    checkpoint: str = ModelOpt,
     out: Path = typer.Option(..., "--out", help="Attack output folder."),
     method: str = typer.Option(
         "advgan", help="advgan, pgd, fgsm, cw, uap, pixel, colour, rotation, translation, art:<Name>."
@@ -120,6 +120,10 @@ def run(
         help="With --defence: BPDA/EOT gradients, or the plain attack that ignores it.",
     ),
     allow_incomplete: bool = AllowIncompleteOpt,
+    weights: str | None = WeightsOpt,
+    model_card: str | None = ModelCardOpt,
+    threat_model: str | None = ThreatModelOpt,
+    queries: int | None = typer.Option(None, "--queries", help="Per-image query budget of a query-based attack."),
 ) -> None:
     """Attack a split; save 8-bit PNGs; score the saved images; print the paper's table.
 
@@ -128,9 +132,13 @@ def run(
     from dermadv.pipeline.attack import AttackRunConfig, attack_split
 
     cfg = AttackRunConfig(
-        checkpoint=checkpoint,
+        checkpoint=checkpoint,  # type: ignore[arg-type]
         out=out,
         method=method,
+        weights=weights,
+        model_card=model_card,
+        threat_model=threat_model,
+        queries=queries,
         generator=generator,
         data=data,
         split=split,

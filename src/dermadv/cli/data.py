@@ -19,6 +19,22 @@ AllowIncompleteOpt = typer.Option(
     help="Use the outputs of an unfinished run (a warning says so) instead of refusing them.",
 )
 
+#: ``--model`` (alias ``--checkpoint``) and its companions, on every command that audits a model
+ModelOpt = typer.Option(
+    ...,
+    "--model",
+    "--checkpoint",
+    help="The model: a dermadv .safetensors, torchvision:<arch>|timm:<arch>|python:<module>:<factory> (with "
+    "--weights), a TorchScript or .onnx file, or an http(s):// endpoint.",
+)
+WeightsOpt = typer.Option(None, "--weights", help="State dict (.pt/.pth/.safetensors) for an architecture --model.")
+ModelCardOpt = typer.Option(
+    None, "--model-card", help="YAML model card (size, value range, mean/std, RGB/BGR, layout, outputs, classes)."
+)
+ThreatModelOpt = typer.Option(
+    None, "--threat-model", help="white-box, score-based or decision-based; default: the strongest the model allows."
+)
+
 
 @app.command("info")
 def data_info(data: str | None = DataOpt) -> None:

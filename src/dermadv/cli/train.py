@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from dermadv.cli.data import AllowIncompleteOpt, DataOpt
+from dermadv.cli.data import AllowIncompleteOpt, DataOpt, ModelCardOpt, ModelOpt, WeightsOpt
 from dermadv.errors import DermadvError
 
 
@@ -145,7 +145,7 @@ def train(
 
 
 def evaluate(
-    checkpoint: Path = typer.Option(..., "--checkpoint", help="model.safetensors of a train run."),
+    checkpoint: str = ModelOpt,
     data: str | None = DataOpt,
     split: str = typer.Option(
         "test", help="train, val, test or all (all: every image of --data, e.g. an external test set; no split file)."
@@ -160,15 +160,18 @@ def evaluate(
     defence: str | None = typer.Option(
         None, "--defence", help="Classify through jpeg:75, bits:5, median:3 or gauss:0.05."
     ),
+    weights: str | None = WeightsOpt,
+    model_card: str | None = ModelCardOpt,
 ) -> None:
-    """Evaluate a checkpoint: accuracy with CI, balanced accuracy, per-class metrics, AUC, confusion."""
+    """Evaluate a model: accuracy with CI, balanced accuracy, per-class metrics, AUC, confusion."""
     from rich.console import Console
 
     from dermadv.evaluation.metrics import format_classification_table
     from dermadv.pipeline.evaluate import evaluate_checkpoint
+    from dermadv.pipeline.models import ModelSpec
 
     report = evaluate_checkpoint(
-        checkpoint,
+        ModelSpec(checkpoint, weights, model_card),
         data=data,
         split=split,
         split_file=split_file,

@@ -90,6 +90,7 @@ def prediction_rows(
     clean_probs: np.ndarray,
     adv_probs: np.ndarray,
     inmem_preds: np.ndarray,
+    queries: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of ``predictions.csv``: predictions and probabilities on the saved PNGs, and the in-memory prediction."""
     rows = []
@@ -101,14 +102,17 @@ def prediction_rows(
             "adv_pred": classes[int(adv_probs[r].argmax())],
             "inmem_adv_pred": classes[int(inmem_preds[r])],
         }
+        if queries is not None:
+            row["queries"] = int(queries[r])
         row.update({f"clean_prob_{c}": round(float(clean_probs[r, j]), 6) for j, c in enumerate(classes)})
         row.update({f"adv_prob_{c}": round(float(adv_probs[r, j]), 6) for j, c in enumerate(classes)})
         rows.append(row)
     return rows
 
 
-def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> None:
-    """Attack ``task.indices``, write PNGs and ``predictions.csv`` into ``out``.
+def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> np.ndarray | None:
+    """Attack ``task.indices``, write PNGs and ``predictions.csv`` into ``out``; return the queries the attack spent
+    per image (in the order of ``predictions.csv``) for a query-based attack, else None.
 
     Under torchrun the indices are sharded across ranks (strided, no padding) and gathered on
     rank 0 with their indices, so counts equal a single-process run exactly.
@@ -120,7 +124,7 @@ def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> None:
     scorer = task.score_model.eval() if task.score_model is not None else model
     device = task.device
     mine = task.indices[dd.shard_indices(len(task.indices))]
-    rows_idx, clean_probs, adv_probs, inmem = [], [], [], []
+    rows_idx, clean_probs, adv_probs, inmem, spent = [], [], [], [], []
     bar = tqdm(
         range(0, len(mine), task.batch_size),
         desc=f"attack {task.attack.name}",
@@ -135,6 +139,8 @@ def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> None:
         x = to_float(clean_u8)
         labels = torch.from_numpy(task.labels[idx]).to(device)
         result = task.attack(model, x, labels=labels, target=task.target)
+        if result.queries is not None:
+            spent.append(result.queries.cpu().numpy().astype(np.int64))
         with torch.no_grad():
             inmem.append(scorer(result.adv_images).argmax(1).cpu())
         adv_u8 = quantise(result.adv_images, clean_u8.permute(0, 3, 1, 2), task.eps).permute(0, 2, 3, 1).cpu().numpy()
@@ -153,18 +159,22 @@ def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> None:
     pool.shutdown()
     k = len(task.classes)
     cat = lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape)  # noqa: E731
+    n = sum(len(i) for i in rows_idx)
     gathered = dd.gather_rows(
         cat(rows_idx, (0,)).astype(np.int64),
         cat(clean_probs, (0, k)),
         cat(adv_probs, (0, k)),
         torch.cat(inmem).numpy() if inmem else np.zeros(0, dtype=np.int64),
+        cat(spent, (0,)) if len(spent) == len(rows_idx) else np.full(n, -1, dtype=np.int64),
     )
-    order, cp, ap, im = gathered
+    order, cp, ap, im, qs = gathered
+    queries = qs if len(spent) and (qs >= 0).all() else None
     if dd.is_main():
         label_codes = [task.classes[task.labels[i]] for i in order]
-        rows = prediction_rows([task.image_ids[i] for i in order], label_codes, task.classes, cp, ap, im)
-        write_csv(out / "predictions.csv", rows)
+        ids = [task.image_ids[i] for i in order]
+        write_csv(out / "predictions.csv", prediction_rows(ids, label_codes, task.classes, cp, ap, im, queries))
     dd.barrier()
+    return queries
 
 
 #: Everything ``attack run`` (or ``attack transfer``, ``evaluate-attack``, ``report``) writes into an attack folder.

@@ -14,17 +14,18 @@ import torch
 from torch import nn
 
 from dermadv import distributed as dd
-from dermadv.attacks.base import Attack, check_fit_spec
+from dermadv.attacks.base import THREAT_MODEL_OF, Attack, check_fit_spec
 from dermadv.attacks.registry import create_attack, get_attack_class
 from dermadv.config import check_at_least, check_budgets, check_types, parse_eps
 from dermadv.data.classes import class_index
-from dermadv.data.load import prepare, split_beside
+from dermadv.data.load import prepare
 from dermadv.data.splits import SPLITS, stratified_sample
 from dermadv.defences.transforms import attacked_model, parse_defence
 from dermadv.errors import ConfigError, RunError
 from dermadv.evaluation.attack_eval import AttackMetrics, evaluate_attack_folder
-from dermadv.models.checkpoints import check_fits, load_checkpoint
+from dermadv.models.checkpoints import load_checkpoint
 from dermadv.models.classifier import ResizedClassifier
+from dermadv.models.sources import ModelInfo, label_map
 from dermadv.pipeline.apply import (
     AttackTask,
     clear_attack_folder,
@@ -34,12 +35,13 @@ from dermadv.pipeline.apply import (
     run_attack,
     write_attack_info,
 )
+from dermadv.pipeline.models import ModelSpec, checked, open_model, training_split
 from dermadv.runs import Run, file_fingerprint, read_json, require_complete, write_csv, write_json
 
 
 @dataclass(frozen=True)
 class AttackRunConfig:
-    checkpoint: Path
+    checkpoint: Path  # the model spec: a file, an export or a URL (``--model``)
     out: Path
     method: str = "advgan"
     generator: Path | None = None
@@ -63,6 +65,10 @@ class AttackRunConfig:
     adaptive: bool = True  # with a defence: BPDA (+EOT) gradients; False: the plain attack that ignores it
     eot_samples: int = 8
     allow_incomplete: bool = False  # accept a checkpoint or generator of an unfinished run (with a warning)
+    weights: str | None = None  # the state dict of a torchvision:/timm:/python: architecture
+    model_card: str | None = None
+    threat_model: str | None = None
+    queries: int | None = None  # per-image query budget of a query-based attack
 
     def __post_init__(self) -> None:
         # Every option checked before any work (a sweep used to stop at its first bad budget).
@@ -72,7 +78,7 @@ class AttackRunConfig:
         for split in (self.split, self.fit_split):
             if split not in (*SPLITS, "all"):
                 raise ConfigError(f"split must be one of {', '.join(SPLITS)}, all; got {split!r}")
-        check_at_least(self, 1, "steps", "pixels", "batch_size", "limit", "fit_limit")
+        check_at_least(self, 1, "steps", "pixels", "batch_size", "limit", "fit_limit", "queries")
         check_at_least(self, 0, "seed")
         if self.target is not None:
             class_index(self.target)
@@ -84,7 +90,14 @@ _HINTS = {"eps": "--eps (e.g. 2/255)", "generator": "--generator PATH (from `der
 
 def build_attack(cfg: AttackRunConfig, eps: float | None) -> Attack:
     """Create the attack through the registry, passing only the options its constructor accepts."""
-    offered = {"eps": eps, "steps": cfg.steps, "pixels": cfg.pixels, "seed": cfg.seed, "generator": cfg.generator}
+    offered = {
+        "eps": eps,
+        "steps": cfg.steps,
+        "queries": cfg.queries,
+        "pixels": cfg.pixels,
+        "seed": cfg.seed,
+        "generator": cfg.generator,
+    }
     params = inspect.signature(get_attack_class(cfg.method)).parameters
     kwargs = {k: v for k, v in offered.items() if k in params and v is not None}
     missing = [n for n in _HINTS if n in params and params[n].default is params[n].empty and n not in kwargs]
@@ -99,13 +112,15 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
     dd.init_from_env()
     device = dd.default_device()
     eps = parse_eps(cfg.eps, saved=True) if cfg.eps is not None else None
-    for output in (cfg.checkpoint, cfg.generator):
-        if output is not None:
-            require_complete(output, allow_incomplete=cfg.allow_incomplete)
-    model, meta = load_checkpoint(cfg.checkpoint, device=device)
-    target = class_index(cfg.target, meta.classes) if cfg.target else None
+    if cfg.generator is not None:
+        require_complete(cfg.generator, allow_incomplete=cfg.allow_incomplete)
+    model_spec = ModelSpec(str(cfg.checkpoint), cfg.weights, cfg.model_card, cfg.threat_model)
     defence = parse_defence(cfg.defence) if cfg.defence else None
     attack = build_attack(cfg, eps)
+    source = open_model(model_spec, device=device, allow_incomplete=cfg.allow_incomplete)
+    meta: ModelInfo = source.info
+    check_threat_model(attack, meta, cfg.method)
+    target = model_target(meta, cfg.target)
     if "eps" not in inspect.signature(type(attack)).parameters:
         eps = None  # natural perturbations, artefacts, C&W, few pixels: no L∞ budget to clip the saved images to
     spec = attack.spec  # an attack loaded fitted brings its own budget, target and image size
@@ -118,19 +133,24 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
                 "fit one for this target or drop --target"
             )
         target = spec.target_index
-    split_file = cfg.split_file or split_beside(cfg.checkpoint)
+    split_file = cfg.split_file or training_split(source, model_spec)
     size = None if attack_size == "stored" else meta.image_size
     with dd.main_first():  # rank 0 fills the decode cache, the others then read it
         prep = prepare(cfg.data, image_size=size, split_file=split_file, seed=cfg.seed, progress=dd.is_main())
-    check_fits(meta, prep.dataset.classes, path=cfg.checkpoint)
-    attacked: nn.Module = model if attack_size == "model" else ResizedClassifier(model, meta.image_size)
+    to_model = label_map(meta, prep.dataset.classes)
+    source = checked(source, prep.images[prep.indices(cfg.split)[:32]], device=device)
+    meta = source.info
+    check_threat_model(attack, meta, cfg.method)
+    model: nn.Module = source
+    resize = attack_size == "stored" and meta.image_size is not None
+    attacked: nn.Module = ResizedClassifier(model, meta.image_size) if resize else model
     attacked.eval()
     scorer = None
     if defence is not None:
         scorer = defence(attacked).eval()
         attacked = attacked_model(attacked, defence, adaptive=cfg.adaptive, eot_samples=cfg.eot_samples).eval()
     if spec is not None:
-        fingerprint = file_fingerprint(cfg.checkpoint)
+        fingerprint = meta.fingerprint
         check_fit_spec(
             spec,
             classes=meta.classes,
@@ -154,9 +174,10 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
     run = Run(
         out,
         command="attack run",
-        config={**asdict(cfg), "eps_value": eps},
+        config={**asdict(cfg), **model_spec.config(), "checkpoint": model_spec.config()["model"], "eps_value": eps},
         seed=cfg.seed,
         data_fingerprint=prep.dataset.fingerprint,
+        fingerprints={"model": meta.fingerprint},
         write=dd.is_main(),
     )
     torch.manual_seed(cfg.seed)
@@ -175,14 +196,16 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
         "eps_255": eps * 255 if eps else None,
         "target": meta.classes[target] if target is not None else None,
         "target_index": target,
-        "checkpoint": str(cfg.checkpoint),
+        "checkpoint": meta.spec,
+        "model": meta.to_dict(),
+        "threat_model": THREAT_MODEL_OF[attack.needs],
         "generator": str(cfg.generator) if cfg.generator else None,
         "data": cfg.data,
         "data_source": prep.dataset.source,
         "split": cfg.split,
         "classes": list(meta.classes),
         "image_size": list(prep.size),
-        "classifier_input_size": list(meta.image_size),
+        "classifier_input_size": list(meta.image_size) if meta.image_size else None,
         "attack_size": attack_size,
         "n_images": int(len(idx)),
         "sampled": bool(cfg.limit),
@@ -196,7 +219,7 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
         classes=meta.classes,
         images=prep.images,
         image_ids=prep.dataset.image_ids,
-        labels=prep.dataset.labels,
+        labels=to_model[prep.dataset.labels],
         indices=idx,
         target=target,
         eps=eps,
@@ -204,9 +227,18 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
         device=device,
         score_model=scorer,
     )
+    before = source.counter.snapshot()
     with run.stage("attack"):
-        run_attack(task, out, progress=cfg.progress)
+        spent = run_attack(task, out, progress=cfg.progress)
     run.update(images_per_s=round(len(idx) / max(1e-9, run.timings["attack"]), 2))
+    if dd.is_main():
+        after = source.counter.snapshot()
+        queries = {
+            **{k: round(after[k] - before[k], 4) for k in after},
+            "attack_queries": int(spent.sum()) if spent is not None else None,
+            "wall_seconds": round(run.timings["attack"], 4),
+        }
+        write_attack_info(out, {**info, "queries": queries})
     metrics = None
     if dd.is_main() and cfg.evaluate:
         with run.stage("evaluate"):
@@ -215,6 +247,25 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
         run.finish(n_images=int(len(idx)))
     dd.barrier()  # the folder is complete before any rank moves on to read it
     return metrics
+
+
+def check_threat_model(attack: Attack, info: ModelInfo, method: str) -> None:
+    """Refuse an attack that needs more of the model than it offers (gradients of a black-box model)."""
+    needed = THREAT_MODEL_OF[attack.needs]
+    if needed != "transfer" and needed not in info.offers:
+        raise ConfigError(
+            f"{method} is a {needed} attack but {info.spec} offers {', '.join(info.offers[:-1])} only; "
+            "choose a score-based attack (--method square) or give a model with gradients"
+        )
+
+
+def model_target(info: ModelInfo, target: str | None) -> int | None:
+    """The index of the score class that stands for the HAM10000 code ``target`` (a model's group for it)."""
+    if target is None:
+        return None
+    class_index(target)
+    name = info.card.model_class_of(target) if info.card.grouped else target
+    return info.classes.index(name)
 
 
 def transfer(

@@ -10,21 +10,22 @@ import torch
 from torch import nn
 
 from dermadv import distributed as dd
-from dermadv.data.load import prepare, split_beside
+from dermadv.data.load import prepare
 from dermadv.data.splits import SPLITS
 from dermadv.defences.transforms import parse_defence
 from dermadv.errors import ConfigError
 from dermadv.evaluation.metrics import ClassificationReport, classification_metrics, write_classification_outputs
 from dermadv.evaluation.stats import CI_METHODS
-from dermadv.models.checkpoints import check_fits, load_checkpoint
-from dermadv.runs import Run, require_complete
+from dermadv.models.sources import label_map
+from dermadv.pipeline.models import ModelSpec, as_spec, checked, open_model, training_split
+from dermadv.runs import Run
 from dermadv.training.classifier import predict_logits
 
 log = logging.getLogger(__name__)
 
 
 def evaluate_checkpoint(
-    checkpoint: str | Path,
+    checkpoint: str | Path | ModelSpec,
     *,
     data: str | None = None,
     split: str = "test",
@@ -43,20 +44,22 @@ def evaluate_checkpoint(
     split: on data the checkpoint was not trained on (an external test set) the log says so. With a ``defence`` (``jpeg:75``…) the
     images pass through it first.
     """
-    checkpoint = Path(checkpoint)
+    spec = as_spec(checkpoint)
     if split not in (*SPLITS, "all"):
         raise ConfigError(f"split must be one of {', '.join(SPLITS)}, all; got {split!r}")
     if ci_method not in CI_METHODS:
         raise ConfigError(f"ci must be one of {', '.join(CI_METHODS)}; got {ci_method!r}")
-    require_complete(checkpoint, allow_incomplete=allow_incomplete)
     device = dd.default_device()
-    spec = parse_defence(defence) if defence else None
-    classifier, meta = load_checkpoint(checkpoint, device=device)
-    model: nn.Module = spec(classifier) if spec is not None else classifier
-    beside = split_beside(checkpoint)
+    defence_spec = parse_defence(defence) if defence else None
+    source = open_model(spec, device=device, allow_incomplete=allow_incomplete)
+    info = source.info
+    checkpoint = spec.model
+    beside = training_split(source, spec)
+    if out is None and info.kind != "dermadv":
+        raise ConfigError(f"pass --out for the evaluation of {info.spec} (only a dermadv run folder has a default)")
     external: bool | None = None  # None: not known
     if split == "all" and split_file is None:
-        prep = prepare(data, image_size=meta.image_size, unsplit=True)
+        prep = prepare(data, image_size=info.image_size, unsplit=True)
         n = len(prep.frame)
         if beside is None:
             log.warning("no split.csv beside %s: cannot tell whether these %d images trained it", checkpoint, n)
@@ -69,27 +72,32 @@ def evaluate_checkpoint(
                 log.warning("%d of the %d images were in the checkpoint's train or val split", seen, n)
     else:
         split_file = split_file or beside
-        prep = prepare(data, image_size=meta.image_size, split_file=split_file)
-    check_fits(meta, prep.dataset.classes, path=checkpoint)
+        prep = prepare(data, image_size=info.image_size, split_file=split_file)
+    to_model = label_map(info, prep.dataset.classes)
     idx = prep.indices(split)
     if len(idx) == 0:
         raise ConfigError(f"the {split} split of {data or 'the synthetic set'} is empty; choose another --split")
-    suffix = ("-tta" if tta else "") + (f"-{spec.name}{spec.value:g}" if spec is not None else "")
-    out = Path(out) if out else checkpoint.parent / f"eval-{split}{suffix}"
+    source = checked(source, prep.images[idx[:32]], device=device)
+    info = source.info
+    model: nn.Module = defence_spec(source) if defence_spec is not None else source
+    suffix = ("-tta" if tta else "") + (f"-{defence_spec.name}{defence_spec.value:g}" if defence_spec else "")
+    out = Path(out) if out else Path(checkpoint).parent / f"eval-{split}{suffix}"
     run = Run(
         out,
         command="evaluate",
         config={
             "checkpoint": str(checkpoint),
+            **spec.config(),
             "data": data,
             "split": split,
             "split_file": split_file,
             "tta": tta,
             "ci_method": ci_method,
             "external_data": external,
-            "defence": str(spec) if spec is not None else None,
+            "defence": str(defence_spec) if defence_spec is not None else None,
         },
         data_fingerprint=prep.dataset.fingerprint,
+        fingerprints={"model": info.fingerprint},
     )
     torch.manual_seed(0)  # a randomised defence draws the same noise on every run
     with run.stage("predict"):
@@ -97,16 +105,17 @@ def evaluate_checkpoint(
             model, prep.images, indices=idx, device=device, tta=tta, batch_size=batch_size, progress=True
         )
     probs = torch.softmax(logits, 1).numpy()
-    labels = prep.dataset.labels[idx]
-    report = classification_metrics(labels, probs, classes=meta.classes, ci_method=ci_method)  # type: ignore[arg-type]
+    labels = to_model[prep.dataset.labels[idx]]
+    report = classification_metrics(labels, probs, classes=info.classes, ci_method=ci_method)  # type: ignore[arg-type]
     write_classification_outputs(
         report,
         out,
         image_ids=[prep.dataset.image_ids[i] for i in idx],
         labels=labels,
         probs=probs,
-        classes=meta.classes,
+        classes=info.classes,
     )
+    run.update(model=info.to_dict(), queries=source.counter.snapshot())
     run.finish(n_images=int(len(idx)))
     log.info("wrote %s", out)
     return report

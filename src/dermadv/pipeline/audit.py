@@ -1,0 +1,229 @@
+"""``dermadv audit``: the study on *your* model, in one run folder.
+
+Model check, clean evaluation with intervals, the paper's targeted-to-``nv`` table under the strongest threat model
+the model allows, reliability checks and a report page::
+
+    out/
+      manifest.json   audit.json   audit.md
+      clean/          (dermadv evaluate)
+      attack/         (dermadv attack run: PNGs scored from the saved files)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from dermadv.attacks.registry import create_attack
+from dermadv.config import parse_eps
+from dermadv.data.load import prepare, to_float
+from dermadv.data.splits import stratified_sample
+from dermadv.errors import ConfigError
+from dermadv.evaluation.attack_eval import evaluate_attack_folder
+from dermadv.evaluation.attack_metrics import AttackMetrics
+from dermadv.evaluation.metrics import ClassificationReport
+from dermadv.evaluation.reliability import (
+    Check,
+    check_black_beats_white,
+    check_conversion,
+    check_gradients,
+    check_probabilities,
+    check_randomised,
+)
+from dermadv.models.sources import PROCESS_TOTAL, label_map
+from dermadv.pipeline.attack import AttackRunConfig, attack_split, model_target
+from dermadv.pipeline.evaluate import evaluate_checkpoint
+from dermadv.pipeline.model_check import ModelCheck, check_model
+from dermadv.pipeline.models import ModelSpec, checked, open_model, training_split
+from dermadv.runs import Run, atomic_path, write_json
+
+log = logging.getLogger(__name__)
+
+#: the attack each threat model runs, and why it is the one
+ATTACKS = {
+    "white-box": ("pgd", "the model offers gradients: PGD-20 (Madry et al. 2018) is the strongest standard attack"),
+    "score-based": ("square", "the model answers scores but no gradients: Square Attack (Andriushchenko et al. 2020)"),
+}
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    model: ModelSpec
+    out: Path
+    data: str | None = None
+    split: str = "test"
+    split_file: str | None = None
+    target: str = "nv"
+    eps: str = "8/255"
+    steps: int = 20
+    queries: int = 1000  # per image, for a query-based attack
+    limit: int | None = None  # attack a class-stratified sample of this many images
+    check_sample: int = 140
+    checks_sample: int = 14  # images for the reliability checks (the black-vs-white comparison attacks them twice)
+    seed: int = 0
+    batch_size: int = 32
+    allow_incomplete: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        parse_eps(self.eps, saved=True)
+        for name in ("steps", "queries", "check_sample", "checks_sample", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be at least 1; got {getattr(self, name)}")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be at least 1; got {self.limit}")
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    """Everything ``audit.json`` holds, read alike by the CLI and the report page."""
+
+    model: dict[str, Any]
+    threat_model: str
+    why: str
+    check: ModelCheck
+    clean: ClassificationReport
+    attack: AttackMetrics
+    checks: tuple[Check, ...]
+    timing: dict[str, float]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": self.model,
+            "threat_model": self.threat_model,
+            "why": self.why,
+            "check": self.check.to_dict(),
+            "clean": self.clean.as_dict(),
+            "attack": {
+                "method": self.attack.attack.get("method"),
+                "eps_255": self.attack.eps_255,
+                "target": self.attack.target,
+                "n": self.attack.n,
+                "fooling_ratio": {c: iv.as_dict() for c, iv in self.attack.fooling_ratio.items()},
+                "worst_class": self.attack.worst_class,
+                "accuracy_clean": self.attack.accuracy_clean.as_dict(),
+                "accuracy_adv": self.attack.accuracy_adv.as_dict(),
+                "mcnemar_p": self.attack.mcnemar.p_value,
+                "queries": self.attack.attack.get("queries"),
+            },
+            "checks": [c.to_dict() for c in self.checks],
+            "timing": self.timing,
+        }
+
+
+def choose_attack(offers: tuple[str, ...]) -> tuple[str, str, str]:
+    """The strongest threat model the model allows with an attack for it: (threat model, method, why)."""
+    for threat in offers:
+        if threat in ATTACKS:
+            method, why = ATTACKS[threat]
+            return threat, method, why
+    raise ConfigError(
+        f"the model offers {', '.join(offers)}; dermadv has no decision-based (labels only) attack yet: "
+        "give a model that returns scores (set `output: probabilities` or `logits` in its card)"
+    )
+
+
+def reliability_checks(cfg: AuditConfig, *, white_box: bool) -> tuple[Check, ...]:
+    """The checks of :mod:`dermadv.evaluation.reliability` on a class-stratified sample of the attacked split."""
+    source = open_model(cfg.model, allow_incomplete=cfg.allow_incomplete)
+    info = source.info
+    prep = prepare(
+        cfg.data, image_size=info.image_size, split_file=cfg.split_file or training_split(source, cfg.model), seed=0
+    )
+    idx = stratified_sample(prep.dataset.labels, prep.indices(cfg.split), cfg.checks_sample, cfg.seed)
+    images_u8 = np.asarray(prep.images[idx])
+    source = checked(source, images_u8)
+    x = to_float(torch.from_numpy(images_u8))
+    labels = torch.from_numpy(label_map(source.info, prep.dataset.classes)[prep.dataset.labels[idx]])
+    checks = [
+        check_randomised(source, x),
+        check_probabilities(source, x, declared=source.info.card.output),
+        check_gradients(source, x, labels, white_box=white_box and source.gradients),
+        check_conversion(source.info.notes, kind=source.info.kind),
+    ]
+    target = model_target(source.info, cfg.target)
+    eps = parse_eps(cfg.eps, saved=True)
+    white = black = None
+    if white_box and source.gradients and "score-based" in source.info.offers:
+        keep = labels != target
+        if bool(keep.any()):
+            xs, ys = x[keep], labels[keep]
+            white = float(
+                create_attack("pgd", eps=eps, steps=cfg.steps)(source, xs, target=target).success.float().mean()
+            )
+            square = create_attack("square", eps=eps, queries=min(cfg.queries, 300), seed=cfg.seed)
+            black = float(square(source, xs, labels=ys, target=target).success.float().mean())
+            checks.append(check_black_beats_white(white, black, n=int(keep.sum())))
+    if white is None:
+        checks.append(check_black_beats_white(None, None, n=0))
+    return tuple(checks)
+
+
+def audit(cfg: AuditConfig) -> AuditResult:
+    """Run the audit into ``cfg.out``; every stage's folder is a run of its own."""
+    out = Path(cfg.out)
+    source = open_model(cfg.model, allow_incomplete=cfg.allow_incomplete)  # fail on a bad model before any work
+    threat, method, why = choose_attack(source.info.offers)
+    if cfg.model.threat_model is None and len(source.info.offers) > 1 and threat != source.info.offers[0]:
+        why += f" ({source.info.offers[0]} has no attack here)"
+    del source
+    run = Run(
+        out, command="audit", config={**cfg.model.config(), **{k: v for k, v in vars(cfg).items() if k != "model"}}
+    )
+    t0, before = time.perf_counter(), dict(PROCESS_TOTAL)
+    with run.stage("check"):
+        mc = check_model(cfg.model, data=cfg.data, split=cfg.split, sample=cfg.check_sample, seed=cfg.seed)
+        write_json(out / "check.json", mc.to_dict())
+    log.info("model check: %s", mc.verdict())
+    with run.stage("clean"):
+        clean = evaluate_checkpoint(
+            cfg.model, data=cfg.data, split=cfg.split, split_file=cfg.split_file, out=out / "clean",
+            allow_incomplete=cfg.allow_incomplete, batch_size=cfg.batch_size,
+        )  # fmt: skip
+    with run.stage("attack"):
+        attack_cfg = AttackRunConfig(
+            checkpoint=Path(cfg.model.model) if not cfg.model.is_url else cfg.model.model,  # type: ignore[arg-type]
+            weights=cfg.model.weights,
+            model_card=cfg.model.card,
+            threat_model=threat,
+            out=out / "attack",
+            method=method,
+            data=cfg.data,
+            split=cfg.split,
+            split_file=cfg.split_file,
+            target=cfg.target,
+            eps=cfg.eps,
+            steps=cfg.steps,
+            queries=cfg.queries if method == "square" else None,
+            limit=cfg.limit,
+            seed=cfg.seed,
+            batch_size=cfg.batch_size,
+            progress=cfg.progress,
+            allow_incomplete=cfg.allow_incomplete,
+        )
+        metrics = attack_split(attack_cfg) or evaluate_attack_folder(out / "attack")
+    with run.stage("checks"):
+        checks = reliability_checks(cfg, white_box=threat == "white-box")
+    wall = time.perf_counter() - t0
+    model_s = PROCESS_TOTAL["model_seconds"] - before["model_seconds"]
+    timing = {
+        "wall_s": round(wall, 3),
+        "model_s": round(model_s, 3),
+        "dermadv_s": round(wall - model_s, 3),
+        "dermadv_share": round((wall - model_s) / wall, 4) if wall > 0 else 0.0,
+        "queries": int(PROCESS_TOTAL["queries"] - before["queries"]),
+    }
+    result = AuditResult(mc.model, threat, why, mc, clean, metrics, checks, timing)
+    from dermadv.report.audit import render_audit_markdown
+
+    write_json(out / "audit.json", result.to_dict())
+    with atomic_path(out / "audit.md") as tmp:
+        Path(tmp).write_text(render_audit_markdown(result.to_dict()))
+    run.finish(threat_model=threat, timing=timing)
+    return replace(result)

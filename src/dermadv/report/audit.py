@@ -1,0 +1,59 @@
+"""The audit's report page, rendered from ``audit.json`` alone (pure: a dict in, Markdown out)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dermadv.paper import PAPER
+
+
+def _pct(interval: dict[str, Any] | None) -> str:
+    if not interval:
+        return "–"
+    return f"{interval['estimate']:.1%} ({interval['low']:.1%}–{interval['high']:.1%})"
+
+
+def render_audit_markdown(audit: dict[str, Any]) -> str:
+    """The audit as Markdown: model, threat model, check, clean accuracy, the paper's table, checks, timing."""
+    model, attack, clean, timing = audit["model"], audit["attack"], audit["clean"], audit["timing"]
+    queries = attack.get("queries") or {}
+    lines = [
+        f"# Adversarial audit of `{model['spec']}`",
+        "",
+        f"- model: {model['kind']}{' with weights ' + model['weights'] if model.get('weights') else ''}, "
+        f"fingerprint `{model['fingerprint']}`, input {model['image_size'] or 'stored size'}, "
+        f"classes {', '.join(model['classes'])}",
+        f"- threat model: **{audit['threat_model']}** — {audit['why']}",
+        f"- model check: {audit['check']['verdict']}",
+        f"- clean accuracy ({clean['n']} images): {_pct(clean['accuracy'])}, balanced {clean['balanced_accuracy']:.3f}",
+        "",
+        f"## Targeted to `{attack['target']}` at {attack['eps_255']:g}/255 ({attack['method']}, n = {attack['n']})",
+        "",
+        "| true class | fooling ratio (95% CI) | paper |",
+        "|---|---|---|",
+    ]
+    for cls, iv in attack["fooling_ratio"].items():
+        lines.append(f"| {cls} | {_pct(iv)} | {PAPER['fooling_ratio'] if cls != attack['target'] else '–'} |")
+    lines += [
+        "",
+        f"Accuracy clean {_pct(attack['accuracy_clean'])} → adversarial {_pct(attack['accuracy_adv'])}, "
+        f"McNemar exact P = {attack['mcnemar_p']:.2g} (paper: {PAPER['accuracy_clean']} → {PAPER['accuracy_adv']}, "
+        f"{PAPER['mcnemar_p']}). Worst class: {attack['worst_class']}.",
+    ]
+    if queries.get("attack_queries") is not None:
+        lines.append(
+            f"Queries spent by the attack: {queries['attack_queries']} "
+            f"({queries['attack_queries'] / max(1, attack['n']):.1f} per image); answered by the model in all: "
+            f"{queries.get('queries')}."
+        )
+    lines += ["", "## Reliability checks", ""]
+    lines += [f"- **{c['status']}** {c['name']}: {c['figure']} — {c['detail']}" for c in audit["checks"]]
+    lines += [
+        "",
+        "## Time",
+        "",
+        f"Wall {timing['wall_s']:.1f} s: the model {timing['model_s']:.1f} s, dermadv {timing['dermadv_s']:.1f} s "
+        f"({timing['dermadv_share']:.1%}); {timing['queries']} images answered by the model.",
+        "",
+    ]
+    return "\n".join(lines)
