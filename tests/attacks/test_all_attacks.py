@@ -28,8 +28,8 @@ FAST_PARAMS: dict[str, dict[str, object]] = {
     "translation": {},
     "apgd-ce": {"eps": EPS, "steps": 10},
     "apgd-dlr": {"eps": EPS, "steps": 10},
+    "square-torchattacks": {"eps": EPS, "queries": 200},
     "square": {"eps": EPS, "queries": 200},
-    "square-8bit": {"eps": EPS, "queries": 200},
     "autoattack": {"eps": EPS, "steps": 5, "queries": 100},
     **{name: {"severity": 3} for name in ARTEFACTS},
 }
@@ -42,8 +42,8 @@ BUDGETS: dict[str, tuple[str, float]] = {
     "pixel": ("l0", 3),
     "apgd-ce": ("linf", EPS),
     "apgd-dlr": ("linf", EPS),
+    "square-torchattacks": ("linf", EPS),
     "square": ("linf", EPS),
-    "square-8bit": ("linf", EPS),
     "autoattack": ("linf", EPS),
 }
 

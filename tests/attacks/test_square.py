@@ -191,7 +191,7 @@ def test_p_schedule_is_the_papers() -> None:
 
 
 def test_registry_and_declared_needs() -> None:
-    attack = create_attack("square-8bit", eps="4/255", queries=100)
+    attack = create_attack("square", eps="4/255", queries=100)
     assert isinstance(attack, Square) and attack.eps == pytest.approx(4 / 255) and attack.queries == 100
     assert repr(attack).startswith("Square(") and "queries=100" in repr(attack) and "p_init=0.05" in repr(attack)
     assert Square.needs == "scores"

@@ -113,14 +113,14 @@ class Attack(ABC):
         was_training = model.training
         model.eval()
         try:
-            self.last_queries: torch.Tensor | None = None
+            self._last_queries: torch.Tensor | None = None
             adv = self.perturb(model, images, labels=labels, target=target).clamp(0, 1).detach()
             with torch.no_grad():
                 pred = model(adv).argmax(1)
         finally:
             model.train(was_training)
         success = pred == target if target is not None else pred != labels
-        return AttackResult(adv_images=adv, success=success, queries=self.last_queries)
+        return AttackResult(adv_images=adv, success=success, queries=self._last_queries)
 
     @abstractmethod
     def perturb(

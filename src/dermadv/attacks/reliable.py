@@ -83,9 +83,11 @@ class APGDDLR(APGD):
     loss_type = "difference_logits_ratio"
 
 
-@register_attack("square")
+@register_attack("square-torchattacks")
 class Square(Attack):
-    """Square attack (Andriushchenko et al. 2020): score-based random search, ``queries`` model calls per image."""
+    """Square attack (Andriushchenko et al. 2020) as torchattacks runs it, kept to cross-check dermadv's ``square``."""
+
+    needs = "scores"
 
     def __init__(
         self, eps: float | str, *, queries: int = 5000, p_init: float = 0.8, norm: str = "linf", seed: int = 0

@@ -31,13 +31,13 @@ def p_selection(p_init: float, iteration: int, iterations: int) -> float:
     return p_init / 2 ** sum(rescaled > h for h in _HALVINGS)
 
 
-@register_attack("square-8bit")
+@register_attack("square")
 class Square(Attack):
     """Square attack (Andriushchenko et al. 2020), L∞: at most ``queries`` model queries per image.
 
     Each iteration sets a random square of every unfinished image to ``±eps`` (one sign per channel) and keeps
     the change where the loss drops. An image leaves the search, and is never queried again, once it succeeds;
-    ``last_queries`` holds what each image spent (the first query scores the starting point). Every image sent
+    ``_last_queries`` holds what each image spent (the first query scores the starting point). Every image sent
     to the model is on the 8-bit grid, within ``floor(eps·255)`` steps of the clean image rounded to that grid.
 
     ``_start``, when set to an N×3×H×W tensor before a call, replaces the stripes as the starting point (e.g. a
@@ -179,5 +179,5 @@ class Square(Attack):
                 best[active[keep]] = candidate[keep]
                 best_loss[active[keep]] = loss[keep]
                 active = active[~won]
-        self.last_queries = spent
+        self._last_queries = spent
         return best
