@@ -1,4 +1,5 @@
 # make demo: the whole study on the built-in synthetic set.  make test: lint + the test suite.
+# make audit-demo: the demo classifier exported to ONNX, served over HTTP on 127.0.0.1 and audited black-box.
 # Both create .venv and install the project (with the tested torch pair) when needed.
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
 
-.PHONY: install demo test lint format bench clean
+.PHONY: install demo audit-demo test lint format bench clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +19,9 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/dermadv reproduce --preset demo --out runs/demo
+
+audit-demo: $(STAMP)
+	scripts/audit_demo.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -159,6 +159,20 @@ _watchers: list[list[Run]] = []
 Unfinished = Literal["interrupted", "failed"]
 
 
+def redacted_argv(argv: list[str]) -> list[str]:
+    """The command line with every URL's user:password, query string and fragment removed (where tokens hide)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    out = []
+    for arg in argv:
+        if arg.startswith(("http://", "https://")):
+            parts = urlsplit(arg)
+            host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
+            arg = urlunsplit((parts.scheme, host, parts.path, "", ""))
+        out.append(arg)
+    return out
+
+
 class Run:
     """A run folder with its ``manifest.json``.
 
@@ -186,7 +200,7 @@ class Run:
         self.finished = False
         self.manifest: dict[str, Any] = {
             "command": command,
-            "argv": sys.argv,
+            "argv": redacted_argv(sys.argv),
             "config": _to_jsonable(config),
             "seed": seed,
             "data_fingerprint": data_fingerprint,

@@ -17,7 +17,6 @@ from torch import nn
 
 from dermadv.errors import CheckpointError
 
-
 #: what an attack needs of a model, weakest last: gradients (white-box), scores (probabilities or logits, counted
 #: queries), labels only (counted queries), or nothing but a surrogate (transfer: the target only scores)
 Needs = Literal["gradients", "scores", "labels", "surrogate"]

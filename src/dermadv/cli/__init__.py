@@ -69,6 +69,7 @@ def _setup_logging(verbose: bool = False) -> None:
         main_process = dd.is_main()
     level = logging.INFO if verbose or main_process else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the audit's own
 
 
 def _run_app() -> tuple[int, str]:

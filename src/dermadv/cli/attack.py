@@ -17,7 +17,9 @@ app = typer.Typer(
 )
 
 DataOpt = typer.Option(None, "--data", help="Data the classifier was trained on; default: built-in synthetic set.")
-CheckpointOpt = typer.Option(..., "--checkpoint", help="Classifier model.safetensors (from `dermadv train`).")
+CheckpointOpt = typer.Option(
+    ..., "--model", "--checkpoint", help="Classifier model.safetensors (from `dermadv train`)."
+)
 
 
 def _params(pairs: list[str]) -> dict[str, object]:
@@ -36,7 +38,9 @@ def _params(pairs: list[str]) -> dict[str, object]:
 
 @app.command("fit")
 def fit(
-    checkpoint: Path = CheckpointOpt,
+    checkpoint: str = ModelOpt,
+    weights: str | None = WeightsOpt,
+    model_card: str | None = ModelCardOpt,
     out: Path = typer.Option(..., "--out", help="Run folder for generator.safetensors."),
     data: str | None = DataOpt,
     target: str = typer.Option("nv", help="Class every image should be called (dx code)."),
@@ -69,7 +73,9 @@ def fit(
     from dermadv.training.generator import GeneratorConfig, fit_generator
 
     cfg = GeneratorConfig(
-        checkpoint=checkpoint,
+        checkpoint=checkpoint,  # type: ignore[arg-type]
+        weights=weights,
+        model_card=model_card,
         out=out,
         data=data,
         target=target,

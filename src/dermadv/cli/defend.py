@@ -19,7 +19,11 @@ app = typer.Typer(
 
 #: the options every defence command takes (the fields of pipeline.defences.DefenceConfig)
 SHARED: tuple[tuple[str, Any, Any], ...] = (
-    ("checkpoint", Path, typer.Option(..., "--checkpoint", help="Classifier model.safetensors.")),
+    (
+        "checkpoint",
+        Path,
+        typer.Option(..., "--model", "--checkpoint", help="Classifier model.safetensors (from `dermadv train`)."),
+    ),
     ("out", Path, typer.Option(..., "--out", help="Run folder to write.")),
     ("data", str | None, typer.Option(None, "--data", help="Data the classifier was trained on.")),
     ("split", str | None, typer.Option(None, help="train, val or test [default: test; detect: val].")),

@@ -18,7 +18,9 @@ def reproduce(
     preset: str = typer.Option(
         "demo", help="demo (synthetic, minutes), cpu (real data, 2 cores), cpu-64 (from-scratch baseline), paper (GPU)."
     ),
-    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Reuse a trained classifier (skips training)."),
+    checkpoint: Path | None = typer.Option(
+        None, "--model", "--checkpoint", help="Reuse a trained dermadv classifier (skips training)."
+    ),
     fit_on: str | None = typer.Option(
         None, "--fit-on", help="test (the paper's protocol; default, except cpu-64) or train (judged on unseen images)."
     ),

@@ -218,6 +218,10 @@ class CardAdapter(nn.Module):
     dermadv's order, so every metric and table works as for a dermadv checkpoint.
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+    order: torch.Tensor
+
     def __init__(self, model: nn.Module, card: ModelCard) -> None:
         super().__init__()
         self.model = model
@@ -287,4 +291,4 @@ def scored_classes(card: ModelCard) -> tuple[str, ...]:
 
 
 def with_size(card: ModelCard, size: tuple[int, int] | None) -> ModelCard:
-    return card if size is None or card.input_size is not None else replace(card, input_size=tuple(size))
+    return card if size is None or card.input_size is not None else replace(card, input_size=(size[0], size[1]))

@@ -77,7 +77,9 @@ def load_checkpoint(
     state, raw = load_state(path)
     if raw.get("kind") != json.dumps("classifier"):
         raise CheckpointError(
-            f"{path} is not a dermadv classifier checkpoint (kind={raw.get('kind')}); pass the model.safetensors of a `dermadv train` run"
+            f"{path} is not a dermadv classifier checkpoint (kind={raw.get('kind')}); this command takes the "
+            "model.safetensors of a `dermadv train` run (`dermadv audit`, `evaluate`, `attack run` and `attack fit` "
+            "take any model)"
         )
     meta = _meta_from_strings(raw)
     model = build_classifier(meta.arch, len(meta.classes))

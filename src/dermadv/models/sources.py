@@ -275,12 +275,13 @@ def _load_dermadv(path: Path, card: ModelCard, card_given: bool) -> SourceModel:
     classifier, meta = load_checkpoint(path)
     if card_given:
         raise ConfigError(f"{path} is a dermadv checkpoint, which records its own card; drop --model-card")
-    card = replace(card, input_size=tuple(meta.image_size), classes=tuple(meta.classes))
+    size = (int(meta.image_size[0]), int(meta.image_size[1]))
+    card = replace(card, input_size=size, classes=tuple(meta.classes))
     info = ModelInfo(
         spec=str(path),
         kind="dermadv",
         classes=tuple(meta.classes),
-        image_size=tuple(meta.image_size),
+        image_size=size,
         fingerprint=_sha256(path),
         offers=_offers(card, gradients=True),
         card=card,
@@ -397,7 +398,7 @@ def _load_torchscript(path: Path, card: ModelCard) -> SourceModel:
     size = card.input_size or DEFAULT_SIZE
     if card.input_size is None:
         log.warning("TorchScript %s declares no input size: using %dx%d (set input_size in a card)", path, *size)
-    card = replace(card, input_size=tuple(size))
+    card = replace(card, input_size=(int(size[0]), int(size[1])))
     info = ModelInfo(
         spec=str(path),
         kind="torchscript",
@@ -445,7 +446,7 @@ def _load_onnx(path: Path, card: ModelCard) -> SourceModel:
     if size is None:
         size = DEFAULT_SIZE
         log.warning("%s has a dynamic input size: using %dx%d (set input_size in a card)", path, *size)
-    card = replace(card, input_size=tuple(size))
+    card = replace(card, input_size=(int(size[0]), int(size[1])))
     base = ModelInfo(
         spec=str(path),
         kind="onnx",

@@ -142,8 +142,9 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
     meta = source.info
     check_threat_model(attack, meta, cfg.method)
     model: nn.Module = source
-    resize = attack_size == "stored" and meta.image_size is not None
-    attacked: nn.Module = ResizedClassifier(model, meta.image_size) if resize else model
+    attacked: nn.Module = model
+    if attack_size == "stored" and meta.image_size is not None:
+        attacked = ResizedClassifier(model, meta.image_size)
     attacked.eval()
     scorer = None
     if defence is not None:

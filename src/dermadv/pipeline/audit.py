@@ -151,7 +151,7 @@ def reliability_checks(cfg: AuditConfig, *, white_box: bool) -> tuple[Check, ...
     eps = parse_eps(cfg.eps, saved=True)
     white = black = None
     if white_box and source.gradients and "score-based" in source.info.offers:
-        keep = labels != target
+        keep = torch.ne(labels, int(target if target is not None else -1))
         if bool(keep.any()):
             xs, ys = x[keep], labels[keep]
             white = float(

@@ -36,9 +36,10 @@ from dermadv.data.classes import class_index
 from dermadv.data.load import prepare, split_beside, to_float
 from dermadv.data.splits import stratified_sample
 from dermadv.errors import ConfigError, RunError
-from dermadv.models.checkpoints import check_fits, load_checkpoint
+from dermadv.models.checkpoints import check_fits
 from dermadv.models.classifier import ResizedClassifier
-from dermadv.runs import Run, atomic_path, check_same_run, file_fingerprint, require_complete, write_csv
+from dermadv.models.sources import load_model
+from dermadv.runs import Run, atomic_path, check_same_run, require_complete, write_csv
 from dermadv.training.classifier import autocast
 from dermadv.training.data import device_images, start_fit
 
@@ -115,7 +116,7 @@ def gan_step(
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    checkpoint: Path
+    checkpoint: Path  # the model to attack (``--model``): any source that offers gradients
     out: Path
     data: str | None = None
     target: str = "nv"
@@ -143,6 +144,8 @@ class GeneratorConfig:
     resume: bool = False
     progress: bool = True
     allow_incomplete: bool = False  # accept a checkpoint from an unfinished training run (with a warning)
+    weights: str | None = None  # the state dict of a torchvision:/timm:/python: architecture
+    model_card: str | None = None
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -162,7 +165,7 @@ class GeneratorConfig:
 
 #: GeneratorConfig fields a resumed fit may change: where it writes, progress bars; the classifier and the data are
 #: compared by content (fingerprints), not by path.
-_NOT_COMPARED = ("out", "resume", "progress", "allow_incomplete", "checkpoint", "data", "split_file")
+_NOT_COMPARED = ("out", "resume", "progress", "allow_incomplete", "checkpoint", "data", "split_file", "weights")
 
 
 def check_generator_settings(cfg: GeneratorConfig) -> None:
@@ -177,33 +180,44 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
     device, state_path = start_fit(
         out, "generator_state.pt", seed=cfg.seed, resume=cfg.resume, what="a generator fit", command="attack fit"
     )
-    require_complete(cfg.checkpoint, allow_incomplete=cfg.allow_incomplete)
+    if Path(cfg.checkpoint).is_file():
+        require_complete(cfg.checkpoint, allow_incomplete=cfg.allow_incomplete)
     # --resume continues one run: the same settings, classifier (by content) and data
-    classifier_fingerprint = file_fingerprint(cfg.checkpoint) if Path(cfg.checkpoint).is_file() else None
+    source = load_model(str(cfg.checkpoint), weights=cfg.weights, card=cfg.model_card, device=device)
+    if not source.gradients:
+        raise ConfigError(
+            f"a generator is fitted with the model's gradients, which {source.info.spec} does not offer "
+            f"({', '.join(source.info.offers[:-1])}); audit it with `dermadv audit` (score-based attacks)"
+        )
+    if source.info.card.grouped:
+        raise ConfigError(f"{source.info.spec} groups classes; fit generators on models of the HAM10000 classes")
+    classifier_fingerprint = source.info.fingerprint
     fingerprints = {"classifier": classifier_fingerprint}
     previous = None
     if cfg.resume:
         previous = check_same_run(
             out, command="attack fit", config=asdict(cfg), ignore=_NOT_COMPARED, fingerprints=fingerprints
         )
-    classifier, meta = load_checkpoint(cfg.checkpoint, device=device)
+    classifier, meta = source, source.info
     for p in classifier.parameters():
         p.requires_grad_(False)
     target = class_index(cfg.target, meta.classes)
-    split_file = cfg.split_file or split_beside(cfg.checkpoint)
+    split_file = cfg.split_file or (split_beside(cfg.checkpoint) if meta.kind == "dermadv" else None)
     size = None if cfg.attack_size == "stored" else meta.image_size
     with dd.main_first():  # rank 0 fills the decode cache, the others then read it
         prep = prepare(
             cfg.data, image_size=size, split_file=split_file, seed=cfg.seed, progress=dd.is_main() and cfg.progress
         )
-    check_fits(meta, prep.dataset.classes, path=cfg.checkpoint)
+    check_fits(meta, prep.dataset.classes, path=cfg.checkpoint)  # type: ignore[arg-type]
     fingerprints |= {"data": prep.dataset.fingerprint, "data_content": prep.dataset.content_fingerprint}
     if previous is not None:
         check_same_run(out, command="attack fit", config={}, fingerprints=fingerprints)
         if previous.get("status") == "complete":
             log.info("%s holds this generator fit, complete: nothing to resume", out)
             return out / "generator.safetensors"
-    attacked: nn.Module = classifier if cfg.attack_size == "model" else ResizedClassifier(classifier, meta.image_size)
+    attacked: nn.Module = classifier
+    if cfg.attack_size == "stored" and meta.image_size is not None:
+        attacked = ResizedClassifier(classifier, meta.image_size)
     attacked.eval()
     idx = prep.indices(cfg.fit_on)
     if len(idx) == 0:
