@@ -144,7 +144,7 @@ def test_checkpoint_classes_do_not_fit(dermadv: Runner, synthetic_root: Path, tm
     meta = CheckpointMeta(arch="resnet18", classes=("benign", "malignant"), image_size=(32, 32))
     save_checkpoint(path, build_classifier("resnet18", 2), meta)
     result = dermadv("evaluate", "--checkpoint", path, "--data", synthetic_root)
-    result.assert_one_error_line("was trained on classes benign,malignant", ",".join(CLASSES))
+    result.assert_one_error_line("was trained on classes benign,malignant", ",".join(CLASSES))  # not HAM10000
 
 
 def test_bad_split_fractions(dermadv: Runner, synthetic_root: Path, tmp_path: Path) -> None:
@@ -173,7 +173,7 @@ def test_bad_training_options(dermadv: Runner, synthetic_root: Path, tmp_path: P
 
 def test_usage_errors_exit_2_without_traceback(dermadv: Runner) -> None:
     result = dermadv("evaluate")
-    assert result.code == 2 and "Missing option '--checkpoint'" in result.err
+    assert result.code == 2 and "Missing option '--model' / '--checkpoint'" in result.err
     assert "Traceback" not in result.err
 
 

@@ -90,6 +90,11 @@ FAILURES: dict[str, tuple[list[str], int]] = {
     "observer status": (["{tmp}/nowhere"], 1),
     "observer analyze": (["/nonexistent"], 1),
     "observer export": (["{tmp}/nowhere"], 1),
+    "audit": (["{tmp}/missing.onnx", "--out", "{tmp}/audit"], 1),
+    "model check": (["{tmp}/missing.onnx"], 1),
+    "model card": (["{tmp}/missing.onnx"], 1),
+    "model export": (["{tmp}/missing.safetensors", "--out", "{tmp}/m.onnx"], 1),
+    "model serve": (["{tmp}/missing.onnx", "--port", "70000"], 1),
 }
 
 

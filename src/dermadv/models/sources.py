@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dermadv.errors import ConfigError, ModelError
+from dermadv.data.classes import CLASSES
+from dermadv.errors import CheckpointError, ConfigError, ModelError
 from dermadv.models.card import (
     THREAT_MODELS,
     CardAdapter,
@@ -267,12 +268,18 @@ def _load_dermadv(path: Path, card: ModelCard, card_given: bool) -> SourceModel:
     from dermadv.models.checkpoints import load_checkpoint, load_state
 
     _, raw = load_state(path)
-    if raw.get("kind") != '"classifier"':
+    if "kind" not in raw:  # a dermadv file of another kind (a generator) is named as such by load_checkpoint
         raise ModelError(
             f"{path} is a .safetensors without dermadv's classifier metadata; for a plain state dict pass "
             f"--model torchvision:<arch> (or timm:<arch>, python:<module>:<factory>) --weights {path}"
         )
     classifier, meta = load_checkpoint(path)
+    unknown = [c for c in meta.classes if c not in CLASSES]
+    if unknown:
+        raise CheckpointError(
+            f"{path} was trained on classes {','.join(meta.classes)}, not the HAM10000 classes {','.join(CLASSES)}; "
+            "audit a classifier of those classes"
+        )
     if card_given:
         raise ConfigError(f"{path} is a dermadv checkpoint, which records its own card; drop --model-card")
     size = (int(meta.image_size[0]), int(meta.image_size[1]))
