@@ -480,14 +480,21 @@ def _load_onnx(path: Path, card: ModelCard) -> SourceModel:
 
 
 def _without_identities(graph_model: Any) -> Any:
-    """Rewire around Identity nodes (torch's exporter emits them for shared weights; onnx2torch converts only
-    Identity up to opset 16). onnxruntime still runs the original file: the check below compares the two."""
+    """Prepare a graph for onnx2torch: Constant nodes become initializers (its Clip, Pad, Reshape … converters
+    read their bounds and shapes from initializers only) and Identity nodes are rewired around (torch's exporter
+    emits them for shared weights; onnx2torch converts Identity up to opset 16). onnxruntime still runs the
+    original file, and :func:`verify_onnx` compares the two."""
+    from onnx import numpy_helper
+
     g = graph_model.graph
     outputs = {o.name for o in g.output}
     renamed: dict[str, str] = {}
     kept = []
     for node in g.node:
-        if node.op_type == "Identity" and node.output[0] not in outputs:
+        if node.op_type == "Constant" and len(node.attribute) == 1 and node.attribute[0].name == "value":
+            tensor = numpy_helper.from_array(numpy_helper.to_array(node.attribute[0].t), node.output[0])
+            g.initializer.append(tensor)
+        elif node.op_type == "Identity" and node.output[0] not in outputs:
             renamed[node.output[0]] = renamed.get(node.input[0], node.input[0])
         else:
             kept.append(node)
