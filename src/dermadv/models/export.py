@@ -61,7 +61,8 @@ def static_same_padding(model: nn.Module, image_size: tuple[int, int]) -> nn.Mod
 def export_model(
     model: nn.Module, path: str | os.PathLike[str], *, image_size: tuple[int, int], input_name: str = "input"
 ) -> Path:
-    """Write ``model`` (images in [0, 1], N×3×H×W -> logits) as ``.onnx`` (dynamic batch) or TorchScript (``.pt``)."""
+    """Write ``model`` (images in [0, 1], N×3×H×W -> logits) as ``.onnx`` (dynamic batch) or TorchScript (``.pt``,
+    with a model card beside it naming the input size)."""
     path = Path(path)
     original = model.eval().cpu()
     model = static_same_padding(original, image_size).eval()
@@ -87,4 +88,8 @@ def export_model(
                 torch.jit.trace(model, example).save(str(tmp))
         else:
             raise ConfigError(f"export to .onnx or .pt (TorchScript); got {path.name}")
+    if path.suffix != ".onnx":  # an ONNX file declares its input size; TorchScript does not, so a card says it
+        from dermadv.models.card import ModelCard, save_card
+
+        save_card(ModelCard(input_size=(int(image_size[0]), int(image_size[1]))), str(path) + ".card.yaml")
     return path
