@@ -193,7 +193,7 @@ def test_p_schedule_is_the_papers() -> None:
 def test_registry_and_declared_needs() -> None:
     attack = create_attack("square", eps="4/255", queries=100)
     assert isinstance(attack, Square) and attack.eps == pytest.approx(4 / 255) and attack.queries == 100
-    assert repr(attack).startswith("Square(") and "queries=100" in repr(attack) and "p_init=0.05" in repr(attack)
+    assert repr(attack).startswith("Square(") and "queries=100" in repr(attack) and "p_init=None" in repr(attack)
     assert Square.needs == "scores"
 
 
@@ -210,3 +210,11 @@ def test_registry_and_declared_needs() -> None:
 def test_bad_hyperparameters_say_what_is_wrong(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         Square(**kwargs)  # type: ignore[arg-type]
+
+
+def test_default_first_square_follows_the_image_size() -> None:
+    from dermadv.attacks.square import default_p_init
+
+    assert default_p_init(299, 299) == pytest.approx(0.05) and default_p_init(16, 16) == pytest.approx(0.8)
+    assert default_p_init(224, 224) == pytest.approx(0.05) and default_p_init(32, 32) == pytest.approx(0.8)
+    assert 0.05 < default_p_init(96, 96) < default_p_init(64, 64) < 0.8
