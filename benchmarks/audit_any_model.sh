@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Figures of "Audit any model": one classifier through every model source, measured side by side in one run.
+#   benchmarks/audit_any_model.sh CHECKPOINT_OR_MODEL DATA OUT [CARD]
+# A dermadv checkpoint is exported to ONNX first; any other model (TorchScript, ONNX with its card) is used as is.
+# Steps: clean evaluation natively, through ONNX (onnx2torch) and over HTTP (onnxruntime behind a real server on
+# 127.0.0.1); PGD-20 natively and through onnx2torch on a class-stratified sample; `dermadv audit` over HTTP
+# (score-based), with the wall time split into the model's time and dermadv's own. Compare: benchmarks/compare_sources.py
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODEL=$1 DATA=$2 OUT=$3 CARD=${4:-}
+V=.venv/bin
+LIMIT=${LIMIT:-210} AUDIT_LIMIT=${AUDIT_LIMIT:-70} QUERIES=${QUERIES:-1000} EPS=${EPS:-8/255}
+SPLIT=${SPLIT_FILE:-$(dirname "$MODEL")/split.csv}
+mkdir -p "$OUT"
+CARD_ARGS=()
+[ -n "$CARD" ] && CARD_ARGS=(--model-card "$CARD")
+ONNX=$MODEL
+if [[ $MODEL == *.safetensors ]]; then
+  ONNX=$OUT/model.onnx
+  $V/dermadv model export "$MODEL" --out "$ONNX"
+fi
+HTTP_CARD=$OUT/http.card.yaml
+$V/dermadv model card "$ONNX" "${CARD_ARGS[@]}" --out "$HTTP_CARD"
+printf 'http:\n  protocol: v2\n  batch_size: 64\n  concurrency: 2\n' >> "$HTTP_CARD"
+PORT=$($V/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+$V/dermadv model serve "$ONNX" --port "$PORT" > "$OUT/server.log" 2>&1 &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 60); do
+  $V/python -c "import httpx; httpx.get('http://127.0.0.1:$PORT/v2/health/ready').raise_for_status()" 2>/dev/null && break
+  sleep 0.5
+done
+URL=http://127.0.0.1:$PORT/v2/models/model/infer
+common=(--data "$DATA" --split-file "$SPLIT")
+$V/dermadv evaluate --model "$MODEL" "${CARD_ARGS[@]}" "${common[@]}" --split test --out "$OUT/clean-native"
+$V/dermadv evaluate --model "$ONNX" "${CARD_ARGS[@]}" "${common[@]}" --split test --out "$OUT/clean-onnx"
+$V/dermadv evaluate --model "$URL" --model-card "$HTTP_CARD" "${common[@]}" --split test --out "$OUT/clean-http"
+pgd=(--method pgd --steps 20 --eps "$EPS" --target nv --limit "$LIMIT" "${common[@]}")
+$V/dermadv attack run --model "$MODEL" "${CARD_ARGS[@]}" "${pgd[@]}" --out "$OUT/pgd-native"
+$V/dermadv attack run --model "$ONNX" "${CARD_ARGS[@]}" "${pgd[@]}" --out "$OUT/pgd-onnx2torch"
+$V/python -c "import httpx; httpx.post('http://127.0.0.1:$PORT/stats/reset')"
+$V/dermadv audit "$URL" --model-card "$HTTP_CARD" "${common[@]}" --limit "$AUDIT_LIMIT" --queries "$QUERIES" \
+  --eps "$EPS" --out "$OUT/audit-http"
+$V/python -c "import httpx, json; print(json.dumps(httpx.get('http://127.0.0.1:$PORT/stats').json()))" \
+  > "$OUT/server-stats.json"
+$V/python benchmarks/compare_sources.py "$OUT"
