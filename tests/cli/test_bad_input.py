@@ -412,3 +412,17 @@ def test_evaluate_all_of_external_data_needs_no_split(
     assert "external data: none of the 21 images was used to train" in result.stderr
     assert read_json(out / "metrics.json")["n"] == 21
     assert read_json(out / "manifest.json")["config"]["external_data"] is True
+
+
+def test_reproduce_with_a_missing_model_trains_nothing(tmp_path: Path) -> None:
+    """The model named is the model audited: a missing --model stops with one line, never trains a new one."""
+    script = Path(sys.executable).parent / "dermadv"
+    missing = tmp_path / "clf" / "best.safetensors"
+    result = subprocess.run(
+        [str(script), "reproduce", "--model", str(missing), "--out", str(tmp_path / "repro")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 1 and "is not a file" in result.stderr, result.stderr[-1500:]
+    assert not (tmp_path / "repro" / "classifier").exists()

@@ -175,8 +175,10 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def interrupt(tmp_path: Path, args: list[str | Path], ready: Callable[[], bool]) -> subprocess.CompletedProcess[str]:
-    """Start ``dermadv ARGS``, wait until ``ready()``, send SIGINT (Ctrl-C) and collect the result."""
+def interrupt(
+    tmp_path: Path, args: list[str | Path], ready: Callable[[], bool], *, sig: int = signal.SIGINT
+) -> subprocess.CompletedProcess[str]:
+    """Start ``dermadv ARGS``, wait until ``ready()``, send ``sig`` (Ctrl-C by default) and collect the result."""
     proc = subprocess.Popen(
         [SCRIPT, *map(str, args)],
         stdout=subprocess.PIPE,
@@ -194,7 +196,7 @@ def interrupt(tmp_path: Path, args: list[str | Path], ready: Callable[[], bool])
             assert time.monotonic() < deadline, "not ready within 180 s"
             time.sleep(0.1)
         time.sleep(0.5)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
@@ -212,6 +214,18 @@ def test_ctrl_c_during_train_exits_130_and_marks_the_run(tmp_path: Path, synthet
     assert "Traceback" not in result.stderr and "interrupted" in result.stderr
     manifest = read_json(run / "manifest.json")
     assert manifest["status"] == "interrupted" and "Ctrl-C" in manifest["reason"] and "ended" in manifest
+
+
+def test_sigterm_during_train_exits_143_and_marks_the_run(tmp_path: Path, synthetic_root: Path) -> None:
+    """A scheduler's stop (SIGTERM) is handled as Ctrl-C: manifest ``interrupted``, exit 143, no traceback."""
+    run = tmp_path / "run"
+    args: list[str | Path] = ["train", "--data", synthetic_root, "--out", run, "--arch", "resnet18"]
+    args += ["--image-size", "32", "--epochs", "1000", "--batch-size", "32"]
+    result = interrupt(tmp_path, args, lambda: _running(run / "manifest.json"), sig=signal.SIGTERM)
+    assert result.returncode == 143, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    manifest = read_json(run / "manifest.json")
+    assert manifest["status"] == "interrupted" and "SIGTERM" in manifest["reason"]
 
 
 def test_ctrl_c_during_reproduce_marks_every_open_run(tmp_path: Path, synthetic_root: Path) -> None:

@@ -106,14 +106,24 @@ def _run_app() -> tuple[int, str]:
 
 
 def main() -> None:
-    """The ``dermadv`` console script: exit 0 on success, 1 on an error, 2 on a usage error, 130 on Ctrl-C.
+    """The ``dermadv`` console script: exit 0 on success, 1 on an error, 2 on a usage error, 130 on Ctrl-C, 143 on
+    SIGTERM.
 
     A run folder whose command stops early is marked ``interrupted`` or ``failed`` rather than left "running".
     The command modules import their heavy dependencies inside the commands, so ``observer serve`` loads no
     torch (serving a study needs no model); torch.distributed is joined only under torchrun.
     """
+    import signal
+
     from dermadv.runs import abandon_runs, watch_runs
 
+    terminated = []
+
+    def on_sigterm(signum: int, frame: object) -> None:  # a scheduler's or `kill`'s stop: as Ctrl-C, exit 143
+        terminated.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     torchrun = _torchrun()
     if torchrun:
         from dermadv import distributed as dd
@@ -130,7 +140,11 @@ def main() -> None:
         finally:
             if torchrun:
                 dd.cleanup()
-    if code == 130:
+    if code == 130 and terminated:
+        typer.secho("terminated", err=True)
+        abandon_runs(opened, "interrupted", "stopped by SIGTERM")
+        code = 143
+    elif code == 130:
         typer.secho("interrupted", err=True)
         abandon_runs(opened, "interrupted", "stopped by Ctrl-C (SIGINT)")
     elif code:

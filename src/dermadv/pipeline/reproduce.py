@@ -19,6 +19,7 @@ from dermadv.config import check_at_least, check_budgets, check_types, parse_eps
 from dermadv.data.classes import class_index
 from dermadv.data.load import load_dataset, prepare
 from dermadv.data.splits import save_splits
+from dermadv.errors import ConfigError
 from dermadv.observer.study import create_study
 from dermadv.pipeline.attack import AttackRunConfig, attack_split
 from dermadv.pipeline.evaluate import evaluate_checkpoint
@@ -129,6 +130,14 @@ def reproduce(cfg: ReproduceConfig) -> Path:
     acfg = preset_attack_config(cfg.preset)
     eps = cfg.eps or acfg["eps"]
     if cfg.checkpoint is not None:
+        if not Path(cfg.checkpoint).is_file():  # never train a new classifier in place of the one named
+            raise ConfigError(
+                f"--model {cfg.checkpoint} is not a file; pass the model.safetensors of a `dermadv train` run, "
+                "or leave --model out to train one"
+            )
+        from dermadv.models.checkpoints import load_checkpoint
+
+        load_checkpoint(cfg.checkpoint)  # a dermadv classifier, readable, before any work
         require_complete(cfg.checkpoint, allow_incomplete=cfg.allow_incomplete)
     dataset = load_dataset(cfg.data)
     fit_on = cfg.fit_on or acfg.get("fit_on", "train")
@@ -164,7 +173,8 @@ def reproduce(cfg: ReproduceConfig) -> Path:
             src = Path(cfg.checkpoint).parent
             if dd.is_main() and not run_complete(clf_dir):
                 clf_dir.mkdir(parents=True, exist_ok=True)
-                for name in ("model.safetensors", "history.csv", "manifest.json", "split.csv", "train_metrics.json"):
+                shutil.copy2(cfg.checkpoint, clf_dir / "model.safetensors")  # the file named, whatever its name
+                for name in ("history.csv", "manifest.json", "split.csv", "train_metrics.json"):
                     if (src / name).exists():
                         shutil.copy2(src / name, clf_dir / name)
             dd.barrier()
