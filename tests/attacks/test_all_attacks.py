@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import inspect
+
 import pytest
 import torch
 
@@ -31,6 +34,9 @@ FAST_PARAMS: dict[str, dict[str, object]] = {
     "square-torchattacks": {"eps": EPS, "queries": 200},
     "square": {"eps": EPS, "queries": 200},
     "autoattack": {"eps": EPS, "steps": 5, "queries": 100},
+    # transfer attacks get the tiny model itself as their surrogate (see _build)
+    "mi-di": {"eps": EPS, "steps": 5},
+    "transfer-square": {"eps": EPS, "steps": 5, "queries": 100},
     **{name: {"severity": 3} for name in ARTEFACTS},
 }
 #: the budget each attack promises: ("linf", eps) or ("l0", pixels); others are unbounded
@@ -45,6 +51,8 @@ BUDGETS: dict[str, tuple[str, float]] = {
     "square-torchattacks": ("linf", EPS),
     "square": ("linf", EPS),
     "autoattack": ("linf", EPS),
+    "mi-di": ("linf", EPS),
+    "transfer-square": ("linf", EPS),
 }
 
 
@@ -57,7 +65,10 @@ def _is_control(name: str) -> bool:
 def _build(name: str, tiny, *, target: int | None) -> Attack:
     if name not in FAST_PARAMS:
         pytest.fail(f"attack {name!r} has no entry in FAST_PARAMS; add small hyperparameters for it")
-    attack = create_attack(name, **FAST_PARAMS[name])
+    params = dict(FAST_PARAMS[name])
+    if "surrogates" in inspect.signature(get_attack_class(name)).parameters:
+        params["surrogates"] = [copy.deepcopy(tiny.model).eval()]
+    attack = create_attack(name, **params)
     if attack.needs_fit:
         if target is None:
             pytest.skip(f"{name} is fitted for a target only")

@@ -1,3 +1,14 @@
 """Attacks on [0, 1] images: one interface, one registry. Importing the package registers every attack."""
 
-from dermadv.attacks import art, artefacts, generator, gradient, natural, pixel, reliable, square, universal  # noqa: F401
+from dermadv.attacks import (  # noqa: F401
+    art,
+    artefacts,
+    generator,
+    gradient,
+    natural,
+    pixel,
+    reliable,
+    square,
+    transfer,
+    universal,
+)
