@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -71,6 +72,8 @@ def check_types(config: Any) -> None:
     hints = typing.get_type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{f.name} must be a finite number; got {value!r}")
         if not _fits(value, hints[f.name]):
             raise ConfigError(f"{f.name} must be {_describe(hints[f.name])}; got {value!r}")
 

@@ -45,12 +45,29 @@ class Case:
     not_in: str | None = None  # a misleading fragment the old message had
 
 
-#: 46 cases of bad input; every one failed on the code before issue 12's parts C and D (a traceback, exit 0,
-#: or a refusal only after work was done).
+#: Bad input, each refused with one `error:` line before any work, leaving nothing written.
 BAD_INPUT: dict[str, Case] = {
     # --- train: options and config values, refused before any image is decoded
     "train --lr -1": Case("train --data {data} --out {tmp}/out --lr -1", "lr must be greater than 0; got -1.0"),
     "train --image-size 0": Case("train --data {data} --out {tmp}/out --image-size 0", "image_size must be at least 8"),
+    "train --lr inf": Case("train --data {data} --out {tmp}/out --lr inf", "lr must be a finite number; got inf"),
+    "train --lr nan": Case("train --data {data} --out {tmp}/out --lr nan", "lr must be a finite number; got nan"),
+    "train --noise-sigma inf": Case(
+        "train --data {data} --out {tmp}/out --noise-sigma inf", "noise_sigma must be a finite number"
+    ),
+    "attack fit --kappa nan": Case(
+        "attack fit --checkpoint {ckpt} --data {data} --out {tmp}/out --kappa nan", "kappa must be a finite number"
+    ),
+    "attack fit --lr inf": Case(
+        "attack fit --checkpoint {ckpt} --data {data} --out {tmp}/out --lr inf", "lr must be a finite number"
+    ),
+    "audit of a missing model": Case(
+        "audit {tmp}/none.onnx --data {data} --out {tmp}/out", "does not exist; pass a dermadv .safetensors"
+    ),
+    "audit --weights without an architecture": Case(
+        "audit {ckpt} --weights {ckpt} --data {data} --out {tmp}/out", "--weights goes with torchvision:<arch>"
+    ),
+    "audit of a folder": Case("audit {tmp} --data {data} --out {tmp}/out", "is a folder; pass the model file"),
     "train --seed -1": Case("train --data {data} --out {tmp}/out --seed -1", "seed must be at least 0; got -1"),
     "YAML lr: fast": Case("train --data {data} --out {tmp}/out --config {yaml_lr}", "lr must be a number; got 'fast'"),
     "YAML ema_decay: 1.5": Case("train --out {tmp}/out --config {yaml_ema}", "ema_decay must be in [0, 1); got 1.5"),
