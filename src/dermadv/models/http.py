@@ -192,6 +192,7 @@ class HttpBackend:
         self._lock = threading.Lock()
         self._counts = {"requests": 0, "queries": 0, "retried": 0}
         self._seconds = 0.0
+        self._codec = 0.0  # seconds spent encoding requests and checking answers: dermadv's time, not the model's
 
     # counters
     @property
@@ -213,6 +214,16 @@ class HttpBackend:
     def seconds(self) -> float:
         with self._lock:
             return self._seconds
+
+    @property
+    def codec_seconds(self) -> float:
+        """Time spent turning arrays into requests and answers into arrays (holding the GIL, so it adds up)."""
+        with self._lock:
+            return self._codec
+
+    def _add_codec(self, seconds: float) -> None:
+        with self._lock:
+            self._codec += seconds
 
     def _count(self, name: str, n: int = 1) -> None:
         with self._lock:
@@ -265,6 +276,7 @@ class HttpBackend:
     def _infer(self, chunk: np.ndarray, abort: threading.Event) -> np.ndarray:
         n = len(chunk)
         s = self.settings
+        t0 = time.perf_counter()
         if s.protocol == "v2":
             uint8 = s.datatype == "UINT8"
             data = np.clip(np.rint(chunk), 0, 255).astype(np.uint8) if uint8 else chunk
@@ -278,7 +290,10 @@ class HttpBackend:
                     }
                 ]
             }
-            answer = self._post(abort, content=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+            content = json.dumps(body).encode()
+            self._add_codec(time.perf_counter() - t0)
+            answer = self._post(abort, content=content, headers={"Content-Type": "application/json"})
+            t0 = time.perf_counter()
             raw = self._v2_output(answer, n)
         else:
             if s.request == "image":
@@ -298,6 +313,8 @@ class HttpBackend:
                     )
                 ) from None
         result = self._check(raw, n)
+        if s.protocol == "v2":
+            self._add_codec(time.perf_counter() - t0)
         self._count("queries", n)
         return result
 

@@ -146,13 +146,18 @@ class SourceModel(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.quantise:
             images = torch.round(images.clamp(0, 1) * 255) / 255
+        backend = getattr(self, "backend", None)
+        codec = getattr(backend, "codec_seconds", 0.0)
         start = time.perf_counter()
         if self.gradients:
             out = self.net(images)
         else:
             with torch.no_grad():
                 out = self.net(images)
-        self.counter.add(int(images.shape[0]), time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        if backend is not None:  # an endpoint's time is the wait for its answers, not dermadv's JSON coding
+            elapsed -= getattr(backend, "codec_seconds", 0.0) - codec
+        self.counter.add(int(images.shape[0]), max(0.0, elapsed))
         return out
 
 
