@@ -63,7 +63,8 @@ class HttpSettings:
 
 @dataclass(frozen=True)
 class ModelCard:
-    """What a model expects and returns. Mean and std are in the units of ``value_range`` (0–1 or 0–255)."""
+    """What a model expects and returns. Mean and std are in the units of ``value_range`` (0–1 or 0–255) and in the
+    model's channel order (B, G, R for a BGR model): they apply after the channels are reordered."""
 
     input_size: tuple[int, int] | None = None  # (height, width); None: the model's declared size or the stored size
     resize: Literal["bilinear", "none"] = "bilinear"  # how images reach input_size (none: they must already match)

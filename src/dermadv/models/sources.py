@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import torch
@@ -175,11 +174,9 @@ def _sha256(*parts: bytes | Path) -> str:
 
 def redact_url(url: str) -> str:
     """The URL without user:password, query string or fragment (where tokens hide)."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    from dermadv.models.http import display_url
+
+    return display_url(url)
 
 
 def load_model(
@@ -375,7 +372,8 @@ def _load_architecture(spec: str, weights: Any, card: ModelCard, card_given: boo
         lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
         size = next((ln for ln in lines if "size mismatch" in ln), None)
         hint = (
-            f"the head does not have the card's {len(card.classes)} classes ({size}); set `classes` in the card"
+            f"the head does not have the card's {len(card.classes)} classes ({', '.join(card.classes)}): {size}; "
+            "set `classes` in the card"
             if size
             else (lines[1] if len(lines) > 1 else lines[0])[:300]
         )

@@ -47,8 +47,12 @@ log = logging.getLogger(__name__)
 
 #: the attack each threat model runs, and why it is the one
 ATTACKS = {
-    "white-box": ("pgd", "the model offers gradients: PGD-20 (Madry et al. 2018) is the strongest standard attack"),
-    "score-based": ("square", "the model answers scores but no gradients: Square Attack (Andriushchenko et al. 2020)"),
+    "white-box": ("pgd", "the model offers gradients: PGD-{steps} (Madry et al. 2018), the standard strong attack"),
+    "score-based": (
+        "square",
+        "the model answers scores but no gradients: Square Attack (Andriushchenko et al. 2020), {queries} queries "
+        "per image",
+    ),
 }
 
 
@@ -91,7 +95,7 @@ class AuditResult:
     clean: ClassificationReport
     attack: AttackMetrics
     checks: tuple[Check, ...]
-    timing: dict[str, float]
+    timing: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,12 +121,12 @@ class AuditResult:
         }
 
 
-def choose_attack(offers: tuple[str, ...]) -> tuple[str, str, str]:
+def choose_attack(offers: tuple[str, ...], *, steps: int = 20, queries: int = 1000) -> tuple[str, str, str]:
     """The strongest threat model the model allows with an attack for it: (threat model, method, why)."""
     for threat in offers:
         if threat in ATTACKS:
             method, why = ATTACKS[threat]
-            return threat, method, why
+            return threat, method, why.format(steps=steps, queries=queries)
     raise ConfigError(
         f"the model offers {', '.join(offers)}; dermadv has no decision-based (labels only) attack yet: "
         "give a model that returns scores (set `output: probabilities` or `logits` in its card)"
@@ -133,9 +137,7 @@ def reliability_checks(cfg: AuditConfig, *, white_box: bool) -> tuple[Check, ...
     """The checks of :mod:`dermadv.evaluation.reliability` on a class-stratified sample of the attacked split."""
     source = open_model(cfg.model, allow_incomplete=cfg.allow_incomplete)
     info = source.info
-    prep = prepare(
-        cfg.data, image_size=info.image_size, split_file=cfg.split_file or training_split(source, cfg.model), seed=0
-    )
+    prep = prepare(cfg.data, image_size=info.image_size, split_file=cfg.split_file, seed=0)
     idx = stratified_sample(prep.dataset.labels, prep.indices(cfg.split), cfg.checks_sample, cfg.seed)
     images_u8 = np.asarray(prep.images[idx])
     source = checked(source, images_u8)
@@ -169,23 +171,42 @@ def audit(cfg: AuditConfig) -> AuditResult:
     """Run the audit into ``cfg.out``; every stage's folder is a run of its own."""
     out = Path(cfg.out)
     source = open_model(cfg.model, allow_incomplete=cfg.allow_incomplete)  # fail on a bad model before any work
-    threat, method, why = choose_attack(source.info.offers)
+    threat, method, why = choose_attack(source.info.offers, steps=cfg.steps, queries=cfg.queries)
     if cfg.model.threat_model is None and len(source.info.offers) > 1 and threat != source.info.offers[0]:
         why += f" ({source.info.offers[0]} has no attack here)"
+    split_file = cfg.split_file or training_split(source, cfg.model)
     del source
     run = Run(
         out, command="audit", config={**cfg.model.config(), **{k: v for k, v in vars(cfg).items() if k != "model"}}
     )
+    if split_file is None:  # one split for every stage: the data's lesion-grouped split of seed 0, written here
+        from dermadv.data.load import load_dataset
+        from dermadv.data.splits import make_splits, save_splits
+
+        split_file = str(out / "split.csv")
+        save_splits(make_splits(load_dataset(cfg.data), seed=0), split_file)
+    cfg = replace(cfg, split_file=split_file)
     t0, before = time.perf_counter(), dict(PROCESS_TOTAL)
+    by_stage: dict[str, int] = {}
+    mark = [int(PROCESS_TOTAL["queries"])]
+
+    def count(stage: str) -> None:  # the queries each stage sent to the model
+        by_stage[stage] = int(PROCESS_TOTAL["queries"]) - mark[0]
+        mark[0] = int(PROCESS_TOTAL["queries"])
+
     with run.stage("check"):
-        mc = check_model(cfg.model, data=cfg.data, split=cfg.split, sample=cfg.check_sample, seed=cfg.seed)
+        mc = check_model(
+            cfg.model, data=cfg.data, split=cfg.split, split_file=cfg.split_file, sample=cfg.check_sample, seed=cfg.seed
+        )
         write_json(out / "check.json", mc.to_dict())
+    count("check")
     log.info("model check: %s", mc.verdict())
     with run.stage("clean"):
         clean = evaluate_checkpoint(
             cfg.model, data=cfg.data, split=cfg.split, split_file=cfg.split_file, out=out / "clean",
             allow_incomplete=cfg.allow_incomplete, batch_size=cfg.batch_size,
         )  # fmt: skip
+    count("clean")
     with run.stage("attack"):
         attack_cfg = AttackRunConfig(
             checkpoint=Path(cfg.model.model) if not cfg.model.is_url else cfg.model.model,  # type: ignore[arg-type]
@@ -208,8 +229,10 @@ def audit(cfg: AuditConfig) -> AuditResult:
             allow_incomplete=cfg.allow_incomplete,
         )
         metrics = attack_split(attack_cfg) or evaluate_attack_folder(out / "attack")
+    count("attack")
     with run.stage("checks"):
         checks = reliability_checks(cfg, white_box=threat == "white-box")
+    count("checks")
     wall = time.perf_counter() - t0
     model_s = PROCESS_TOTAL["model_seconds"] - before["model_seconds"]
     timing = {
@@ -218,6 +241,7 @@ def audit(cfg: AuditConfig) -> AuditResult:
         "dermadv_s": round(wall - model_s, 3),
         "dermadv_share": round((wall - model_s) / wall, 4) if wall > 0 else 0.0,
         "queries": int(PROCESS_TOTAL["queries"] - before["queries"]),
+        "queries_by_stage": by_stage,
     }
     result = AuditResult(mc.model, threat, why, mc, clean, metrics, checks, timing)
     from dermadv.report.audit import render_audit_markdown

@@ -53,7 +53,7 @@ def evaluate_checkpoint(
     defence_spec = parse_defence(defence) if defence else None
     source = open_model(spec, device=device, allow_incomplete=allow_incomplete)
     info = source.info
-    checkpoint = spec.model
+    checkpoint = spec.config()["model"] or spec.model  # an endpoint's URL without credentials or query string
     beside = training_split(source, spec)
     if out is None and info.kind != "dermadv":
         raise ConfigError(f"pass --out for the evaluation of {info.spec} (only a dermadv run folder has a default)")
@@ -81,7 +81,7 @@ def evaluate_checkpoint(
     info = source.info
     model: nn.Module = defence_spec(source) if defence_spec is not None else source
     suffix = ("-tta" if tta else "") + (f"-{defence_spec.name}{defence_spec.value:g}" if defence_spec else "")
-    out = Path(out) if out else Path(checkpoint).parent / f"eval-{split}{suffix}"
+    out = Path(out) if out else Path(spec.model).parent / f"eval-{split}{suffix}"
     run = Run(
         out,
         command="evaluate",

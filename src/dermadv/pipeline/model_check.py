@@ -1,14 +1,15 @@
 """``dermadv model check``: load a model, show its card, and classify a class-stratified labelled sample.
 
-When the balanced accuracy is near chance the likeliest preprocessing mismatch is named, found by trying the
-usual ones on the same sample: BGR for RGB, 0–255 for 0–1, ImageNet normalisation added or dropped, other sizes.
+The usual preprocessing mistakes are tried on the same sample (BGR for RGB, 0–255 for 0–1, ImageNet normalisation
+added or dropped, other sizes); one that beats the card clearly is named as the likeliest mismatch, and a balanced
+accuracy near chance is said in one line.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -25,6 +26,8 @@ log = logging.getLogger(__name__)
 
 #: balanced accuracy within this of chance (1/K) counts as "near chance"
 NEAR_CHANCE = 0.15
+#: a preprocessing variant this much better than the card's (balanced accuracy) names a likely mismatch
+BETTER_BY = 0.15
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,11 @@ class ModelCheck:
     def verdict(self) -> str:
         """One line: fine, or near chance with the likeliest mismatch."""
         head = f"balanced accuracy {self.balanced_accuracy:.1%} on {self.n_images} images (chance {self.chance:.1%})"
+        if not self.near_chance and self.mismatch:
+            return (
+                f"suspect: {head}, but with {self.mismatch} changed it is {self.variants[self.mismatch]:.1%} — "
+                "check the model card"
+            )
         if not self.near_chance:
             return f"ok: {head}"
         if self.mismatch:
@@ -104,7 +112,13 @@ def card_variants(card: ModelCard) -> dict[str, ModelCard]:
             std=tuple(s * scale for s in IMAGENET_STD),  # type: ignore[arg-type]
         )
         out["normalisation (ImageNet mean/std missing)"] = imagenet
-        out["channel order and normalisation"] = replace(imagenet, channel_order=out[next(iter(out))].channel_order)
+        swapped: Literal["RGB", "BGR"] = "BGR" if card.channel_order == "RGB" else "RGB"
+        out["channel order and normalisation"] = replace(
+            imagenet,
+            channel_order=swapped,
+            mean=imagenet.mean if swapped == "RGB" else imagenet.mean[::-1],  # type: ignore[arg-type]
+            std=imagenet.std if swapped == "RGB" else imagenet.std[::-1],  # type: ignore[arg-type]
+        )
     else:
         out["normalisation (none expected)"] = replace(card, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     for size in (96, 128, 224, 299):
@@ -132,6 +146,7 @@ def check_model(
     *,
     data: str | None = None,
     split: str = "test",
+    split_file: str | None = None,
     sample: int = 140,
     seed: int = 0,
     allow_incomplete: bool = False,
@@ -142,7 +157,8 @@ def check_model(
     spec = as_spec(spec)
     source = open_model(spec, allow_incomplete=allow_incomplete)
     info = source.info
-    prep = prepare(data, image_size=info.image_size, split_file=training_split(source, spec), seed=seed)
+    split_file = split_file or training_split(source, spec)
+    prep = prepare(data, image_size=info.image_size, split_file=split_file, seed=seed)
     to_model = label_map(info, prep.dataset.classes)
     idx = prep.indices(split)
     if len(idx) == 0:
@@ -156,16 +172,19 @@ def check_model(
     correct = tuple(int(((pred == labels) & (labels == c)).sum()) for c in range(k))
     counts = tuple(int((labels == c).sum()) for c in range(k))
     result = ModelCheck(source.info.to_dict(), len(idx), source.info.classes, correct, counts)
-    if not result.near_chance or not isinstance(source.net, CardAdapter):
+    if not isinstance(source.net, CardAdapter):  # a dermadv checkpoint: its preprocessing is its own
         return result
     variants: dict[str, float] = {}
     raw = source.net.model
     for name, card in card_variants(source.net.card).items():
+        if name.startswith("input size") and source.info.kind == "http":
+            continue  # an endpoint resizes for itself; a size its graph refuses would only spend retries
         trial = SourceModel(CardAdapter(raw, card), source.info, quantise=source.quantise)
         try:
             variants[name] = _balanced(_predict(trial, images), labels, k)
         except Exception as exc:  # a variant the model cannot take (another size for a fixed-size export)
             log.info("variant %s failed: %s", name, str(exc).splitlines()[0][:120])
     best = max(variants, key=lambda v: variants[v], default=None)
-    mismatch = best if best is not None and variants[best] >= result.chance + NEAR_CHANCE else None
+    floor = max(result.chance + NEAR_CHANCE, result.balanced_accuracy + BETTER_BY)
+    mismatch = best if best is not None and variants[best] >= floor else None
     return replace(result, variants=variants, mismatch=mismatch)
