@@ -177,8 +177,10 @@ def evaluate_attack_folder(
 def format_attack_table(metrics: AttackMetrics) -> Table:
     """The paper's table for this run: measure | value (95% CI)."""
     eps = metrics.eps_255
+    threat = metrics.attack.get("threat_model")
     title = (
-        f"{metrics.attack.get('method', 'attack')}, target {metrics.target or 'none (untargeted)'}"
+        f"{metrics.attack.get('method', 'attack')}{f' ({threat})' if threat else ''}, "
+        f"target {metrics.target or 'none (untargeted)'}"
         f"{f', eps {eps:g}/255' if eps is not None else ''}, n = {metrics.n}"
     )
     table = Table(title=title)
