@@ -156,6 +156,8 @@ def _attack_settings(part: AttackPart) -> list[Row]:
     a = part.attack
     rows = [
         _fact("method", a.get("method")),
+        _fact("threat model", a.get("threat_model") or "white-box"),
+        _fact("model", (a.get("model") or {}).get("spec") or a.get("checkpoint")),
         _fact("hyperparameters", a.get("params")),
         _fact("budget ε (L∞, images on [0, 1])", eps_text(part.eps_255) if part.eps_255 else "none"),
         _fact(
@@ -172,6 +174,14 @@ def _attack_settings(part: AttackPart) -> list[Row]:
             " × ".join(str(v) for v in a.get("image_size") or []) + f" ({a.get('attack_size', 'model')} size)",
         ),
     ]
+    queries = a.get("queries")
+    if queries and queries.get("attack_queries") is not None:
+        rows.append(
+            _fact(
+                "queries (counted)",
+                f"{queries['attack_queries']} by the attack, {queries.get('queries')} answered by the model in all",
+            )
+        )
     g = part.generator
     if g:
         rows += [
