@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Figures of "Audit any model": one classifier through every model source, measured side by side in one run.
-#   benchmarks/audit_any_model.sh CHECKPOINT_OR_MODEL DATA OUT [CARD]
+#   [ONNX=model.onnx] benchmarks/audit_any_model.sh CHECKPOINT_OR_MODEL DATA OUT [CARD]
 # A dermadv checkpoint is exported to ONNX first; any other model (TorchScript, ONNX with its card) is used as is.
 # Steps: clean evaluation natively, through ONNX (onnx2torch) and over HTTP (onnxruntime behind a real server on
 # 127.0.0.1); PGD-20 natively and through onnx2torch on a class-stratified sample; `dermadv audit` over HTTP
@@ -14,7 +14,7 @@ SPLIT=${SPLIT_FILE:-$(dirname "$MODEL")/split.csv}
 mkdir -p "$OUT"
 CARD_ARGS=()
 [ -n "$CARD" ] && CARD_ARGS=(--model-card "$CARD")
-ONNX=$MODEL
+ONNX=${ONNX:-$MODEL}
 if [[ $MODEL == *.safetensors ]]; then
   ONNX=$OUT/model.onnx
   $V/dermadv model export "$MODEL" --out "$ONNX"
