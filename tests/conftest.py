@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import math
 import os
+import socket
+import threading
+import time
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -296,3 +300,46 @@ def texture() -> TinySetup:
 def train_tiny() -> Callable[..., TinySetup]:
     """:func:`build_tiny`, for tests that train their own, e.g. adversarially: ``train_tiny("texture", batch_hook=...)``."""
     return build_tiny
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def _serving(app: Any) -> Iterator[str]:
+    """Serves ``app`` with a real uvicorn server in a thread on a free port of 127.0.0.1; yields its root URL."""
+    import uvicorn
+
+    from dermadv.models.serve import bind
+
+    sock = bind("127.0.0.1", _free_port())
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", log_level="warning", timeout_graceful_shutdown=2, lifespan="off")
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+
+
+@pytest.fixture(scope="session")
+def serve_app() -> Callable[[Any], AbstractContextManager[str]]:
+    """``with serve_app(app) as root_url:`` a real HTTP server on 127.0.0.1 (uvicorn in a thread)."""
+    pytest.importorskip("uvicorn")
+    return _serving
+
+
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    return _free_port

@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,36 +104,6 @@ def test_audit_of_a_third_party_onnx_model(
 # --- served over HTTP ---
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serving(onnx_path: Path, *, name: str) -> Iterator[str]:
-    """Serves ``onnx_path`` (KServe v2) with uvicorn in a thread of this process; yields the root URL."""
-    uvicorn = pytest.importorskip("uvicorn")
-    from dermadv.models.serve import bind, make_app
-
-    sock = bind("127.0.0.1", free_port())
-    server = uvicorn.Server(
-        uvicorn.Config(make_app(onnx_path, name=name), log_level="warning", timeout_graceful_shutdown=2, lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
 @dataclass(frozen=True)
 class HttpAudit:
     out: Path
@@ -148,7 +113,7 @@ class HttpAudit:
 
 @pytest.fixture(scope="module")
 def http_audit(
-    onnx_model: Path, synthetic_root: Path, session_cache: Path, tmp_path_factory: pytest.TempPathFactory
+    onnx_model: Path, synthetic_root: Path, session_cache: Path, tmp_path_factory: pytest.TempPathFactory, serve_app
 ) -> HttpAudit:
     """One audit of the ONNX model served over HTTP, its URL carrying a user, a password and a token."""
     import httpx
@@ -158,7 +123,9 @@ def http_audit(
     card["http"] = {"model_name": "third-party", "batch_size": 16}
     (folder / "http.yaml").write_text(yaml.safe_dump(card, sort_keys=False))
     out = folder / "audit"
-    with serving(onnx_model, name="third-party") as root:
+    from dermadv.models.serve import make_app
+
+    with serve_app(make_app(onnx_model, name="third-party")) as root:
         url = root.replace("http://", f"http://{USER}:{PASSWORD}@") + f"?token={TOKEN}"
         proc = dermadv(
             "audit", url, "--model-card", folder / "http.yaml", "--out", out, "--data", synthetic_root, *SHORT,

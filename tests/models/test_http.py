@@ -5,10 +5,8 @@ from __future__ import annotations
 import logging
 import math
 import socket
-import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -26,7 +24,7 @@ import onnxruntime as ort  # noqa: E402
 from dermadv.errors import ConfigError, ModelError  # noqa: E402
 from dermadv.models.card import HttpSettings  # noqa: E402
 from dermadv.models.http import HttpBackend, dig, display_url, infer_url  # noqa: E402
-from dermadv.models.serve import bind, make_app, parse_faults, serve  # noqa: E402
+from dermadv.models.serve import make_app, parse_faults, serve  # noqa: E402
 
 NUM_CLASSES = 7
 SECRET = "Bearer s3cret-token-do-not-print"
@@ -63,36 +61,9 @@ def reference(onnx_file: Path):
     return lambda images: session.run(None, {"input": images.astype(np.float32)})[0]
 
 
-@contextmanager
-def running(app) -> Iterator[str]:
-    """Serves ``app`` with uvicorn in a thread on a free port; yields its root URL."""
-    sock = bind("127.0.0.1", free_port())
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", log_level="warning", timeout_graceful_shutdown=2, lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def url(onnx_file: Path) -> Iterator[str]:
-    with running(make_app(onnx_file, name="tiny")) as root:
+def url(onnx_file: Path, serve_app) -> Iterator[str]:
+    with serve_app(make_app(onnx_file, name="tiny")) as root:
         yield root
 
 
@@ -170,8 +141,8 @@ def test_plain_json_and_png_requests(url, reference):
     assert stats(url) == {"requests": 8, "queries": 12, "auth_seen": False}
 
 
-def test_429_is_retried_after_retry_after(onnx_file):
-    with running(make_app(onnx_file, name="tiny", fail="429:2")) as root, backend(root) as model:
+def test_429_is_retried_after_retry_after(onnx_file, serve_app):
+    with serve_app(make_app(onnx_file, name="tiny", fail="429:2")) as root, backend(root) as model:
         start = time.monotonic()
         model(images(3))
         assert time.monotonic() - start >= 0.2  # two answers of Retry-After: 0.1
@@ -179,8 +150,8 @@ def test_429_is_retried_after_retry_after(onnx_file):
         assert stats(root) == {"requests": 3, "queries": 3, "auth_seen": False}
 
 
-def test_500_is_retried_and_too_many_are_refused_in_one_line(onnx_file):
-    with running(make_app(onnx_file, name="tiny", fail="500:3")) as root:
+def test_500_is_retried_and_too_many_are_refused_in_one_line(onnx_file, serve_app):
+    with serve_app(make_app(onnx_file, name="tiny", fail="500:3")) as root:
         with backend(root, retries=1) as model, pytest.raises(ModelError) as exc:
             model(images(3))
         message = one_line(exc)
@@ -190,8 +161,8 @@ def test_500_is_retried_and_too_many_are_refused_in_one_line(onnx_file):
             assert model.retried == 1
 
 
-def test_timeouts_are_retried_then_refused(onnx_file):
-    with running(make_app(onnx_file, name="tiny", fail="slow:3:1")) as root:
+def test_timeouts_are_retried_then_refused(onnx_file, serve_app):
+    with serve_app(make_app(onnx_file, name="tiny", fail="slow:3:1")) as root:
         with backend(root, retries=1, timeout=0.3) as model, pytest.raises(ModelError) as exc:
             model(images(2))
         assert "did not answer within 0.3 s after 1 retries; raise http.timeout" in one_line(exc)
@@ -203,17 +174,17 @@ def test_timeouts_are_retried_then_refused(onnx_file):
 @pytest.mark.parametrize(
     ("fault", "words"), [("html", "text/html"), ("shape", "answered shape [2, 6] for 2 images"), ("nan", "NaN")]
 )
-def test_malformed_answers_are_refused_without_retrying(onnx_file, fault, words):
-    with running(make_app(onnx_file, name="tiny", fail=f"{fault}:1")) as root:
+def test_malformed_answers_are_refused_without_retrying(onnx_file, serve_app, fault, words):
+    with serve_app(make_app(onnx_file, name="tiny", fail=f"{fault}:1")) as root:
         with backend(root) as model, pytest.raises(ModelError) as exc:
             model(images(2))
         assert words in one_line(exc)
         assert model.requests == 1 and model.retried == 0 and model.queries == 0
 
 
-def test_failure_in_one_batch_stops_the_others(onnx_file):
+def test_failure_in_one_batch_stops_the_others(onnx_file, serve_app):
     with (
-        running(make_app(onnx_file, name="tiny", fail="html:1")) as root,
+        serve_app(make_app(onnx_file, name="tiny", fail="html:1")) as root,
         backend(root, batch_size=2, concurrency=4) as model,
         pytest.raises(ModelError),
     ):
@@ -249,7 +220,7 @@ def test_credentials_and_query_never_printed(url):
     assert "pa55word" not in text and "k3y-value" not in text and "user" not in text
 
 
-def test_unreachable_endpoint_is_refused_in_one_line():
+def test_unreachable_endpoint_is_refused_in_one_line(free_port):
     root = f"http://127.0.0.1:{free_port()}"
     with backend(root, retries=1) as model, pytest.raises(ModelError) as exc:
         model(images(1))

@@ -9,13 +9,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -107,36 +102,6 @@ def native(folder: Path, **kw: object) -> SourceModel:
 # --- a real uvicorn server on 127.0.0.1, as in tests/models/test_http.py ---
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextmanager
-def serving(onnx_path: Path, *, name: str = "third-party") -> Iterator[str]:
-    """Serves ``onnx_path`` (KServe v2) with uvicorn in a thread; yields the root URL."""
-    uvicorn = pytest.importorskip("uvicorn")
-    from dermadv.models.serve import bind, make_app
-
-    sock = bind("127.0.0.1", free_port())
-    server = uvicorn.Server(
-        uvicorn.Config(make_app(onnx_path, name=name), log_level="warning", timeout_graceful_shutdown=2, lifespan="off")
-    )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert server.started, "uvicorn did not start"
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-        sock.close()
-
-
 def server_stats(root: str) -> dict:
     import httpx
 
@@ -146,11 +111,15 @@ def server_stats(root: str) -> dict:
 # --- one model, five sources ---
 
 
-def test_every_source_gives_the_same_clean_predictions(third_party: Path, images: torch.Tensor, tmp_path: Path):
+def test_every_source_gives_the_same_clean_predictions(
+    third_party: Path, images: torch.Tensor, tmp_path: Path, serve_app
+):
     http_card = write_card(
         tmp_path / "http.yaml", card_of(third_party, http={"model_name": "third-party", "batch_size": 16})
     )
-    with serving(third_party / "model.onnx") as root:
+    from dermadv.models.serve import make_app
+
+    with serve_app(make_app(third_party / "model.onnx", name="third-party")) as root:
         sources = {
             "torchvision": native(third_party),
             "torchscript": load_model(third_party / "model.ts"),  # the card beside it
