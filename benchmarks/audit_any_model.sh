@@ -32,12 +32,14 @@ for _ in $(seq 60); do
 done
 URL=http://127.0.0.1:$PORT/v2/models/model/infer
 common=(--data "$DATA" --split-file "$SPLIT")
-$V/dermadv evaluate --model "$MODEL" "${CARD_ARGS[@]}" "${common[@]}" --split test --out "$OUT/clean-native"
-$V/dermadv evaluate --model "$ONNX" "${CARD_ARGS[@]}" "${common[@]}" --split test --out "$OUT/clean-onnx"
-$V/dermadv evaluate --model "$URL" --model-card "$HTTP_CARD" "${common[@]}" --split test --out "$OUT/clean-http"
+# a step whose run folder is complete is kept (rerun with a new OUT to measure everything again)
+done_() { $V/python -c "import json,sys; sys.exit(json.load(open('$1/manifest.json')).get('status') != 'complete')" 2>/dev/null; }
+done_ "$OUT/clean-native" || $V/dermadv evaluate --model "$MODEL" "${CARD_ARGS[@]}" "${common[@]}" --split test --out "$OUT/clean-native"
+done_ "$OUT/clean-onnx" || $V/dermadv evaluate --model "$ONNX" "${CARD_ARGS[@]}" "${common[@]}" --split test --out "$OUT/clean-onnx"
+done_ "$OUT/clean-http" || $V/dermadv evaluate --model "$URL" --model-card "$HTTP_CARD" "${common[@]}" --split test --out "$OUT/clean-http"
 pgd=(--method pgd --steps 20 --eps "$EPS" --target nv --limit "$LIMIT" "${common[@]}")
-$V/dermadv attack run --model "$MODEL" "${CARD_ARGS[@]}" "${pgd[@]}" --out "$OUT/pgd-native"
-$V/dermadv attack run --model "$ONNX" "${CARD_ARGS[@]}" "${pgd[@]}" --out "$OUT/pgd-onnx2torch"
+done_ "$OUT/pgd-native" || $V/dermadv attack run --model "$MODEL" "${CARD_ARGS[@]}" "${pgd[@]}" --out "$OUT/pgd-native"
+done_ "$OUT/pgd-onnx2torch" || $V/dermadv attack run --model "$ONNX" "${CARD_ARGS[@]}" "${pgd[@]}" --out "$OUT/pgd-onnx2torch"
 $V/python -c "import httpx; httpx.post('http://127.0.0.1:$PORT/stats/reset')"
 $V/dermadv audit "$URL" --model-card "$HTTP_CARD" "${common[@]}" --limit "$AUDIT_LIMIT" --queries "$QUERIES" \
   --eps "$EPS" --out "$OUT/audit-http"
