@@ -21,7 +21,12 @@ if [[ $MODEL == *.safetensors ]]; then
 fi
 HTTP_CARD=$OUT/http.card.yaml
 $V/dermadv model card "$ONNX" "${CARD_ARGS[@]}" --out "$HTTP_CARD"
-printf 'http:\n  protocol: v2\n  batch_size: 64\n  concurrency: 2\n' >> "$HTTP_CARD"
+if [[ $MODEL == *.safetensors ]]; then  # a dermadv export: send 8-bit pixels, which the server scales to [0, 1]
+  sed -i 's/^value_range: 1$/value_range: 255/' "$HTTP_CARD"
+  printf 'http:\n  protocol: v2\n  datatype: UINT8\n  batch_size: 64\n  concurrency: 2\n' >> "$HTTP_CARD"
+else
+  printf 'http:\n  protocol: v2\n  batch_size: 64\n  concurrency: 2\n' >> "$HTTP_CARD"
+fi
 PORT=$($V/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 $V/dermadv model serve "$ONNX" --port "$PORT" > "$OUT/server.log" 2>&1 &
 SERVER=$!

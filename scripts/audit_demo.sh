@@ -12,7 +12,8 @@ if [ ! -f "$CLF" ]; then
 fi
 $V/dermadv model export "$CLF" --out "$OUT/model.onnx"
 $V/dermadv model card "$OUT/model.onnx" --out "$OUT/http.card.yaml"
-printf 'http:\n  protocol: v2\n  batch_size: 64\n  concurrency: 2\n' >> "$OUT/http.card.yaml"
+sed -i 's/^value_range: 1$/value_range: 255/' "$OUT/http.card.yaml"  # 8-bit pixels, scaled by the server
+printf 'http:\n  protocol: v2\n  datatype: UINT8\n  batch_size: 64\n  concurrency: 2\n' >> "$OUT/http.card.yaml"
 PORT=$($V/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 $V/dermadv model serve "$OUT/model.onnx" --port "$PORT" > "$OUT/server.log" 2>&1 &
 SERVER=$!

@@ -238,7 +238,9 @@ def make_app(
                 ],
             }
 
-        return await answer(fault, len(images), lambda: images.astype(np.float32), v2)
+        # UINT8 inputs are 8-bit pixels, which dermadv's exports take in [0, 1]; FP32 ones go to the model as sent
+        scale = 1 / 255 if datatype == "UINT8" else 1.0
+        return await answer(fault, len(images), lambda: images.astype(np.float32) * np.float32(scale), v2)
 
     @app.post("/predict")
     async def predict(request: Request) -> Any:

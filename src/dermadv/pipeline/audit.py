@@ -224,7 +224,9 @@ def audit(cfg: AuditConfig) -> AuditResult:
             queries=cfg.queries if method == "square" else None,
             limit=cfg.limit,
             seed=cfg.seed,
-            batch_size=cfg.batch_size,
+            # a query-based attack sends every still-searching image of its batch in one call per iteration: a
+            # large batch makes fewer, fuller calls (the HTTP client splits them to the endpoint's batch size)
+            batch_size=cfg.batch_size if method == "pgd" else max(cfg.batch_size, 256),
             progress=cfg.progress,
             allow_incomplete=cfg.allow_incomplete,
         )
