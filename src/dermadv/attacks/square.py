@@ -126,15 +126,17 @@ class Square(Attack):
         rows, cols = torch.arange(h, device=best.device), torch.arange(w, device=best.device)
         in_rows, in_cols = (rows >= top) & (rows < top + side), (cols >= left) & (cols < left + side)
         window = (in_rows[:, :, None] & in_cols[:, None, :])[:, None]  # m×1×h×w
-        candidate = best.clone()
-        todo = torch.arange(m, device=best.device)
-        for _ in range(_MAX_REDRAWS):
-            up = torch.randint(0, 2, (todo.numel(), c, 1, 1), generator=generator).to(best.device, torch.bool)
-            moved = torch.where(up, high[todo], low[todo]) / 255  # the edge of the ball, as x ± eps clipped
-            candidate[todo] = self._to_grid(torch.where(window[todo], moved, best[todo]), low[todo], high[todo])
-            todo = todo[(candidate[todo] == best[todo]).flatten(1).all(1)]
+        # the edges of the ball (x ± eps, clipped) are on the 8-bit grid, as ``best`` is: no rounding needed
+        up = torch.randint(0, 2, (m, c, 1, 1), generator=generator).to(best.device, torch.bool)
+        candidate = torch.where(window, torch.where(up, high, low) / 255, best)
+        todo = (candidate == best).flatten(1).all(1).nonzero().squeeze(1)
+        for _ in range(_MAX_REDRAWS - 1):
             if todo.numel() == 0:
                 break
+            up = torch.randint(0, 2, (todo.numel(), c, 1, 1), generator=generator).to(best.device, torch.bool)
+            moved = torch.where(up, high[todo], low[todo]) / 255
+            candidate[todo] = torch.where(window[todo], moved, best[todo])
+            todo = todo[(candidate[todo] == best[todo]).flatten(1).all(1)]
         return candidate
 
     def perturb(
