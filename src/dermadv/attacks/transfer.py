@@ -53,7 +53,7 @@ def load_surrogates(surrogates: Sequence[str | nn.Module] | str) -> SurrogateEns
     members: list[nn.Module] = []
     sizes: list[tuple[int, int] | None] = []
     for s in surrogates:
-        if isinstance(s, nn.Module):
+        if isinstance(s, nn.Module):  # the caller's module: used as it is, its weights left as they were
             members.append(s.eval())
             sizes.append(None)
             continue
@@ -62,11 +62,10 @@ def load_surrogates(surrogates: Sequence[str | nn.Module] | str) -> SurrogateEns
             raise ConfigError(
                 f"surrogate {s} offers no gradients ({', '.join(model.info.offers)}); use a white-box one"
             )
+        for p in model.parameters():  # loaded here, used here only: no weight gradient is ever needed
+            p.requires_grad_(False)
         members.append(model.eval())
         sizes.append(model.info.image_size)
-    for m in members:
-        for p in m.parameters():
-            p.requires_grad_(False)
     return SurrogateEnsemble(members, sizes).eval()
 
 
