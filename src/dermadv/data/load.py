@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +50,7 @@ def load_dataset(spec: str | os.PathLike[str] | None = None) -> ImageSet:
     from dermadv.data.ham10000 import METADATA_NAME, load_ham10000
 
     if (path / METADATA_NAME).exists() or any(path.glob(f"*/{METADATA_NAME}")):
-        ds = load_ham10000(path)
+        ds = _load_ham10000_once(str(path.resolve()), _stamp(path))
         if any(i.startswith("SYN_") for i in ds.image_ids[:1]):
             return _with_source(ds, "synthetic")
         return ds
@@ -63,6 +64,22 @@ def load_dataset(spec: str | os.PathLike[str] | None = None) -> ImageSet:
         f"{path} holds neither {METADATA_NAME} nor one folder per class ({', '.join(CLASSES)}); "
         "pass the HAM10000 folder, a DermaMNIST .npz or a class-folder tree"
     )
+
+
+def _stamp(root: Path) -> tuple[int, ...]:
+    """Modification times of the folder, its sub-folders and every metadata file: a file added, removed or
+    renamed below them, or a metadata edit, gives a new listing."""
+    entries = [root, *(p for p in root.iterdir() if p.is_dir() or p.suffix == ".csv")]
+    return tuple(p.stat().st_mtime_ns for p in sorted(entries))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_ham10000_once(root: str, stamp: tuple[int, ...]) -> ImageSet:
+    """One HAM10000 listing per process and metadata file version: a pipeline's stages each load the data (the
+    listing walks every image path, about half a second for the 10,015 images)."""
+    from dermadv.data.ham10000 import load_ham10000
+
+    return load_ham10000(Path(root))
 
 
 def _with_source(ds: ImageSet, source: str) -> ImageSet:
