@@ -296,7 +296,6 @@ def _load_dermadv(path: Path, card: ModelCard, card_given: bool) -> SourceModel:
         card=card,
     )
     model = SourceModel(classifier, info)
-    model.meta = meta  # type: ignore[assignment]
     return model
 
 
