@@ -94,7 +94,9 @@ class _Model:
         import onnxruntime as ort
 
         if not path.is_file():
-            raise ModelError(f"ONNX model {path} does not exist; export one with `dermadv model export` or torch.onnx.export")
+            raise ModelError(
+                f"ONNX model {path} does not exist; export one with `dermadv model export` or torch.onnx.export"
+            )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
