@@ -17,6 +17,7 @@ import pytest
 
 from dermadv.errors import RunError
 from dermadv.runs import (
+    LOCK_NAME,
     Run,
     abandon_runs,
     atomic_path,
@@ -162,6 +163,7 @@ def test_unfinished_runs_are_marked_not_left_running(tmp_path: Path) -> None:
         done.finish()
         gone = Run(tmp_path / "gone", command="test", config={})
         (tmp_path / "gone" / "manifest.json").unlink()
+        (tmp_path / "gone" / LOCK_NAME).unlink()
         (tmp_path / "gone").rmdir()
     assert opened == [pipeline, stage, done, gone]
     abandon_runs(opened, "interrupted", "stopped by Ctrl-C (SIGINT)")
@@ -254,3 +256,45 @@ def test_an_unfinished_runs_output_is_refused_or_used_with_a_warning(
     outside = tmp_path / "downloaded" / "model.safetensors"  # no manifest: not a dermadv run, taken as it is
     outside.parent.mkdir()
     require_complete(outside)
+
+
+# --- one writer per run folder ---------------------------------------------------------------------------------
+
+
+def _lock(folder: Path, pid: int, host: str | None = None) -> None:
+    import platform
+
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / LOCK_NAME).write_text(json.dumps({"pid": pid, "host": host or platform.node(), "command": "train"}))
+
+
+def test_a_folder_another_live_process_writes_is_refused(tmp_path: Path) -> None:
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _lock(tmp_path / "run", other.pid)
+        with pytest.raises(RunError, match=f"being written by train \\(pid {other.pid}"):
+            Run(tmp_path / "run", command="train", config={})
+        assert not (tmp_path / "run" / "manifest.json").exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_a_stale_lock_is_taken_over_and_released_at_the_end(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    _lock(tmp_path / "run", gone.pid)
+    run = Run(tmp_path / "run", command="train", config={})
+    assert json.loads((tmp_path / "run" / LOCK_NAME).read_text())["pid"] == os.getpid()
+    run.finish()
+    assert not (tmp_path / "run" / LOCK_NAME).exists()
+
+
+def test_a_folder_of_another_kind_of_run_is_refused(tmp_path: Path) -> None:
+    Run(tmp_path / "clf", command="train", config={}).finish()
+    with pytest.raises(RunError, match="holds a `train` run, not a `evaluate` one"):
+        Run(tmp_path / "clf", command="evaluate", config={})
+    assert read_json(tmp_path / "clf" / "manifest.json")["command"] == "train"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunError, match="is a file"):
+        Run(tmp_path / "file", command="train", config={})

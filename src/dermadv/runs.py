@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import csv
 import dataclasses
@@ -155,6 +156,79 @@ def hardware() -> dict[str, Any]:
 #: Lists that :func:`watch_runs` fills with every run opened while it is active.
 _watchers: list[list[Run]] = []
 
+#: the lock file a writing process keeps in its run folder (hidden: readers of the folder skip it)
+LOCK_NAME = ".dermadv.lock"
+_held: set[Path] = set()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def lock_holder(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """The live process (pid, host, command) writing ``folder``, or None (no lock, ours, or a stale one)."""
+    path = Path(folder) / LOCK_NAME
+    try:
+        holder = json.loads(path.read_text())
+        pid, host = int(holder["pid"]), str(holder["host"])
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # unreadable: a writer killed while writing it, treated as stale
+    if host == platform.node() and (pid == os.getpid() or not _pid_alive(pid)):
+        return None
+    return holder
+
+
+def check_unlocked(folder: str | os.PathLike[str]) -> None:
+    """Refuse a folder another live process is writing (before anything in it is touched)."""
+    holder = lock_holder(folder)
+    if holder is not None:
+        raise RunError(
+            f"{folder} is being written by {holder.get('command', 'another dermadv command')} (pid {holder['pid']} on "
+            f"{holder['host']}); wait for it to finish or choose another --out (if that process is gone, remove "
+            f"{Path(folder) / LOCK_NAME})"
+        )
+
+
+def acquire_lock(folder: Path, command: str) -> None:
+    """Take the folder's lock for this process: one writer per run folder; a stale lock is taken over."""
+    check_unlocked(folder)
+    path = folder / LOCK_NAME
+    body = json.dumps({"pid": os.getpid(), "host": platform.node(), "command": command})
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:  # stale (checked above) or our own: replace it
+        path.write_text(body)
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(body)
+    _held.add(path)
+
+
+def release_lock(folder: Path) -> None:
+    path = folder / LOCK_NAME
+    if path in _held:
+        _held.discard(path)
+        with contextlib.suppress(OSError):
+            holder = json.loads(path.read_text())
+            if int(holder.get("pid", -1)) == os.getpid():
+                path.unlink()
+
+
+def _release_all() -> None:
+    for path in list(_held):
+        release_lock(path.parent)
+
+
+atexit.register(_release_all)
+
 #: Manifest status of a run that did not finish: stopped by Ctrl-C, or ended by an error.
 Unfinished = Literal["interrupted", "failed"]
 
@@ -216,7 +290,15 @@ class Run:
         previous = read_manifest(self.dir) if keep_complete else None
         self.previous = previous if previous is not None and previous.get("status") == "complete" else None
         if write:
+            if self.dir.exists() and not self.dir.is_dir():
+                raise RunError(f"--out {self.dir} is a file; pass a folder for the run")
+            existing = read_manifest(self.dir) if self.dir.is_dir() else None
+            if existing is not None and existing.get("command") not in (None, command):
+                raise RunError(
+                    f"{self.dir} holds a `{existing.get('command')}` run, not a `{command}` one; choose another --out"
+                )
             self.dir.mkdir(parents=True, exist_ok=True)
+            acquire_lock(self.dir, command)
             self._save()
             for opened in _watchers:
                 opened.append(self)
@@ -256,6 +338,7 @@ class Run:
         self.manifest["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         self.finished = True
         self._save()
+        release_lock(self.dir)
 
     def abandon(self, status: Unfinished, reason: str) -> None:
         """Record that the run stopped before :meth:`finish`, so no reader mistakes it for one still running.
@@ -268,6 +351,7 @@ class Run:
         self.timings["total"] = round(time.time() - self.t0, 3)
         self.manifest.update(status=status, reason=reason, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
         self._save()
+        release_lock(self.dir)
 
 
 @contextlib.contextmanager

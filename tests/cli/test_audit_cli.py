@@ -23,11 +23,7 @@ pytest.importorskip("onnx2torch")
 
 from dermadv.pipeline.audit import AuditConfig  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "benchmarks" / "third_party_classifier.py"
-# as in tests/models/test_sources.py: well above chance on the synthetic set, so the audit's model check says "ok"
-# and tries no other preprocessing (which would send the endpoint images of sizes its graph refuses)
-TRAIN_ARGS = ("--image-size", "32", "--epochs", "12", "--batch-size", "16", "--seed", "1", "--threads", "1")
+# the `third_party` fixture (tests/conftest.py): well above chance on the synthetic set, so the model check says "ok"
 QUERIES = 50  # per-image budget of the square attack
 LIMIT = 14  # images attacked
 # the shortest audit: 14 attacked images, PGD-5 or 50 square queries per image
@@ -54,19 +50,9 @@ def read_json(path: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def onnx_model(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, session_cache: Path) -> Path:
+def onnx_model(third_party: Path) -> Path:
     """model.onnx with model.onnx.card.yaml beside it."""
-    out = tmp_path_factory.mktemp("third-party")
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPT), "--data", str(synthetic_root), "--out", str(out), *TRAIN_ARGS],
-        capture_output=True,
-        text=True,
-        env=subprocess_env(session_cache),
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (out / "model.onnx.card.yaml").is_file()
-    return out / "model.onnx"
+    return third_party / "model.onnx"
 
 
 @pytest.mark.parametrize("threat_model", ["white-box", "score-based"])

@@ -25,7 +25,7 @@ from dermadv import distributed as dd
 from dermadv.attacks.base import Attack
 from dermadv.data.load import to_float
 from dermadv.errors import DataError, RunError
-from dermadv.runs import read_manifest, write_csv, write_json
+from dermadv.runs import check_unlocked, read_manifest, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +198,7 @@ def clear_attack_folder(out: Path) -> None:
         return
     if not out.is_dir():
         raise RunError(f"--out {out} is a file; pass a folder for the attack outputs")
+    check_unlocked(out)  # another process writing it: refuse before removing anything
     entries = [e for e in out.iterdir() if not e.name.startswith(".")]  # hidden ones: temporary files of a write
     if not entries:
         return
