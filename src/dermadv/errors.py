@@ -23,3 +23,7 @@ class RunError(DermadvError):
 
 class ModelError(DermadvError):
     """A model (file, export or endpoint) that cannot be loaded or answers badly."""
+
+
+class DivergedError(DermadvError):
+    """Training or fitting whose loss or weights became NaN or infinite."""

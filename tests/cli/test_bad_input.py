@@ -68,6 +68,11 @@ BAD_INPUT: dict[str, Case] = {
         "audit {ckpt} --weights {ckpt} --data {data} --out {tmp}/out", "--weights goes with torchvision:<arch>"
     ),
     "audit of a folder": Case("audit {tmp} --data {data} --out {tmp}/out", "is a folder; pass the model file"),
+    "train --lr 1e30 diverges": Case(
+        "train --data {data} --out {tmp}/out --arch resnet18 --image-size 32 --epochs 1 --lr 1e30 --optimizer sgd",
+        "training diverged in epoch 0",
+        absent="{tmp}/nowhere",
+    ),
     "train --seed -1": Case("train --data {data} --out {tmp}/out --seed -1", "seed must be at least 0; got -1"),
     "YAML lr: fast": Case("train --data {data} --out {tmp}/out --config {yaml_lr}", "lr must be a number; got 'fast'"),
     "YAML ema_decay: 1.5": Case("train --out {tmp}/out --config {yaml_ema}", "ema_decay must be in [0, 1); got 1.5"),
@@ -443,3 +448,25 @@ def test_reproduce_with_a_missing_model_trains_nothing(tmp_path: Path) -> None:
     )
     assert result.returncode == 1 and "is not a file" in result.stderr, result.stderr[-1500:]
     assert not (tmp_path / "repro" / "classifier").exists()
+
+
+def test_a_diverged_training_is_failed_not_complete(tmp_path: Path, synthetic_root: Path) -> None:
+    """NaN weights are never called complete: the run stops with one line, its manifest says failed, and its
+    checkpoint (if one was saved) is refused as the output of an unfinished run."""
+    out = tmp_path / "run"
+    args = ["train", "--data", str(synthetic_root), "--out", str(out), "--arch", "resnet18", "--image-size", "32"]
+    args += ["--epochs", "2", "--lr", "1e30", "--optimizer", "sgd"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "DERMADV_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run([str(SCRIPT), *args], capture_output=True, text=True, timeout=240, env=env)
+    assert result.returncode == 1 and "error: training diverged" in result.stderr, result.stderr[-1500:]
+    assert "Traceback" not in result.stderr
+    assert read_json(out / "manifest.json")["status"] == "failed"
+    if (out / "model.safetensors").exists():
+        again = subprocess.run(
+            [str(SCRIPT), "evaluate", "--model", str(out / "model.safetensors"), "--data", str(synthetic_root)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+        assert again.returncode == 1 and "unfinished run" in again.stderr

@@ -238,3 +238,16 @@ def test_imagenet_weights_with_a_wrong_hash_are_refused(tmp_path: Path, monkeypa
         with pytest.raises(CheckpointError, match="cannot be downloaded"):
             build_backbone(arch, 7, weights="imagenet")
     assert not (tmp_path / "torch" / "hub" / "checkpoints" / filename).exists()
+
+
+def test_a_checkpoint_with_nan_weights_is_refused(tmp_path: Path) -> None:
+    from dermadv.models.checkpoints import CheckpointMeta, load_checkpoint, save_checkpoint
+    from dermadv.models.classifier import build_classifier
+
+    model = build_classifier("resnet18", 7)
+    with torch.no_grad():
+        model.backbone.fc.weight[0, 0] = float("nan")
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, model, CheckpointMeta(arch="resnet18", classes=CLASSES, image_size=(32, 32)))
+    with pytest.raises(CheckpointError, match="NaN or infinite weights"):
+        load_checkpoint(path)

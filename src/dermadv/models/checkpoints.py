@@ -81,6 +81,12 @@ def load_checkpoint(
             "model.safetensors of a `dermadv train` run (`dermadv audit`, `evaluate`, `attack run` and `attack fit` "
             "take any model)"
         )
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:
+        raise CheckpointError(
+            f"{path} holds NaN or infinite weights ({len(broken)} tensors, first {broken[0]}): its training diverged; "
+            "train again with a lower --lr"
+        )
     meta = _meta_from_strings(raw)
     model = build_classifier(meta.arch, len(meta.classes))
     model.mean.copy_(torch.tensor(meta.mean).view(1, 3, 1, 1))

@@ -27,7 +27,7 @@ from dermadv.attacks.base import Attack
 from dermadv.config import check_at_least, check_positive, check_share, check_types
 from dermadv.data.load import Prepared, prepare, to_float
 from dermadv.data.splits import save_splits
-from dermadv.errors import ConfigError
+from dermadv.errors import ConfigError, DivergedError
 from dermadv.models.checkpoints import CheckpointMeta, check_fits, save_checkpoint
 from dermadv.models.classifier import Classifier, WeightsInfo, build_classifier, check_input_size
 from dermadv.runs import Run, atomic_path, check_same_run, file_fingerprint, require_complete, write_csv, write_json
@@ -287,6 +287,16 @@ def train_one_epoch(
     return float(total) / max(1, count)  # one host sync per epoch
 
 
+def check_finite(model: nn.Module, loss: float, *, epoch: int, what: str, fix: str) -> None:
+    """Stop a run whose loss or weights became NaN or infinite: saving them would call a broken model complete."""
+    weights_finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    if not (math.isfinite(loss) and weights_finite):
+        raise DivergedError(
+            f"{what} diverged in epoch {epoch}: the loss is {loss:g} and the weights are "
+            f"{'' if weights_finite else 'not '}finite; {fix}"
+        )
+
+
 def _augment_seed(seed: int, epoch: int, rank: int) -> int:
     """A distinct augmentation seed per (run seed, epoch, rank), so a resumed run draws what it would have."""
     return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
@@ -450,6 +460,7 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
                 attack=attack,
             )
             train_loss = float(dd.all_reduce_sum(torch.tensor([train_loss], device=device))[0]) / dd.world_size()
+            check_finite(ddp_model, train_loss, epoch=epoch, what="training", fix="lower --lr (and check the data)")
             seconds = time.time() - t0
             logits = _validation_logits(eval_model, images, val_idx, ds.num_classes, device, cfg.amp)
             yv = ds.labels[val_idx]

@@ -40,7 +40,7 @@ from dermadv.models.checkpoints import check_fits
 from dermadv.models.classifier import ResizedClassifier
 from dermadv.models.sources import load_model
 from dermadv.runs import Run, atomic_path, check_same_run, require_complete, write_csv
-from dermadv.training.classifier import autocast
+from dermadv.training.classifier import autocast, check_finite
 from dermadv.training.data import device_images, start_fit
 
 log = logging.getLogger(__name__)
@@ -332,6 +332,7 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
                 n_seen += len(b)
             totals = dd.all_reduce_sum(torch.cat([sums, torch.tensor([float(n_seen)], device=device)])).tolist()
             n_all = totals[4]
+            check_finite(gen, totals[0] / max(1, n_all), epoch=epoch, what="the generator fit", fix="lower --lr")
             row = {
                 "epoch": epoch,
                 "loss_adv": totals[0] / n_all,
