@@ -38,8 +38,6 @@ from dermadv.models.card import (
 
 log = logging.getLogger(__name__)
 
-#: the kinds of model source, as ``attack.json`` and the report name them
-KINDS = ("dermadv", "torchvision", "timm", "python", "torchscript", "onnx", "http")
 DEFAULT_SIZE = (224, 224)
 #: onnx2torch's conversion is used for gradients only when it agrees with onnxruntime this closely (logits)
 ONNX_TOLERANCE = 1e-4
@@ -470,7 +468,7 @@ def _load_onnx(path: Path, card: ModelCard) -> SourceModel:
         import onnx
         from onnx2torch import convert
 
-        converted = convert(_without_identities(onnx.load(str(path))))
+        converted = convert(_for_onnx2torch(onnx.load(str(path))))
     except Exception as exc:  # onnx2torch raises NotImplementedError, KeyError, … for unsupported graphs
         note = f"onnx2torch cannot convert {path.name} ({type(exc).__name__}: {str(exc)[:120]}): black-box only"
         log.warning(note)
@@ -481,7 +479,7 @@ def _load_onnx(path: Path, card: ModelCard) -> SourceModel:
     return white
 
 
-def _without_identities(graph_model: Any) -> Any:
+def _for_onnx2torch(graph_model: Any) -> Any:
     """Prepare a graph for onnx2torch: Constant nodes become initializers (its Clip, Pad, Reshape … converters
     read their bounds and shapes from initializers only) and Identity nodes are rewired around (torch's exporter
     emits them for shared weights; onnx2torch converts Identity up to opset 16). onnxruntime still runs the
