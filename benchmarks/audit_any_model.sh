@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=$1 DATA=$2 OUT=$3 CARD=${4:-}
 V=.venv/bin
+. scripts/serve_onnx.sh
 LIMIT=${LIMIT:-210} AUDIT_LIMIT=${AUDIT_LIMIT:-70} QUERIES=${QUERIES:-1000} EPS=${EPS:-8/255}
 SPLIT=${SPLIT_FILE:-$(dirname "$MODEL")/split.csv}
 mkdir -p "$OUT"
@@ -27,14 +28,7 @@ if [[ $MODEL == *.safetensors ]]; then  # a dermadv export: send 8-bit pixels, w
 else
   printf 'http:\n  protocol: v2\n  batch_size: 64\n  concurrency: 2\n' >> "$HTTP_CARD"
 fi
-PORT=$($V/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-$V/dermadv model serve "$ONNX" --port "$PORT" > "$OUT/server.log" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 60); do
-  $V/python -c "import httpx; httpx.get('http://127.0.0.1:$PORT/v2/health/ready').raise_for_status()" 2>/dev/null && break
-  sleep 0.5
-done
+serve_onnx "$ONNX" "$OUT/server.log"
 URL=http://127.0.0.1:$PORT/v2/models/model/infer
 common=(--data "$DATA" --split-file "$SPLIT")
 # a step whose run folder is complete is kept (rerun with a new OUT to measure everything again)

@@ -4,6 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 V=.venv/bin
+. scripts/serve_onnx.sh
 OUT=${OUT:-runs/audit-demo}
 CLF=runs/demo/classifier/model.safetensors  # `make demo`'s classifier, else a fresh one of the demo preset
 if [ ! -f "$CLF" ]; then
@@ -14,14 +15,7 @@ $V/dermadv model export "$CLF" --out "$OUT/model.onnx"
 $V/dermadv model card "$OUT/model.onnx" --out "$OUT/http.card.yaml"
 sed -i 's/^value_range: 1$/value_range: 255/' "$OUT/http.card.yaml"  # 8-bit pixels, scaled by the server
 printf 'http:\n  protocol: v2\n  datatype: UINT8\n  batch_size: 64\n  concurrency: 2\n' >> "$OUT/http.card.yaml"
-PORT=$($V/python -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-$V/dermadv model serve "$OUT/model.onnx" --port "$PORT" > "$OUT/server.log" 2>&1 &
-SERVER=$!
-trap 'kill $SERVER 2>/dev/null || true' EXIT
-for _ in $(seq 60); do
-  $V/python -c "import httpx; httpx.get('http://127.0.0.1:$PORT/v2/health/ready').raise_for_status()" 2>/dev/null && break
-  sleep 0.5
-done
+serve_onnx "$OUT/model.onnx" "$OUT/server.log"
 $V/dermadv audit "http://127.0.0.1:$PORT/v2/models/model/infer" --model-card "$OUT/http.card.yaml" \
   --out "$OUT/audit" --limit 70 --queries 1000 --eps 8/255
 $V/python -c "import httpx; print('server counted:', httpx.get('http://127.0.0.1:$PORT/stats').json())"
