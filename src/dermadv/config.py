@@ -67,6 +67,9 @@ def format_eps(eps: float) -> str:
 # --- config dataclasses: every field checked when the config is made, so bad input fails before any work ---
 
 
+_INT64 = 2**63
+
+
 def check_types(config: Any) -> None:
     """Refuse a field whose value has the wrong type (a YAML ``lr: fast`` or ``augment: "no"``), naming it."""
     hints = typing.get_type_hints(type(config))
@@ -74,6 +77,9 @@ def check_types(config: Any) -> None:
         value = getattr(config, f.name)
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{f.name} must be a finite number; got {value!r}")
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= _INT64:
+            # seeds and counts go to numpy and torch as 64-bit integers: a larger one is an overflow traceback there
+            raise ConfigError(f"{f.name} must be below 2**63 ({_INT64 - 1}); got {value}")
         if not _fits(value, hints[f.name]):
             raise ConfigError(f"{f.name} must be {_describe(hints[f.name])}; got {value!r}")
 
@@ -133,6 +139,14 @@ def check_at_least(config: Any, low: float, *names: str) -> None:
         value = getattr(config, name)
         if value is not None and value < low:
             raise ConfigError(f"{name} must be at least {low:g}; got {value!r}")
+
+
+def check_at_most(config: Any, high: float, *names: str, why: str = "") -> None:
+    """Each named field is ``None`` or at most ``high`` (``why`` says where the limit comes from)."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value > high:
+            raise ConfigError(f"{name} must be at most {high:g}{why}; got {value!r}")
 
 
 def check_positive(config: Any, *names: str) -> None:

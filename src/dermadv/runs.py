@@ -6,6 +6,7 @@ import atexit
 import contextlib
 import csv
 import dataclasses
+import errno
 import io
 import json
 import logging
@@ -58,21 +59,44 @@ def _to_jsonable(obj: Any) -> Any:
     return obj
 
 
+#: errno values of a write the file system refuses: full disk, quota, read-only mount, permissions
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+def _naming(exc: OSError, path: Path, tmp: Path | None) -> OSError:
+    """``exc`` as raised, or, for a storage fault that names no file or only the temporary one, the same error
+    naming ``path``: a failed ``write`` carries no file name, and the temporary name means nothing to a user."""
+    if exc.errno not in STORAGE_ERRNOS or exc.filename not in (None, str(tmp) if tmp else None):
+        return exc
+    return OSError(exc.errno, exc.strerror or os.strerror(exc.errno), str(path))
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it into place only on success."""
+    """Yield a temporary path beside ``path``; move it into place only on success.
+
+    On any failure (an exception, Ctrl-C, a full disk) the temporary file is removed and ``path`` is left as it
+    was; a storage fault (``STORAGE_ERRNOS``) is raised naming ``path``.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path: Path | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        tmp_path = Path(tmp)
+        os.close(fd)
         yield tmp_path
         os.chmod(tmp_path, 0o644)  # mkstemp makes 0600 files; outputs are meant to be shared
         os.replace(tmp_path, path)
+    except OSError as exc:
+        named = _naming(exc, path, tmp_path)
+        if named is exc:
+            raise
+        raise named from exc
     finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+        if tmp_path is not None:
+            with contextlib.suppress(OSError):  # gone already (replaced), or its folder went: nothing to undo
+                tmp_path.unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -207,8 +231,13 @@ def acquire_lock(folder: Path, command: str) -> None:
     except FileExistsError:  # stale (checked above) or our own: replace it
         path.write_text(body)
     else:
-        with os.fdopen(fd, "w") as f:
-            f.write(body)
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(body)
+        except BaseException:  # a full disk: no empty lock left behind to puzzle the next run
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
     _held.add(path)
 
 
@@ -297,9 +326,17 @@ class Run:
                 raise RunError(
                     f"{self.dir} holds a `{existing.get('command')}` run, not a `{command}` one; choose another --out"
                 )
+            created = not self.dir.exists()
             self.dir.mkdir(parents=True, exist_ok=True)
-            acquire_lock(self.dir, command)
-            self._save()
+            try:
+                acquire_lock(self.dir, command)
+                self._save()
+            except BaseException:  # e.g. a full disk: leave no lock, nor the empty folder this run made
+                release_lock(self.dir)
+                if created:
+                    with contextlib.suppress(OSError):
+                        self.dir.rmdir()
+                raise
             for opened in _watchers:
                 opened.append(self)
 
@@ -350,8 +387,10 @@ class Run:
             return
         self.timings["total"] = round(time.time() - self.t0, 3)
         self.manifest.update(status=status, reason=reason, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
-        self._save()
-        release_lock(self.dir)
+        try:
+            self._save()
+        finally:  # even when the manifest cannot be written (a full disk): the folder is no longer being written
+            release_lock(self.dir)
 
 
 @contextlib.contextmanager

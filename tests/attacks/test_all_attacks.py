@@ -33,6 +33,8 @@ FAST_PARAMS: dict[str, dict[str, object]] = {
     "apgd-dlr": {"eps": EPS, "steps": 10},
     "square-torchattacks": {"eps": EPS, "queries": 200},
     "square": {"eps": EPS, "queries": 200},
+    "simba": {"eps": EPS, "queries": 200},
+    "hopskipjump": {"eps": EPS, "queries": 200},  # targeted: started from _start_pool (see _build)
     "autoattack": {"eps": EPS, "steps": 5, "queries": 100},
     # transfer attacks get the tiny model itself as their surrogate (see _build)
     "mi-di": {"eps": EPS, "steps": 5},
@@ -50,6 +52,8 @@ BUDGETS: dict[str, tuple[str, float]] = {
     "apgd-dlr": ("linf", EPS),
     "square-torchattacks": ("linf", EPS),
     "square": ("linf", EPS),
+    "simba": ("linf", EPS),
+    "hopskipjump": ("linf", EPS),
     "autoattack": ("linf", EPS),
     "mi-di": ("linf", EPS),
     "transfer-square": ("linf", EPS),
@@ -69,6 +73,10 @@ def _build(name: str, tiny, *, target: int | None) -> Attack:
     if "surrogates" in inspect.signature(get_attack_class(name)).parameters:
         params["surrogates"] = [copy.deepcopy(tiny.model).eval()]
     attack = create_attack(name, **params)
+    if hasattr(attack, "_start_pool") and target is not None:  # a decision-based attack starts from target images
+        with torch.no_grad():
+            pool = tiny.train_images[tiny.model(tiny.train_images).argmax(1) == target]
+        attack._start_pool = pool[:32]  # type: ignore[attr-defined]
     if attack.needs_fit:
         if target is None:
             pytest.skip(f"{name} is fitted for a target only")

@@ -167,6 +167,48 @@ BAD_INPUT: dict[str, Case] = {
     "reproduce --seed -1": Case("reproduce --data {data} --out {tmp}/out --seed -1", "seed must be at least 0"),
     "reproduce --eps 1e-9": Case("reproduce --data {data} --out {tmp}/out --eps 1e-9", "8-bit step"),
     "reproduce --sweep-limit 0": Case("reproduce --data {data} --out {tmp}/out --sweep-limit 0", "sweep_limit must"),
+    # --- options that would be ignored or contradict another (issue "Integrity", §1 and §5)
+    "attack run --generator with another --eps": Case(
+        "attack run --checkpoint {ckpt} --generator {finished_fit}/generator.safetensors --data {data} "
+        "--out {tmp}/out --eps 2/255",
+        "was fitted at eps 8/255; --eps 2/255 cannot change it",
+    ),
+    "attack run --method fgsm --generator": Case(
+        "attack run --checkpoint {ckpt} --generator {finished_fit}/generator.safetensors --data {data} "
+        "--out {tmp}/out --method fgsm",
+        "--generator is not used by --method fgsm",
+    ),
+    "attack run --param eps with --eps": Case(
+        "attack run --checkpoint {ckpt} --data {data} --out {tmp}/out --method pgd --eps 2/255 --param eps=0.5",
+        "--param eps=… repeats --eps",
+    ),
+    "attack run --param steps=abc": Case(
+        "attack run --checkpoint {ckpt} --data {data} --out {tmp}/out --method cw --param binary_search_steps=abc",
+        "--param binary_search_steps must be a whole number",
+    ),
+    "attack run --queries with pgd": Case(
+        "attack run --checkpoint {ckpt} --data {data} --out {tmp}/out --method pgd --queries 100",
+        "--queries is not used by --method pgd",
+    ),
+    "train --adv-eps without --adversarial": Case(
+        "train --data {data} --out {tmp}/out --adv-eps 2/255", "training is not adversarial"
+    ),
+    "train --image-size 60000": Case("train --data {data} --out {tmp}/out --image-size 60000", "at most 2048"),
+    "train --seed 2**66": Case(
+        "train --data {data} --out {tmp}/out --seed 99999999999999999999", "seed must be below 2**63"
+    ),
+    "attack fit --channels 100000": Case(
+        "attack fit --checkpoint {ckpt} --data {data} --out {tmp}/out --channels 100000", "channels must be at most"
+    ),
+    "defend transforms --batch-size 0": Case(
+        "defend transforms --checkpoint {ckpt} --data {data} --out {tmp}/out --batch-size 0", "batch_size must be"
+    ),
+    "defend certify --seed -3": Case(
+        "defend certify --checkpoint {ckpt} --data {data} --out {tmp}/out --seed -3", "seed must be at least 0"
+    ),
+    "defend card --limit -5": Case(
+        "defend card --checkpoint {ckpt} --data {data} --out {tmp}/out --limit -5", "limit must be at least 1"
+    ),
     # --- data
     "empty lesion_id": Case("data info --data {no_lesion}", "empty lesion_id in 2 row(s) (first at row 3)"),
     "2 images per class": Case("data split --data {tiny} --out {tmp}/out", "the test split would be empty"),

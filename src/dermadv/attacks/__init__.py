@@ -3,11 +3,13 @@
 from dermadv.attacks import (  # noqa: F401
     art,
     artefacts,
+    decision,
     generator,
     gradient,
     natural,
     pixel,
     reliable,
+    simba,
     square,
     transfer,
     universal,

@@ -5,11 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import typer
 
-from dermadv.cli import attack, data, defend, model, observer, report, reproduce, train
+from dermadv.cli import attack, data, defend, faults, model, observer, report, reproduce, train
 from dermadv.errors import DermadvError
+
+if TYPE_CHECKING:
+    from dermadv.runs import Run
 
 app = typer.Typer(
     help="dermadv: audit dermatoscopic image classifiers against adversarial attacks "
@@ -72,13 +77,26 @@ def _setup_logging(verbose: bool = False) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per request would bury the audit's own
 
 
-def _run_app() -> tuple[int, str]:
-    """Run the typer app; returns the exit code and, for a failure, why."""
+def _run_app(opened: Sequence[Run] = ()) -> tuple[int, str]:
+    """Run the typer app; returns the exit code and, for a failure, why.
+
+    ``opened``: the runs the command opens (filled while it runs), whose folder a write that names no file was in.
+    """
+    unwritable = faults.unwritable_out(sys.argv[1:])
+    if unwritable is not None:  # before any work, not at the first write minutes later
+        typer.secho(f"error: {unwritable}", fg=typer.colors.RED, err=True)
+        return 1, unwritable
     try:
         code = app(standalone_mode=False)
     except DermadvError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
         return 1, str(exc)
+    except OSError as exc:  # a full disk, a quota, a read-only or forbidden path: one line; anything else is a bug
+        message = faults.storage_message(exc, opened)
+        if message is None:
+            raise
+        typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+        return 1, message
     except ModuleNotFoundError as exc:  # every command is listed; one that needs a missing extra says which
         extra = EXTRAS.get((exc.name or "").split(".")[0])
         if extra is None:
@@ -114,6 +132,7 @@ def main() -> None:
     torch (serving a study needs no model); torch.distributed is joined only under torchrun.
     """
     import signal
+    import warnings
 
     from dermadv.runs import abandon_runs, watch_runs
 
@@ -124,6 +143,9 @@ def main() -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    # Pillow only warns about an image between its pixel limit and twice it, then decodes it (gigabytes): refused
+    # instead, naming the file (dermadv.data.cache), as beyond twice the limit.
+    warnings.filterwarnings("error", message="Image size", category=RuntimeWarning, module="PIL")
     torchrun = _torchrun()
     if torchrun:
         from dermadv import distributed as dd
@@ -133,7 +155,7 @@ def main() -> None:
     _setup_logging()
     with watch_runs() as opened:
         try:
-            code, reason = _run_app()
+            code, reason = _run_app(opened)
         except BaseException as exc:  # a bug: its traceback follows, and the runs it opened say failed
             abandon_runs(opened, "failed", f"{type(exc).__name__}: {exc}")
             raise

@@ -8,7 +8,14 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from dermadv.cli.data import AllowIncompleteOpt, ModelCardOpt, ModelOpt, ThreatModelOpt, WeightsOpt
+from dermadv.cli.data import (
+    AllowIncompleteOpt,
+    AllowTrainingImagesOpt,
+    ModelCardOpt,
+    ModelOpt,
+    ThreatModelOpt,
+    WeightsOpt,
+)
 
 app = typer.Typer(
     help="Fit and run adversarial attacks (advgan, pgd, fgsm, cw, uap, pixel, art:<Name>).",
@@ -110,7 +117,9 @@ def run(
     data: str | None = DataOpt,
     split: str = typer.Option("test"),
     target: str | None = typer.Option("nv", help="Target class; 'none' for an untargeted attack."),
-    eps: str | None = typer.Option("8/255", help="L∞ budget, e.g. 2/255."),
+    eps: str | None = typer.Option(
+        None, help="L∞ budget, e.g. 2/255. Default: 8/255, or a --generator's own (refused if it differs)."
+    ),
     steps: int = typer.Option(20, help="Iterations of gradient attacks."),
     pixels: int = typer.Option(1, help="Pixels changed by the few-pixel attack."),
     attack_size: str = typer.Option("model", "--attack-size"),
@@ -130,10 +139,18 @@ def run(
     model_card: str | None = ModelCardOpt,
     threat_model: str | None = ThreatModelOpt,
     queries: int | None = typer.Option(None, "--queries", help="Per-image query budget of a query-based attack."),
+    resume: bool = typer.Option(
+        False,
+        "--resume/--no-resume",
+        help="Continue an interrupted run in --out (same settings): what a black-box model answered it is read back "
+        "from its query journal, not asked again.",
+    ),
+    allow_training_images: bool = AllowTrainingImagesOpt,
 ) -> None:
     """Attack a split; save 8-bit PNGs; score the saved images; print the paper's table.
 
-    A used --out is emptied first: no image of an earlier run stays beside the new ones."""
+    A used --out is emptied first: no image of an earlier run stays beside the new ones (with --resume, all but
+    the query journal of a run with the same settings)."""
     from dermadv.evaluation.attack_eval import format_attack_table
     from dermadv.pipeline.attack import AttackRunConfig, attack_split
 
@@ -145,6 +162,7 @@ def run(
         model_card=model_card,
         threat_model=threat_model,
         queries=queries,
+        resume=resume,
         generator=generator,
         data=data,
         split=split,
@@ -161,6 +179,7 @@ def run(
         defence=defence,
         adaptive=adaptive,
         allow_incomplete=allow_incomplete,
+        allow_training_images=allow_training_images,
     )
     metrics = attack_split(cfg)
     if metrics is not None:

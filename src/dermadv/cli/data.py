@@ -18,6 +18,11 @@ AllowIncompleteOpt = typer.Option(
     "--allow-incomplete/--no-allow-incomplete",
     help="Use the outputs of an unfinished run (a warning says so) instead of refusing them.",
 )
+AllowTrainingImagesOpt = typer.Option(
+    False,
+    "--allow-training-images/--no-allow-training-images",
+    help="Score a dermadv checkpoint on images it was trained on (a warning says so) instead of refusing.",
+)
 
 #: ``--model`` (alias ``--checkpoint``) and its companions, on every command that audits a model
 ModelOpt = typer.Option(

@@ -12,6 +12,8 @@ from typing import Any
 
 import typer
 
+from dermadv.cli.data import AllowIncompleteOpt
+
 app = typer.Typer(
     help="Defences and their honest evaluation: transforms (plain vs BPDA/EOT), smoothing, detection, cards.",
     no_args_is_help=True,
@@ -31,6 +33,7 @@ SHARED: tuple[tuple[str, Any, Any], ...] = (
     ("limit", int | None, typer.Option(None, help="A class-stratified sample of this many [detect: 350].")),
     ("seed", int, typer.Option(0)),
     ("batch_size", int, typer.Option(64, "--batch-size")),
+    ("allow_incomplete", bool, AllowIncompleteOpt),
 )
 
 

@@ -120,6 +120,12 @@ def audit(
     batch_size: int = typer.Option(32, "--batch-size"),
     seed: int = typer.Option(0),
     allow_incomplete: bool = AllowIncompleteOpt,
+    resume: bool = typer.Option(
+        False,
+        "--resume/--no-resume",
+        help="Continue an interrupted audit in --out (same settings): its attack reads what a black-box model "
+        "answered back from its query journal instead of asking again.",
+    ),
 ) -> None:
     """Audit any model: model check, clean accuracy, the paper's targeted table under the strongest threat model
     the model allows, reliability checks and a report page (audit.md)."""
@@ -141,6 +147,7 @@ def audit(
         batch_size=batch_size,
         seed=seed,
         allow_incomplete=allow_incomplete,
+        resume=resume,
     )
     result = run_audit(cfg)
     a = result.attack

@@ -7,8 +7,8 @@ from typing import Any
 
 import typer
 
-from dermadv.cli.data import AllowIncompleteOpt, DataOpt, ModelCardOpt, ModelOpt, WeightsOpt
-from dermadv.errors import DermadvError
+from dermadv.cli.data import AllowIncompleteOpt, AllowTrainingImagesOpt, DataOpt, ModelCardOpt, ModelOpt, WeightsOpt
+from dermadv.errors import ConfigError, DermadvError
 
 
 def load_config(path: Path | None, cls: type, overrides: dict[str, Any], *, base: dict[str, Any] | None = None) -> Any:
@@ -140,6 +140,16 @@ def train(
         noise_sigma=noise_sigma,
     )
     cfg = load_config(config, TrainConfig, overrides, base=base)
+    unused = [
+        f"--{n.replace('_', '-')}"
+        for n in ("adv_eps", "adv_steps", "adv_generator", "adv_share")
+        if overrides[n] is not None
+    ]
+    if unused and cfg.adversarial == "none":
+        raise ConfigError(
+            f"{', '.join(unused)} set the training attack, but training is not adversarial; add --adversarial "
+            "pgd|fgsm-rs|generator, or drop them"
+        )
     path = fit(cfg)
     typer.echo(f"checkpoint: {path}")
 
@@ -162,6 +172,7 @@ def evaluate(
     ),
     weights: str | None = WeightsOpt,
     model_card: str | None = ModelCardOpt,
+    allow_training_images: bool = AllowTrainingImagesOpt,
 ) -> None:
     """Evaluate a model: accuracy with CI, balanced accuracy, per-class metrics, AUC, confusion."""
     from rich.console import Console
@@ -180,5 +191,6 @@ def evaluate(
         ci_method=ci,
         allow_incomplete=allow_incomplete,
         defence=defence,
+        allow_training_images=allow_training_images,
     )
     Console().print(format_classification_table(report))

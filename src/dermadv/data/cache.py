@@ -28,25 +28,52 @@ def cache_root() -> Path:
     return Path(os.environ.get("DERMADV_CACHE", Path.home() / ".cache" / "dermadv"))
 
 
+#: What Pillow raises for a file it cannot decode: not an image, truncated or corrupt (OSError, SyntaxError), or
+#: too many pixels for a safe decode: the bomb error beyond twice Pillow's limit, the bomb warning beyond the limit
+#: (an exception where warnings are errors, as the CLI makes this one).
+_UNDECODABLE = (
+    UnidentifiedImageError,
+    OSError,
+    SyntaxError,
+    Image.DecompressionBombError,
+    Image.DecompressionBombWarning,
+)
+
+
+def _decode_error(path: Path, exc: Exception) -> DataError:
+    fix = "replace or remove the file and its metadata row"
+    if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
+        return DataError(f"image {path} is too large to decode safely ({exc}); downscale it or {fix}")
+    return DataError(f"cannot decode image {path}: {exc}; {fix}")
+
+
 def stored_size(dataset: ImageSet) -> Size:
     """(H, W) of the first image as stored on disk."""
     if dataset.arrays is not None:
         return int(dataset.arrays.shape[1]), int(dataset.arrays.shape[2])
     assert dataset.paths is not None
-    with Image.open(dataset.paths[0]) as im:
-        return im.height, im.width
+    path = dataset.paths[0]
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except _UNDECODABLE as exc:
+        raise _decode_error(path, exc) from None
 
 
 def decode_image(path: Path, size: Size | None) -> np.ndarray:
-    """Decode one image to uint8 H×W×3, resized (antialiased bilinear) when ``size`` is given."""
+    """Decode one image to uint8 H×W×3, resized (antialiased bilinear) when ``size`` is given.
+
+    A truncated or corrupt file is refused (``DataError`` naming it), never decoded in part: Pillow's
+    ``LOAD_TRUNCATED_IMAGES`` stays off, so the missing rows are not filled with grey.
+    """
     try:
         with Image.open(path) as im:
             rgb = im.convert("RGB")
             if size is not None and (rgb.height, rgb.width) != tuple(size):
                 rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=None)
             return np.asarray(rgb, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"cannot decode image {path}: {exc}; replace or remove the file and its metadata row") from None
+    except _UNDECODABLE as exc:
+        raise _decode_error(path, exc) from None
 
 
 def resize_array(images: np.ndarray, size: Size) -> np.ndarray:
@@ -76,10 +103,9 @@ def decoded_images(
     assert dataset.paths is not None
     path = cache_path(dataset, size)
     if cache and path.exists():
-        arr = np.load(path, mmap_mode="r")
-        if arr.shape == (len(dataset), size[0], size[1], 3):
-            return arr
-        log.warning("cache %s has shape %s; rebuilding", path, arr.shape)
+        cached = _read_cache(path, (len(dataset), size[0], size[1], 3))
+        if cached is not None:
+            return cached
     paths = dataset.paths
     out = np.empty((len(paths), size[0], size[1], 3), dtype=np.uint8)
 
@@ -95,3 +121,17 @@ def decoded_images(
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, out)
     return np.load(path, mmap_mode="r")
+
+
+def _read_cache(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    """The cached array, or None (with a warning) when it must be rebuilt: another shape, or a file cut short
+    (a full disk, a copy interrupted) or otherwise unreadable as ``.npy``; the cache holds nothing else."""
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (ValueError, OSError, EOFError) as exc:
+        log.warning("decode cache %s is unreadable (%s); decoding the images again to rebuild it", path, exc)
+        return None
+    if arr.shape == shape and arr.dtype == np.uint8:
+        return arr
+    log.warning("decode cache %s holds %s %s, not uint8 %s; rebuilding it", path, arr.dtype, arr.shape, shape)
+    return None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -27,6 +27,12 @@ class CheckpointMeta:
     weights: str = ""  # where the initial weights came from (WeightsInfo.source); "" in older checkpoints
     kind: str = "classifier"
     extra: str = "{}"  # JSON for anything else (epoch, metrics)
+    # The ids of the images whose gradients trained the model (its train split, sorted), so that evaluating or
+    # attacking it on them is refused. Stored in full, not as a hash set: ~7,000 HAM10000 ids are ~110 kB of header
+    # beside 20-80 MB of weights, and a refusal can then count and name them. () in checkpoints of dermadv before
+    # this record: nothing to check against.
+    training_images: tuple[str, ...] = field(default=(), repr=False)
+    training_images_fingerprint: str = ""  # fingerprint_of(training_images): tells two training splits apart at a glance
 
 
 def _meta_to_strings(meta: CheckpointMeta) -> dict[str, str]:
@@ -39,6 +45,7 @@ def _meta_from_strings(raw: dict[str, str]) -> CheckpointMeta:
     fields["image_size"] = tuple(fields["image_size"])
     fields["mean"] = tuple(fields.get("mean", IMAGENET_MEAN))
     fields["std"] = tuple(fields.get("std", IMAGENET_STD))
+    fields["training_images"] = tuple(fields.get("training_images", ()))
     return CheckpointMeta(**fields)
 
 
@@ -62,6 +69,35 @@ def load_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], d
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc}; is it a dermadv .safetensors file?") from None
     return state, meta
+
+
+def read_training_images(path: str | os.PathLike[str]) -> frozenset[str] | None:
+    """The image ids a dermadv checkpoint records it was trained on (its header only, no weights are read).
+
+    None when it records none: a checkpoint of an older dermadv, or a file of another kind.
+    """
+    from safetensors import safe_open
+
+    from dermadv.data.dataset import fingerprint_of
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {exc}; is it a dermadv .safetensors file?") from None
+    if raw.get("training_images", "[]") == "[]":  # no record: an older checkpoint, or one saved without it
+        return None
+    try:
+        ids = json.loads(raw["training_images"])
+        fingerprint = json.loads(raw.get("training_images_fingerprint", '""'))
+    except json.JSONDecodeError:
+        ids, fingerprint = None, None
+    if not isinstance(ids, list) or fingerprint != fingerprint_of([str(i) for i in ids]):
+        raise CheckpointError(
+            f"{path} holds a damaged record of its training images (it does not match its fingerprint); "
+            "use the model.safetensors its `dermadv train` run wrote"
+        )
+    return frozenset(str(i) for i in ids)
 
 
 def save_checkpoint(path: str | os.PathLike[str], model: Classifier, meta: CheckpointMeta) -> None:

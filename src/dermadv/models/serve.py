@@ -286,7 +286,7 @@ def make_app(
 def bind(host: str, port: int) -> socket.socket:
     """A listening socket on ``host:port``, or a one-line :class:`ConfigError` saying why not."""
     if not isinstance(port, int) or not 1 <= port <= 65535:
-        raise ConfigError(f"port must be in 1..65535; got {port!r}")
+        raise ConfigError(f"--port must be in 1..65535; got {port!r}; choose a port in that range (e.g. 8000)")
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
     except socket.gaierror:
@@ -299,7 +299,10 @@ def bind(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno == errno.EADDRINUSE:
-            raise ConfigError(f"port {port} on {host} is already in use; choose another with --port") from None
+            raise ConfigError(
+                f"port {port} on {host} is already in use (another server, or this one still running); choose "
+                "another --port"
+            ) from None
         raise ConfigError(
             f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another host or port"
         ) from None
@@ -318,10 +321,11 @@ def serve(
     """Serves ``onnx_path`` with uvicorn until interrupted (see :func:`make_app` for the routes)."""
     import uvicorn
 
-    app = make_app(onnx_path, name=name, fail=fail)
-    # binding here turns a bad or busy port into one line, where uvicorn would log a traceback and exit 3
+    # binding here turns a bad or busy port into one line, where uvicorn would log a traceback and exit 3; binding
+    # first refuses it before the model is loaded
     sock = bind(host, port)
     try:
+        app = make_app(onnx_path, name=name, fail=fail)
         uvicorn.Server(uvicorn.Config(app, log_level=log_level)).run(sockets=[sock])
     finally:
         sock.close()

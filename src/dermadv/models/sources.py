@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import logging
 import os
 import threading
@@ -35,6 +36,7 @@ from dermadv.models.card import (
     load_card,
     scored_classes,
 )
+from dermadv.models.journal import QueryJournal, image_keys
 
 log = logging.getLogger(__name__)
 
@@ -53,11 +55,17 @@ PROCESS_TOTAL = {"queries": 0, "model_seconds": 0.0}
 
 @dataclass
 class QueryCounter:
-    """Images the model answered and the seconds it took: one counter per model, shared by every attack."""
+    """Images the model answered and the seconds it took: one counter per model, shared by every attack.
+
+    ``replayed`` counts the queries a :class:`~dermadv.models.journal.QueryJournal` answered instead of the model
+    (not in ``queries``: nothing was sent). ``listener``, when set, is called after every change (a progress bar).
+    """
 
     queries: int = 0
     calls: int = 0
     seconds: float = 0.0
+    replayed: int = 0
+    listener: Callable[[], None] | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, n: int, seconds: float) -> None:
@@ -67,9 +75,22 @@ class QueryCounter:
             self.seconds += seconds
             PROCESS_TOTAL["queries"] += n
             PROCESS_TOTAL["model_seconds"] += seconds
+        if self.listener is not None:
+            self.listener()
+
+    def replay(self, n: int) -> None:
+        with self._lock:
+            self.replayed += n
+        if self.listener is not None:
+            self.listener()
 
     def snapshot(self) -> dict[str, float]:
-        return {"queries": self.queries, "calls": self.calls, "model_seconds": round(self.seconds, 4)}
+        return {
+            "queries": self.queries,
+            "calls": self.calls,
+            "model_seconds": round(self.seconds, 4),
+            "replayed": self.replayed,
+        }
 
 
 @dataclass(frozen=True)
@@ -135,14 +156,54 @@ class SourceModel(nn.Module):
         self.quantise = quantise
         self.counter = QueryCounter()
         self.fallback: SourceModel | None = None  # ONNX: the onnxruntime model, when onnx2torch is refused
+        self.journal: QueryJournal | None = None  # see :meth:`open_journal`
 
     @property
     def gradients(self) -> bool:
         return self.info.threat_model == "white-box"
 
+    def open_journal(self, path: str | os.PathLike[str]) -> QueryJournal | None:
+        """Record every answer of this black-box model in ``path`` and answer from it what an earlier run there
+        was answered (see :mod:`dermadv.models.journal`); a white-box model, whose gradients no journal holds,
+        opens none (returns None)."""
+        if self.gradients:
+            return None
+        card = card_to_dict(self.info.card)
+        http = card.get("http") or {}
+        # what the answers depend on; how they travel (batch size, concurrency, rate, retries) may change
+        transport = ("batch_size", "concurrency", "rate_limit", "timeout", "retries", "headers_env")
+        card["http"] = {k: v for k, v in http.items() if k not in transport}
+        identity = json.dumps([self.info.fingerprint, card, self.quantise], sort_keys=True, default=str)
+        self.journal = QueryJournal(path, width=len(self.info.classes), identity=identity)
+        return self.journal
+
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if self.quantise:
             images = torch.round(images.clamp(0, 1) * 255) / 255
+        if self.journal is not None and not self.gradients:
+            return self._journaled(images, self.journal)
+        return self._query(images)
+
+    def _journaled(self, images: torch.Tensor, journal: QueryJournal) -> torch.Tensor:
+        # keyed on what the model receives: 8-bit levels of a quantised black box (exact), else the floats
+        inputs = torch.round(images * 255).to(torch.uint8) if self.quantise else images.float()
+        keys = image_keys(inputs.detach().cpu().numpy())
+        found, rows = journal.replay(keys)
+        out = torch.from_numpy(rows).to(images.device)
+        missing = np.flatnonzero(~found)
+        if len(missing):
+            live = self._query(images[torch.from_numpy(missing).to(images.device)]).float()
+            if live.shape[1:] != (journal.width,):
+                raise ModelError(
+                    f"{self.info.spec} answered {tuple(live.shape[1:])} scores per image; expected {journal.width}"
+                )
+            journal.record([keys[i] for i in missing], live.cpu().numpy())
+            out[torch.from_numpy(missing).to(images.device)] = live
+        if len(missing) < len(keys):
+            self.counter.replay(len(keys) - len(missing))
+        return out
+
+    def _query(self, images: torch.Tensor) -> torch.Tensor:
         backend = getattr(self, "backend", None)
         codec = getattr(backend, "codec_seconds", 0.0)
         start = time.perf_counter()

@@ -249,8 +249,14 @@ def serve(app: "FastAPI", *, host: str, port: int) -> None:
     """
     import uvicorn
 
-    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False))
-    server.run()  # shuts down gracefully on SIGINT/SIGTERM, then raises the signal again
+    from dermadv.models.serve import bind
+
+    sock = bind(host, port)  # a bad or busy port in one line, where uvicorn would log a traceback and exit 3
+    try:
+        server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info", access_log=False))
+        server.run(sockets=[sock])  # shuts down gracefully on SIGINT/SIGTERM, then raises the signal again
+    finally:
+        sock.close()
 
 
 class HeadAsGet:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from dermadv import distributed as dd
 from dermadv.attacks.base import Attack
 from dermadv.data.load import to_float
 from dermadv.errors import DataError, RunError
+from dermadv.models.sources import QueryCounter
 from dermadv.runs import check_unlocked, read_manifest, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,7 @@ class AttackTask:
     batch_size: int = 64
     device: torch.device | str = "cpu"
     score_model: nn.Module | None = None  # what judges the images, if not ``model`` (a defence without its EOT)
+    counter: QueryCounter | None = None  # the attacked model's, for the progress bar of a query-based attack
 
 
 def quantise(adv: torch.Tensor, clean_uint8: torch.Tensor, eps: float | None) -> torch.Tensor:
@@ -110,6 +113,32 @@ def prediction_rows(
     return rows
 
 
+class _QueryProgress:
+    """Queries spent (and replayed from a journal), successes so far and queries per second as the bar's postfix,
+    updated on every model call (at most five times a second) through the counter's listener."""
+
+    def __init__(self, bar: Any, counter: QueryCounter) -> None:
+        self.bar, self.counter = bar, counter
+        self.start, self.base, self.base_replayed = time.perf_counter(), counter.queries, counter.replayed
+        self.successes, self.last = 0, 0.0
+        counter.listener = self.update
+
+    def update(self, *, force: bool = False) -> None:
+        now = time.perf_counter()
+        if self.bar.disable or (not force and now - self.last < 0.2):
+            return
+        self.last = now
+        spent, replayed = self.counter.queries - self.base, self.counter.replayed - self.base_replayed
+        postfix = {"queries": spent, "successes": self.successes, "q/s": f"{spent / max(now - self.start, 1e-9):.1f}"}
+        if replayed:
+            postfix["replayed"] = replayed
+        self.bar.set_postfix(postfix, refresh=True)
+
+    def close(self) -> None:
+        if self.counter.listener == self.update:
+            self.counter.listener = None
+
+
 def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> np.ndarray | None:
     """Attack ``task.indices``, write PNGs and ``predictions.csv`` into ``out``; return the queries the attack spent
     per image (in the order of ``predictions.csv``) for a query-based attack, else None.
@@ -131,6 +160,7 @@ def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> np.ndar
         disable=not (progress and dd.is_main()),
         leave=False,
     )
+    shown = _QueryProgress(bar, task.counter) if task.counter is not None and task.attack.needs != "gradients" else None
     # PNG coding releases the GIL: threads keep a fast GPU from waiting on one core for the files
     pool = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
     for s in bar:
@@ -139,6 +169,8 @@ def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> np.ndar
         x = to_float(clean_u8)
         labels = torch.from_numpy(task.labels[idx]).to(device)
         result = task.attack(model, x, labels=labels, target=task.target)
+        if shown is not None:
+            shown.successes += int(result.success.sum())
         if result.queries is not None:
             spent.append(result.queries.cpu().numpy().astype(np.int64))
         with torch.no_grad():
@@ -156,7 +188,11 @@ def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> np.ndar
         clean_probs.append(predict_probs(scorer, clean_back, device).numpy())
         adv_probs.append(predict_probs(scorer, adv_back, device).numpy())
         rows_idx.append(idx)
+        if shown is not None:
+            shown.update(force=True)
     pool.shutdown()
+    if shown is not None:
+        shown.close()
     k = len(task.classes)
     cat = lambda xs, shape: np.concatenate(xs) if xs else np.zeros(shape)  # noqa: E731
     n = sum(len(i) for i in rows_idx)
@@ -187,13 +223,16 @@ ATTACK_OUTPUTS = (
     "per_image.csv",
     "images",
     "report",
+    "queries.journal",
 )
+#: the query journal of a black-box model's answers in an attack folder (:mod:`dermadv.models.journal`)
+JOURNAL_NAME = "queries.journal"
 
 
-def clear_attack_folder(out: Path) -> None:
+def clear_attack_folder(out: Path, *, keep: Sequence[str] = ()) -> None:
     """Empty a used attack folder before a new run writes into it, so no PNG or table of the earlier run stays
     beside the new ones (a rerun with fewer images used to keep the others' PNGs); a folder that holds anything
-    else is refused."""
+    else is refused. Entries named in ``keep`` (a resumed run's query journal) stay."""
     if not out.exists():
         return
     if not out.is_dir():
@@ -209,6 +248,8 @@ def clear_attack_folder(out: Path) -> None:
         raise RunError(f"{out} holds files of no attack run ({shown}); choose an empty or new --out")
     log.info("removing the outputs of the earlier attack run in %s", out)
     for entry in out.iterdir():
+        if entry.name in keep:
+            continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)
         else:

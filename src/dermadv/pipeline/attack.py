@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import logging
+import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +20,7 @@ from dermadv.attacks.base import THREAT_MODEL_OF, Attack, check_fit_spec
 from dermadv.attacks.registry import create_attack, get_attack_class
 from dermadv.config import check_at_least, check_budgets, check_types, parse_eps
 from dermadv.data.classes import class_index
-from dermadv.data.load import prepare
+from dermadv.data.load import Prepared, prepare, to_float
 from dermadv.data.splits import SPLITS, stratified_sample
 from dermadv.defences.transforms import attacked_model, parse_defence
 from dermadv.errors import ConfigError, RunError
@@ -27,6 +29,7 @@ from dermadv.models.checkpoints import load_checkpoint
 from dermadv.models.classifier import ResizedClassifier
 from dermadv.models.sources import ModelInfo, label_map
 from dermadv.pipeline.apply import (
+    JOURNAL_NAME,
     AttackTask,
     clear_attack_folder,
     predict_probs,
@@ -35,8 +38,10 @@ from dermadv.pipeline.apply import (
     run_attack,
     write_attack_info,
 )
-from dermadv.pipeline.models import ModelSpec, checked, open_model, training_split
-from dermadv.runs import Run, file_fingerprint, read_json, require_complete, write_csv, write_json
+from dermadv.pipeline.models import ModelSpec, check_unseen, checked, open_model, training_split
+from dermadv.runs import Run, check_same_run, file_fingerprint, read_json, require_complete, write_csv, write_json
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,8 @@ class AttackRunConfig:
     model_card: str | None = None
     threat_model: str | None = None
     queries: int | None = None  # per-image query budget of a query-based attack
+    resume: bool = False  # continue an interrupted run in ``out``: same settings, its query journal kept
+    allow_training_images: bool = False  # attack a split holding images the checkpoint was trained on (warned)
 
     def __post_init__(self) -> None:
         # Every option checked before any work (a sweep used to stop at its first bad budget).
@@ -83,6 +90,12 @@ class AttackRunConfig:
         if self.target is not None:
             class_index(self.target)
 
+
+#: AttackRunConfig fields a resumed run may change: they change neither the queries nor their answers
+_NOT_COMPARED = ("out", "resume", "progress", "evaluate", "allow_incomplete", "allow_training_images")
+
+#: the L∞ budget of an attack run given no --eps (a fitted generator brings its own)
+DEFAULT_EPS = "8/255"
 
 #: how to give a required hyperparameter on the command line
 _HINTS = {"eps": "--eps (e.g. 2/255)", "generator": "--generator PATH (from `dermadv attack fit`)"}
@@ -103,6 +116,22 @@ def build_attack(cfg: AttackRunConfig, eps: float | None) -> Attack:
     missing = [n for n in _HINTS if n in params and params[n].default is params[n].empty and n not in kwargs]
     if missing:
         raise ConfigError(f"attack {cfg.method} needs {_HINTS[missing[0]]}")
+    # an option that would be ignored or contradicted is refused: the run records what was attacked, nothing else
+    doubled = sorted(set(cfg.params) & set(offered))
+    if doubled:
+        flag = "--" + doubled[0].replace("_", "-")
+        raise ConfigError(f"--param {doubled[0]}=… repeats {flag}; give it once, with {flag}")
+    unused = [n for n in ("generator", "queries") if offered[n] is not None and n not in params]
+    if unused:
+        users = "advgan" if unused[0] == "generator" else "a query-based attack (square, simba, hopskipjump, …)"
+        raise ConfigError(f"--{unused[0]} is not used by --method {cfg.method}; drop it, or use {users}")
+    for name, value in cfg.params.items():
+        default = params[name].default if name in params else None
+        if isinstance(default, (int, float)) and not isinstance(default, bool):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or (isinstance(default, int) and not isinstance(value, int)):
+                kind = "a whole number" if isinstance(default, int) else "a number"
+                raise ConfigError(f"--param {name} must be {kind} (default {default}); got {value!r}")
     kwargs.update(cfg.params)
     return create_attack(cfg.method, **kwargs)
 
@@ -111,12 +140,21 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
     """Attack a split and write the attack output folder; evaluate it when ``cfg.evaluate`` (on rank 0)."""
     dd.init_from_env()
     device = dd.default_device()
-    eps = parse_eps(cfg.eps, saved=True) if cfg.eps is not None else None
+    # no --eps: a fitted generator's own budget (below), else the default
+    eps: float | None = parse_eps(cfg.eps if cfg.eps is not None else DEFAULT_EPS, saved=True)
     if cfg.generator is not None:
         require_complete(cfg.generator, allow_incomplete=cfg.allow_incomplete)
     model_spec = ModelSpec(str(cfg.checkpoint), cfg.weights, cfg.model_card, cfg.threat_model)
     defence = parse_defence(cfg.defence) if cfg.defence else None
     attack = build_attack(cfg, eps)
+    fitted = attack.spec
+    if fitted is not None and cfg.eps is not None and not math.isclose(parse_eps(cfg.eps), fitted.eps, abs_tol=1e-9):
+        raise ConfigError(
+            f"{cfg.generator or cfg.method} was fitted at eps {fitted.eps * 255:g}/255; --eps {cfg.eps} cannot change "
+            f"it: drop --eps, or fit a generator at {cfg.eps} with `dermadv attack fit --eps {cfg.eps}`"
+        )
+    if cfg.resume and dd.is_main():  # refuse changed settings before any long work
+        check_same_run(cfg.out, command="attack run", config=_run_config(cfg, model_spec), ignore=_NOT_COMPARED)
     source = open_model(model_spec, device=device, allow_incomplete=cfg.allow_incomplete)
     meta: ModelInfo = source.info
     check_threat_model(attack, meta, cfg.method)
@@ -166,16 +204,23 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
         )
     if cfg.limit:
         idx = stratified_sample(prep.dataset.labels, idx, cfg.limit, cfg.seed)
+    ids = [prep.dataset.image_ids[i] for i in idx]
+    trained = check_unseen(source, model_spec, ids, split=cfg.split, allow=cfg.allow_training_images)
     if attack.needs_fit and target is None:
         raise ConfigError(f"{cfg.method} is fitted toward a target class; pass --target")
     out = Path(cfg.out)
     if dd.is_main():
-        clear_attack_folder(out)
+        if cfg.resume:
+            fingerprints = {"model": meta.fingerprint, "data": prep.dataset.fingerprint}
+            config = {**_run_config(cfg, model_spec), "eps_value": eps}
+            check_same_run(out, command="attack run", config=config, ignore=_NOT_COMPARED, fingerprints=fingerprints)
+        # --resume keeps the answers an earlier run was given: the same seeded queries are replayed from them
+        clear_attack_folder(out, keep=(JOURNAL_NAME,) if cfg.resume else ())
     dd.barrier()
     run = Run(
         out,
         command="attack run",
-        config={**asdict(cfg), **model_spec.config(), "checkpoint": model_spec.config()["model"], "eps_value": eps},
+        config={**_run_config(cfg, model_spec), "eps_value": eps},
         seed=cfg.seed,
         data_fingerprint=prep.dataset.fingerprint,
         fingerprints={"model": meta.fingerprint},
@@ -210,6 +255,7 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
         "attack_size": attack_size,
         "n_images": int(len(idx)),
         "sampled": bool(cfg.limit),
+        "training_images_attacked": trained,  # > 0 only for split train or under --allow-training-images
         "defence": str(defence) if defence is not None else None,
         "adaptive": cfg.adaptive if defence is not None else None,
     }
@@ -227,10 +273,21 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
         batch_size=cfg.batch_size,
         device=device,
         score_model=scorer,
+        counter=source.counter,
     )
+    # one journal per folder: ranks of a distributed run would write it at once, so they go without
+    journal = source.open_journal(out / JOURNAL_NAME) if not dd.is_distributed() else None
+    if journal is not None and journal.replayable:
+        log.info("%s: %d answers of an earlier run are replayed, not asked again", journal.path, journal.replayable)
     before = source.counter.snapshot()
-    with run.stage("attack"):
-        spent = run_attack(task, out, progress=cfg.progress)
+    try:
+        with run.stage("attack"):
+            fill_start_pool(attack, attacked, prep, task.labels, target, device=device, seed=cfg.seed)
+            spent = run_attack(task, out, progress=cfg.progress)
+    finally:
+        if journal is not None:
+            source.journal = None
+            journal.close()
     run.update(images_per_s=round(len(idx) / max(1e-9, run.timings["attack"]), 2))
     if dd.is_main():
         after = source.counter.snapshot()
@@ -250,13 +307,56 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
     return metrics
 
 
+def _run_config(cfg: AttackRunConfig, model_spec: ModelSpec) -> dict[str, Any]:
+    """The settings an attack run's manifest records (and a resumed run must repeat)."""
+    return {**asdict(cfg), **model_spec.config(), "checkpoint": model_spec.config()["model"]}
+
+
+def fill_start_pool(
+    attack: Attack,
+    model: nn.Module,
+    prep: Prepared,
+    labels: np.ndarray,
+    target: int | None,
+    *,
+    device: torch.device | str,
+    seed: int,
+    candidates: int = 64,
+    size: int = 32,
+) -> None:
+    """Give a decision-based attack (one with ``_start_pool``) training images that ``model`` classifies as
+    ``target``, to start its targeted search from: ``candidates`` of the train split, those labelled ``target``
+    first, scored in one call (queries the model's counter records, outside the attack's per-image budget); at most
+    ``size`` are kept."""
+    if target is None or not hasattr(attack, "_start_pool"):
+        return
+    train = np.random.default_rng(seed).permutation(prep.indices("train"))
+    chosen = np.sort(train[np.argsort(labels[train] != target, kind="stable")][:candidates])
+    if len(chosen) == 0:
+        raise ConfigError(
+            f"{attack.name} starts a targeted attack from training images of the target class, but the data has "
+            "no train split; give a --split-file with one, or attack untargeted (--target none)"
+        )
+    images = to_float(torch.from_numpy(np.ascontiguousarray(prep.images[chosen]))).to(device)
+    with torch.no_grad():
+        pool = images[model(images).argmax(1) == target][:size]
+    if len(pool) == 0:
+        raise ConfigError(
+            f"{attack.name} starts a targeted attack from an image the model classifies as the target, but it "
+            f"classifies none of {len(chosen)} training images ({int((labels[chosen] == target).sum())} of them "
+            "labelled so) as the target; choose another --target or attack untargeted (--target none)"
+        )
+    attack._start_pool = pool  # type: ignore[attr-defined]
+
+
 def check_threat_model(attack: Attack, info: ModelInfo, method: str) -> None:
     """Refuse an attack that needs more of the model than it offers (gradients of a black-box model)."""
     needed = THREAT_MODEL_OF[attack.needs]
     if needed != "transfer" and needed not in info.offers:
         raise ConfigError(
             f"{method} is a {needed} attack but {info.spec} offers {', '.join(info.offers[:-1])} only; "
-            "choose a score-based attack (--method square) or give a model with gradients"
+            "choose an attack it allows (--method square needs scores, hopskipjump labels only) or give a model "
+            "with gradients"
         )
 
 

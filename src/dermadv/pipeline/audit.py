@@ -41,7 +41,7 @@ from dermadv.pipeline.attack import AttackRunConfig, attack_split, model_target
 from dermadv.pipeline.evaluate import evaluate_checkpoint
 from dermadv.pipeline.model_check import ModelCheck, check_model
 from dermadv.pipeline.models import ModelSpec, checked, open_model, training_split
-from dermadv.runs import Run, atomic_path, write_json
+from dermadv.runs import Run, atomic_path, check_same_run, write_json
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,11 @@ ATTACKS = {
         "square",
         "the model answers scores but no gradients: Square Attack (Andriushchenko et al. 2020), {queries} queries "
         "per image",
+    ),
+    "decision-based": (
+        "hopskipjump",
+        "the model answers labels only: HopSkipJump (Chen et al. 2020), {queries} queries per image, each search "
+        "started from a training image the model labels as the target",
     ),
 }
 
@@ -74,6 +79,7 @@ class AuditConfig:
     batch_size: int = 32
     allow_incomplete: bool = False
     progress: bool = True
+    resume: bool = False  # continue an interrupted audit in ``out``: same settings; its attack replays its journal
 
     def __post_init__(self) -> None:
         parse_eps(self.eps, saved=True)
@@ -128,8 +134,8 @@ def choose_attack(offers: tuple[str, ...], *, steps: int = 20, queries: int = 10
             method, why = ATTACKS[threat]
             return threat, method, why.format(steps=steps, queries=queries)
     raise ConfigError(
-        f"the model offers {', '.join(offers)}; dermadv has no decision-based (labels only) attack yet: "
-        "give a model that returns scores (set `output: probabilities` or `logits` in its card)"
+        f"the model offers {', '.join(offers)}; the audit attacks the model itself and needs at least its labels "
+        "(decision-based): choose another --threat-model"
     )
 
 
@@ -176,9 +182,10 @@ def audit(cfg: AuditConfig) -> AuditResult:
         why += f" ({source.info.offers[0]} has no attack here)"
     split_file = cfg.split_file or training_split(source, cfg.model)
     del source
-    run = Run(
-        out, command="audit", config={**cfg.model.config(), **{k: v for k, v in vars(cfg).items() if k != "model"}}
-    )
+    settings = {**cfg.model.config(), **{k: v for k, v in vars(cfg).items() if k != "model"}}
+    if cfg.resume:
+        check_same_run(out, command="audit", config=settings, ignore=("out", "resume", "progress", "allow_incomplete"))
+    run = Run(out, command="audit", config=settings)
     if split_file is None:  # one split for every stage: the data's lesion-grouped split of seed 0, written here
         from dermadv.data.load import load_dataset
         from dermadv.data.splits import make_splits, save_splits
@@ -221,7 +228,7 @@ def audit(cfg: AuditConfig) -> AuditResult:
             target=cfg.target,
             eps=cfg.eps,
             steps=cfg.steps,
-            queries=cfg.queries if method == "square" else None,
+            queries=cfg.queries if method in ("square", "hopskipjump") else None,
             limit=cfg.limit,
             seed=cfg.seed,
             # a query-based attack sends every still-searching image of its batch in one call per iteration: a
@@ -229,6 +236,7 @@ def audit(cfg: AuditConfig) -> AuditResult:
             batch_size=cfg.batch_size if method == "pgd" else max(cfg.batch_size, 256),
             progress=cfg.progress,
             allow_incomplete=cfg.allow_incomplete,
+            resume=cfg.resume,
         )
         metrics = attack_split(attack_cfg) or evaluate_attack_folder(out / "attack")
     count("attack")
@@ -247,9 +255,15 @@ def audit(cfg: AuditConfig) -> AuditResult:
     }
     result = AuditResult(mc.model, threat, why, mc, clean, metrics, checks, timing)
     from dermadv.report.audit import render_audit_markdown
+    from dermadv.report.figures import QUERIES_FIGURE, success_vs_queries
 
     write_json(out / "audit.json", result.to_dict())
+    query_table = None
+    if (metrics.attack.get("queries") or {}).get("attack_queries") is not None:  # a query-based attack
+        query_table = success_vs_queries(out / "attack", out / QUERIES_FIGURE).table()
     with atomic_path(out / "audit.md") as tmp:
-        Path(tmp).write_text(render_audit_markdown(result.to_dict()))
+        Path(tmp).write_text(
+            render_audit_markdown(result.to_dict(), query_table=query_table, queries_figure=QUERIES_FIGURE)
+        )
     run.finish(threat_model=threat, timing=timing)
     return replace(result)

@@ -26,7 +26,7 @@ from torch import nn
 
 from dermadv import distributed as dd
 from dermadv.attacks.gradient import PGD
-from dermadv.config import format_eps, parse_eps, parse_eps_list
+from dermadv.config import check_at_least, check_positive, check_types, format_eps, parse_eps, parse_eps_list
 from dermadv.data.classes import class_index
 from dermadv.data.load import Prepared, prepare, split_beside, to_float
 from dermadv.data.splits import stratified_sample
@@ -56,7 +56,7 @@ from dermadv.errors import ConfigError, RunError
 from dermadv.models.checkpoints import CheckpointMeta, check_fits, load_checkpoint
 from dermadv.models.classifier import ResizedClassifier
 from dermadv.pipeline.apply import quantise, read_png
-from dermadv.runs import Run, read_json, write_csv, write_json
+from dermadv.runs import Run, read_json, require_complete, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,16 @@ class DefenceConfig:
     split_file: str | None = None
     limit: int | None = None  # a class-stratified sample of this many images of the split
     batch_size: int = 64
+    allow_incomplete: bool = False  # accept the checkpoint (or attack folder) of an unfinished run, with a warning
+
+    def __post_init__(self) -> None:
+        # every option of every defence command checked before the model or any image is loaded
+        check_types(self)
+        check_at_least(self, 0, "seed")
+        counts = ("limit", "batch_size", "steps", "eot_samples", "n0", "n", "fit_limit")
+        check_at_least(self, 1, *(name for name in counts if hasattr(self, name)))
+        if hasattr(self, "sigma"):
+            check_positive(self, "sigma")
 
 
 @dataclass(frozen=True)
@@ -148,6 +158,8 @@ class Sample:
 
 def load_sample(cfg: DefenceConfig) -> Sample:
     device = dd.default_device()
+    if Path(cfg.checkpoint).is_file():  # a missing one: load_checkpoint says so
+        require_complete(cfg.checkpoint, allow_incomplete=cfg.allow_incomplete)
     model, meta = load_checkpoint(cfg.checkpoint, device=device)
     split_file = cfg.split_file or split_beside(cfg.checkpoint)
     prep = prepare(cfg.data, image_size=meta.image_size, split_file=split_file, seed=cfg.seed)
@@ -367,6 +379,7 @@ def _fit_detector(cfg: DetectConfig, sample: Sample, target: int | None) -> tupl
 def detect_split(cfg: DetectConfig) -> DetectResult:
     """Fit a detector on clean training features, set its threshold on validation, test it on an attack folder."""
     check_attack_folder(Path(cfg.attack_folder))
+    require_complete(cfg.attack_folder, allow_incomplete=cfg.allow_incomplete)
     sample, run = _start(cfg, "defend detect")
     folder = read_attack_folder(Path(cfg.attack_folder), sample.meta.classes)
     target = folder.target

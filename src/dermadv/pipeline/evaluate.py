@@ -17,7 +17,7 @@ from dermadv.errors import ConfigError
 from dermadv.evaluation.metrics import ClassificationReport, classification_metrics, write_classification_outputs
 from dermadv.evaluation.stats import CI_METHODS
 from dermadv.models.sources import label_map
-from dermadv.pipeline.models import ModelSpec, as_spec, checked, open_model, training_split
+from dermadv.pipeline.models import ModelSpec, as_spec, check_unseen, checked, open_model, training_split
 from dermadv.runs import Run
 from dermadv.training.classifier import predict_logits
 
@@ -36,13 +36,15 @@ def evaluate_checkpoint(
     batch_size: int = 256,
     defence: str | None = None,
     allow_incomplete: bool = False,
+    allow_training_images: bool = False,
 ) -> ClassificationReport:
     """Predict ``split`` with the checkpoint and write metrics/predictions into ``out``.
 
     The split defaults to the ``split.csv`` written by the training run, so the test images are the
     ones the classifier never saw. ``split="all"`` without a split file takes every image of ``data`` and needs no
     split: on data the checkpoint was not trained on (an external test set) the log says so. With a ``defence`` (``jpeg:75``…) the
-    images pass through it first.
+    images pass through it first. A checkpoint that records its training images is refused on a split holding
+    any of them (but ``train``), unless ``allow_training_images``.
     """
     spec = as_spec(checkpoint)
     if split not in (*SPLITS, "all"):
@@ -77,6 +79,8 @@ def evaluate_checkpoint(
     idx = prep.indices(split)
     if len(idx) == 0:
         raise ConfigError(f"the {split} split of {data or 'the synthetic set'} is empty; choose another --split")
+    image_ids = [prep.dataset.image_ids[i] for i in idx]
+    trained = check_unseen(source, spec, image_ids, split=split, allow=allow_training_images)
     source = checked(source, prep.images[idx[:32]], device=device)
     info = source.info
     model: nn.Module = defence_spec(source) if defence_spec is not None else source
@@ -95,6 +99,7 @@ def evaluate_checkpoint(
             "ci_method": ci_method,
             "external_data": external,
             "defence": str(defence_spec) if defence_spec is not None else None,
+            "allow_training_images": allow_training_images,
         },
         data_fingerprint=prep.dataset.fingerprint,
         fingerprints={"model": info.fingerprint},
@@ -110,13 +115,14 @@ def evaluate_checkpoint(
     write_classification_outputs(
         report,
         out,
-        image_ids=[prep.dataset.image_ids[i] for i in idx],
+        image_ids=image_ids,
         labels=labels,
         probs=probs,
         classes=info.classes,
     )
     run.update(model=info.to_dict(), queries=source.counter.snapshot())
-    run.finish(n_images=int(len(idx)))
+    # scores on images the checkpoint was trained on are no held-out measure: the manifest counts them
+    run.finish(n_images=int(len(idx)), training_images_evaluated=trained)
     log.info("wrote %s", out)
     return report
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,8 +11,12 @@ import numpy as np
 import torch
 
 from dermadv.data.load import split_beside, to_float
+from dermadv.errors import ConfigError
+from dermadv.models.checkpoints import read_training_images
 from dermadv.models.sources import SourceModel, load_model, verify_onnx
 from dermadv.runs import require_complete
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -60,3 +66,33 @@ def checked(model: SourceModel, images_uint8: np.ndarray, *, device: str | torch
 def training_split(model: SourceModel, spec: ModelSpec) -> str | None:
     """The split file a dermadv training run wrote beside its checkpoint; none for any other model."""
     return split_beside(spec.model) if model.info.kind == "dermadv" else None
+
+
+def check_unseen(
+    model: SourceModel, spec: ModelSpec, image_ids: Sequence[str], *, split: str, allow: bool = False
+) -> int:
+    """Refuse to score a dermadv checkpoint on images it was trained on; return how many of ``image_ids`` it was.
+
+    The checkpoint's own record of its training images decides (a split file can be any file). A checkpoint of an
+    older dermadv, or a model of another source, records none: nothing is checked and 0 returned. ``split
+    train`` asks for training images by name and is not refused; ``allow`` (``--allow-training-images``) lets
+    any split through with a warning.
+    """
+    trained = read_training_images(spec.model) if model.info.kind == "dermadv" else None
+    if trained is None:
+        return 0
+    seen = sum(i in trained for i in image_ids)
+    if seen and split != "train" and not allow:
+        what = "images" if split == "all" else f"{split} images"
+        fix = (
+            "evaluate data it was not trained on"
+            if split == "all"
+            else f"pass the split the checkpoint was trained with ({split_beside(spec.model) or 'its split.csv'})"
+        )
+        raise ConfigError(
+            f"{seen} of the {len(image_ids)} {what} were in the classifier's training split; {fix} or "
+            "--allow-training-images"
+        )
+    if seen:
+        log.warning("%d of the %d %s images trained %s: scores on them are not held-out", seen, len(image_ids), split, spec.model)
+    return seen

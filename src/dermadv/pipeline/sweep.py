@@ -50,8 +50,36 @@ def _runs(method: str, eps: float, generators: Path | None) -> Iterator[tuple[st
         path = (generators / generator_folder(protocol, eps) / "generator.safetensors") if generators else None
         if path is not None and path.exists():
             yield protocol, path
-        else:
-            log.warning("no %s generator fitted at eps %s; skipping advgan there", protocol, format_eps(eps))
+
+
+#: one run of a sweep: (method, eps as given, protocol, generator)
+Planned = tuple[str, str, str | None, Path | None]
+
+
+def plan_sweep(methods: Sequence[str], eps_values: Sequence[str], generators: Path | None) -> list[Planned]:
+    """Every run of the sweep, in order; refused when a method has nothing to run (advgan without a generator
+    fitted at any of the budgets), since a sweep that skips it would finish "complete" without it."""
+    planned = [
+        (method, eps_text, protocol, generator)
+        for eps_text in eps_values
+        for method in methods
+        for protocol, generator in _runs(method, parse_eps(eps_text, saved=True), generators)
+    ]
+    if GeneratorAttack.name in methods:
+        fitted = {eps_text for method, eps_text, _, _ in planned if method == GeneratorAttack.name}
+        if not fitted:
+            where = f"in {generators}" if generators else "(no --generators folder given)"
+            raise ConfigError(
+                f"--methods {GeneratorAttack.name} has no generator to run {where}: pass --generators with "
+                f"<protocol>-eps<k>_255/generator.safetensors fits (`dermadv attack fit`, or a reproduce folder's "
+                f"sweep/generators), or drop {GeneratorAttack.name}"
+            )
+        for eps_text in eps_values:
+            if eps_text not in fitted:
+                log.warning("no generator fitted at eps %s in %s; skipping advgan there", eps_text, generators)
+    if not planned:
+        raise ConfigError("the sweep has nothing to run; give --methods and --eps that make at least one attack")
+    return planned
 
 
 def sweep(
@@ -68,16 +96,16 @@ def sweep(
     """
     base = Path(cfg.out)
     configs = _check_sweep(cfg, methods, eps_values)
+    planned = plan_sweep(methods, eps_values, generators)
     rows: list[dict[str, Any]] = []
     for eps_text in eps_values:
         eps = parse_eps(eps_text, saved=True)
-        for method in methods:
-            for protocol, generator in _runs(method, eps, generators):
-                sub = replace(
-                    configs[method, eps_text], generator=generator, out=base / attack_folder(method, eps, protocol)
-                )
-                if not (resume and run_complete(sub.out)):
-                    attack_split(sub)
+        for method, _, protocol, generator in (p for p in planned if p[1] == eps_text):
+            sub = replace(
+                configs[method, eps_text], generator=generator, out=base / attack_folder(method, eps, protocol)
+            )
+            if not (resume and run_complete(sub.out)):
+                attack_split(sub)
         if dd.is_main():
             rows = write_sweep_csv(base)
     return rows
@@ -114,6 +142,7 @@ def attack_sweep(
     differs), so that ``sweep.csv``, rebuilt from every attack folder there, never mixes two settings.
     """
     _check_sweep(cfg, methods, eps_values)
+    plan_sweep(methods, eps_values, generators)  # before the folder is made
     require_complete(cfg.checkpoint, allow_incomplete=cfg.allow_incomplete)
     checkpoint = Path(cfg.checkpoint)
     load_checkpoint(checkpoint)  # a missing or foreign checkpoint is refused before the folder is made

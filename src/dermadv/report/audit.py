@@ -1,4 +1,5 @@
-"""The audit's report page, rendered from ``audit.json`` alone (pure: a dict in, Markdown out)."""
+"""The audit's report page, rendered from ``audit.json`` and the attack's per-class query table (pure: dicts in,
+Markdown out)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,45 @@ def _pct(interval: dict[str, Any] | None) -> str:
     return f"{interval['estimate']:.1%} ({interval['low']:.1%}–{interval['high']:.1%})"
 
 
-def render_audit_markdown(audit: dict[str, Any]) -> str:
-    """The audit as Markdown: model, threat model, check, clean accuracy, the paper's table, checks, timing."""
+def _share(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0%}"
+
+
+def render_queries_markdown(table: dict[str, Any], *, figure: str | None = None) -> list[str]:
+    """The "success against queries" section: ``table`` as :meth:`dermadv.report.figures.QueryCurves.table`
+    returns it, and the figure's file name beside ``audit.md``."""
+    marks, budget, target = table["marks"], table["budget"], table["target"]
+    fooled = f"predicted `{target}`" if target is not None else "misclassified"
+    lines = ["", "## Success against queries", ""]
+    if figure:
+        lines += [f"![Share of each true class {fooled.replace('`', '')} within q queries]({figure})", ""]
+    lines += [
+        "| true class | n | "
+        + " | ".join(f"fooled within {q}" for q in marks)
+        + f" | fooled within the budget ({budget}) "
+        "| median queries among successes |",
+        "|---|---:|" + "---:|" * (len(marks) + 2),
+    ]
+    for row in table["classes"]:
+        median = row["median_queries"]
+        cells = [_share(row["within"][q]) for q in marks] + [
+            _share(row["fooled"]),
+            "–" if median is None else f"{median:g}",
+        ]
+        lines.append(f"| {row['label']} | {row['n']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Fooled: {fooled} on the saved PNG; queries: what the attack spent on the image (it stops at success). "
+        f"The budget was {budget} queries per image (–: beyond it). The target class is left out.",
+    ]
+    return lines
+
+
+def render_audit_markdown(
+    audit: dict[str, Any], *, query_table: dict[str, Any] | None = None, queries_figure: str | None = None
+) -> str:
+    """The audit as Markdown: model, threat model, check, clean accuracy, the paper's table, checks, timing; for a
+    query-based attack, ``query_table`` (see :func:`render_queries_markdown`) adds success against queries."""
     model, attack, clean, timing = audit["model"], audit["attack"], audit["clean"], audit["timing"]
     queries = attack.get("queries") or {}
     lines = [
@@ -46,6 +84,8 @@ def render_audit_markdown(audit: dict[str, Any]) -> str:
             f"({queries['attack_queries'] / max(1, attack['n']):.1f} per image); answered by the model in all: "
             f"{queries.get('queries')}."
         )
+    if query_table is not None:
+        lines += render_queries_markdown(query_table, figure=queries_figure)
     lines += ["", "## Reliability checks", ""]
     lines += [f"- **{c['status']}** {c['name']}: {c['figure']} — {c['detail']}" for c in audit["checks"]]
     lines += [

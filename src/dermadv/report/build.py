@@ -31,7 +31,7 @@ from dermadv.report.readers import (
     read_sweep,
 )
 from dermadv.report.summary import setting_rows, split_method, summary_measures, summary_paragraphs
-from dermadv.runs import atomic_write_text, write_json
+from dermadv.runs import atomic_write_text, require_complete, write_json
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +173,12 @@ def collect(run_dir: str | Path, *, last_stage: bool = False) -> ReportData:
         run_dir, sources, split_path=layout.split, stages=stages, attack=attack.attack if attack else None
     )
     notes += _missing_notes(layout, parts, notes)
+    notes += [
+        f"Unfinished run: {'this folder' if s.folder == '.' else s.folder} ({s.name}) stopped before it finished "
+        f"(its manifest.json says {s.manifest.get('status')}); what this report shows of it is partial."
+        for s in stages
+        if s.manifest.get("status") != "complete" and not (last_stage and s.folder == ".")
+    ]
     classes = tuple((attack.attack.get("classes") if attack else None) or ())
     if not classes and classifier is not None:
         classes = tuple((classifier.metrics or {}).get("classes") or ())
@@ -253,9 +259,31 @@ def summary_json(data: ReportData) -> dict[str, Any]:
     }
 
 
-def build_report(run_dir: str | Path, *, open_browser: bool = False, last_stage: bool = False) -> Path:
-    """Write ``<run_dir>/report/`` and return the path of its ``index.html`` (``last_stage``: see :func:`collect`)."""
+def check_finished(run_dir: str | Path, *, last_stage: bool = False, allow_incomplete: bool = False) -> None:
+    """Refuse a run folder any of whose parts (classifier, generator, attack, study, defences) is a run that did not
+    finish: its outputs would be reported as if whole. ``allow_incomplete``: report them, marked unfinished."""
+    layout = locate(Path(run_dir).resolve())
+    for _, folder in layout.stage_folders():
+        if last_stage and folder == layout.run_dir:
+            continue  # the run writing this report: it completes once the report is written
+        require_complete(
+            folder,
+            allow_incomplete=allow_incomplete,
+            fix="finish that run first (or rerun it), or pass --allow-incomplete to report it marked unfinished",
+        )
+
+
+def build_report(
+    run_dir: str | Path, *, open_browser: bool = False, last_stage: bool = False, allow_incomplete: bool = False
+) -> Path:
+    """Write ``<run_dir>/report/`` and return the path of its ``index.html`` (``last_stage``: see :func:`collect`).
+
+    A part of the folder that is the output of an unfinished run is refused (:func:`check_finished`), or reported
+    marked unfinished under ``allow_incomplete``.
+    """
     t0 = time.time()
+    if Path(run_dir).is_dir():  # a missing folder: collect says so
+        check_finished(run_dir, last_stage=last_stage, allow_incomplete=allow_incomplete)
     data = collect(run_dir, last_stage=last_stage)
     out = data.run_dir / REPORT_DIR
     for sub in ("figures", "images", "sources"):

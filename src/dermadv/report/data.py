@@ -121,6 +121,12 @@ class AttackPart:
     generator_history_link: Link | None
     grid: list[GridRow]
     notes: list[str] = field(default_factory=list)
+    status: str | None = None  # its manifest's: "complete", or how the run stopped; None: the folder has none
+    images_saved: int | None = None  # adversarial PNGs in images/adv (fewer than n_images when a run stopped)
+
+    @property
+    def unfinished(self) -> bool:
+        return self.status not in (None, "complete")
 
     @property
     def eps_255(self) -> float | None:

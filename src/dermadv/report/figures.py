@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +20,10 @@ from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, PercentFor
 
 from dermadv.data.classes import CLASS_COLOURS
 from dermadv.defences.results import CardResult
+from dermadv.errors import DataError
 from dermadv.evaluation.attack_metrics import AttackMetrics
 from dermadv.report.data import READ_ERRORS, FigureFile, ReportData
+from dermadv.report.readers import read_json_dict
 
 log = logging.getLogger(__name__)
 
@@ -414,6 +418,173 @@ def card_figure(result: CardResult) -> Figure:
     return fig
 
 
+#: the query budgets of the "fooled within q queries" table
+QUERY_MARKS = (10, 100, 1000)
+#: the figure's file name in an audit folder
+QUERIES_FIGURE = "success_vs_queries.png"
+
+
+@dataclass(frozen=True)
+class QueryCurve:
+    """One true class under a query-based attack: the queries each image spent and whether it was fooled."""
+
+    label: str
+    queries: np.ndarray  # per image
+    fooled: np.ndarray  # bool per image: predicted as the target (targeted) or not as its label (untargeted)
+
+    @property
+    def n(self) -> int:
+        return int(self.fooled.size)
+
+    def fooled_within(self, q: float) -> float:
+        """The share of the class's images fooled with at most ``q`` queries."""
+        return float(np.mean(self.fooled & (self.queries <= q))) if self.n else float("nan")
+
+    @property
+    def median_queries(self) -> float | None:
+        """The median queries among the fooled images; None when none was fooled."""
+        spent = self.queries[self.fooled]
+        return float(np.median(spent)) if spent.size else None
+
+
+@dataclass(frozen=True)
+class QueryCurves:
+    """Success against queries per true class (the target class left out), with the per-image budget."""
+
+    curves: tuple[QueryCurve, ...]
+    target: str | None
+    budget: int
+
+    def table(self, marks: Sequence[int] = QUERY_MARKS) -> dict[str, Any]:
+        """Per class, the share fooled within each of ``marks`` queries (None beyond the budget) and the median
+        queries among successes; plain values, as ``audit.md`` renders them."""
+        rows = [
+            {
+                "label": c.label,
+                "n": c.n,
+                "fooled": c.fooled_within(self.budget),
+                "within": {q: (c.fooled_within(q) if q <= self.budget else None) for q in marks},
+                "median_queries": c.median_queries,
+            }
+            for c in self.curves
+        ]
+        return {"target": self.target, "budget": self.budget, "marks": list(marks), "classes": rows}
+
+
+def query_curves(
+    predictions: pd.DataFrame,
+    *,
+    target: str | None,
+    budget: int | None = None,
+    classes: Sequence[str] | None = None,
+) -> QueryCurves:
+    """Success against queries from the rows of an attack's ``predictions.csv`` (``label``, ``adv_pred``,
+    ``queries``); ``budget`` defaults to the most queries any image spent."""
+    missing = [c for c in ("label", "adv_pred", "queries") if c not in predictions.columns]
+    if missing:
+        raise DataError(
+            f"predictions lack the column(s) {', '.join(missing)}; success against queries needs the per-image "
+            "queries of a query-based attack (e.g. `dermadv attack run --method square`)"
+        )
+    queries = pd.to_numeric(predictions["queries"], errors="coerce").to_numpy(dtype=float)
+    if not np.isfinite(queries).all() or (queries < 0).any():
+        raise DataError("the queries column holds missing or negative values; rerun the attack")
+    labels = predictions["label"].astype(str).to_numpy()
+    adv = predictions["adv_pred"].astype(str).to_numpy()
+    fooled = adv == target if target is not None else adv != labels
+    top = int(queries.max()) if queries.size else 1
+    if budget is None:
+        budget = max(1, top)
+    elif budget < top:
+        raise DataError(f"an image spent {top} queries, more than the budget {budget}; pass the attack's budget")
+    order = [c for c in (classes or sorted(set(labels))) if c != target]
+    curves = tuple(
+        QueryCurve(c, queries[labels == c].astype(np.int64), fooled[labels == c]) for c in order if (labels == c).any()
+    )
+    return QueryCurves(curves, target, int(budget))
+
+
+def _attack_budget(attack_dir: Path, attack: dict[str, Any]) -> int | None:
+    """The per-image query budget: the run's ``--queries``, else the attack's repr (``Square(…, queries=1000, …)``)."""
+    try:
+        queries = (read_json_dict(attack_dir / "manifest.json").get("config") or {}).get("queries")
+    except READ_ERRORS:
+        queries = None
+    if isinstance(queries, int) and queries > 0:
+        return queries
+    found = re.search(r"\bqueries=(\d+)", str(attack.get("params") or ""))
+    return int(found.group(1)) if found else None
+
+
+def read_query_curves(attack_dir: Path, *, target: str | None = None, budget: int | None = None) -> QueryCurves:
+    """:func:`query_curves` of an attack output folder, with its target, classes and budget from its files."""
+    attack_dir = Path(attack_dir)
+    attack = read_json_dict(attack_dir / "attack.json")
+    predictions = pd.read_csv(attack_dir / "predictions.csv", dtype={"image_id": str, "label": str, "adv_pred": str})
+    if budget is None:
+        budget = _attack_budget(attack_dir, attack)
+        spent = pd.to_numeric(predictions["queries"], errors="coerce") if "queries" in predictions else None
+        if budget is not None and spent is not None and spent.max() > budget:
+            log.warning("%s: an image spent more than the budget %d read from its run; using the most spent",
+                        attack_dir, budget)  # fmt: skip
+            budget = None
+    return query_curves(
+        predictions,
+        target=target if target is not None else attack.get("target"),
+        budget=budget,
+        classes=attack.get("classes"),
+    )
+
+
+def success_vs_queries_figure(result: QueryCurves) -> Figure:
+    """Per true class, the share of images fooled within q queries, a step curve over a log q axis (1 to the
+    budget); the legend gives each class's median queries among its successes."""
+    fig = Figure(figsize=(7.5, 3.2))
+    ax = fig.subplots()
+    budget = max(2, result.budget)  # a log axis needs some width
+    for curve in result.curves:
+        spent, counts = np.unique(curve.queries[curve.fooled], return_counts=True)
+        share = np.cumsum(counts) / max(1, curve.n)
+        x = np.concatenate([[1], spent, [budget]]).astype(float)
+        y = 100 * np.concatenate([[0.0], share, [share[-1] if share.size else 0.0]])
+        median = curve.median_queries
+        label = f"{curve.label} (n = {curve.n}): " + (
+            f"{share[-1]:.0%} fooled, median {median:g} quer{'y' if median == 1 else 'ies'}"
+            if median is not None
+            else "none fooled"
+        )
+        ax.step(x, y, where="post", color=class_colour(curve.label), linewidth=1.6, label=label)
+    for q in QUERY_MARKS:
+        if q < budget:
+            ax.axvline(q, color="#999999", linestyle=":", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlim(1, budget)
+    ax.set_xlabel(f"queries per image (log scale; budget {result.budget})")
+    _percent_axis(
+        ax, f"images predicted {result.target} (%)" if result.target is not None else "images misclassified (%)"
+    )
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), title="true class", frameon=False)
+    return fig
+
+
+def success_vs_queries(
+    source: Path | str | pd.DataFrame,
+    out_path: Path | str,
+    *,
+    target: str | None = None,
+    budget: int | None = None,
+) -> QueryCurves:
+    """Draw :func:`success_vs_queries_figure` into ``out_path`` (PNG) from an attack output folder or the rows
+    of its ``predictions.csv`` (then ``target`` None means untargeted); returns the curves drawn."""
+    if isinstance(source, pd.DataFrame):
+        result = query_curves(source, target=target, budget=budget)
+    else:
+        result = read_query_curves(Path(source), target=target, budget=budget)
+    with _style():
+        save(success_vs_queries_figure(result), Path(out_path))
+    return result
+
+
 def _figures_to_draw(data: ReportData) -> Iterator[tuple[str, Any]]:
     """(name, thunk) for each figure the data allow; thunks return a Figure or None."""
     classes = data.classes
@@ -454,6 +625,10 @@ def _figures_to_draw(data: ReportData) -> Iterator[tuple[str, Any]]:
         if attack.per_image is not None:
             per_image, eps_255 = attack.per_image, attack.eps_255
             yield "sizes", lambda: sizes_figure(per_image, eps_255)
+        spent = attack.attack.get("queries")
+        if isinstance(spent, dict) and spent.get("attack_queries") is not None:  # per-image queries were counted
+            attack_dir = data.run_dir / attack.folder
+            yield "success_vs_queries", lambda: success_vs_queries_figure(read_query_curves(attack_dir))
     if data.sweep is not None:
         sweep = data.sweep.table
         yield "robustness", lambda: robustness_figure(sweep)
@@ -474,7 +649,7 @@ def write_figures(data: ReportData, out_dir: Path) -> tuple[dict[str, FigureFile
                     continue
                 width, height = save(fig, out_dir / f"{name}.png")
                 written[name] = FigureFile(f"{out_dir.name}/{name}.png", width, height)
-            except (*READ_ERRORS, ArithmeticError) as exc:
+            except (*READ_ERRORS, ArithmeticError, DataError) as exc:
                 log.warning("figure %s left out: %s", name, exc)
                 notes.append(f"figure {name} left out: {type(exc).__name__}: {exc}")
     return written, notes

@@ -28,6 +28,8 @@ from dermadv.report.data import (
     SweepPart,
 )
 
+from dermadv.runs import read_manifest
+
 log = logging.getLogger(__name__)
 
 
@@ -222,6 +224,10 @@ def read_attack(attack_dir: Path, sources: Sources, *, generator_dir: Path | Non
                 notes.append(f"generator curves left out: cannot read generator/history.csv ({_short(exc)})")
     elif attack.get("method") == "advgan":
         notes.append("generator settings left out: the generator's fit folder is not in this run folder")
+    manifest = read_manifest(attack_dir)
+    status = str(manifest.get("status")) if manifest is not None else None
+    if status not in (None, "complete"):
+        notes.append(f"the attack run did not finish ({prefix}manifest.json says {status}): its outputs are partial")
     return AttackPart(
         folder="." if rel == "." else rel,
         attack=attack,
@@ -238,6 +244,8 @@ def read_attack(attack_dir: Path, sources: Sources, *, generator_dir: Path | Non
         generator_history_link=generator_history_link,
         grid=grid,
         notes=notes,
+        status=status,
+        images_saved=len(list((attack_dir / "images" / "adv").glob("*.png"))),
     )
 
 

@@ -200,6 +200,16 @@ def _attack_text(attack: AttackPart) -> str:
     aim = f"targeted at {target} ({CLASS_NAMES.get(target, target)})" if target else "untargeted"
     eps = f" with an L∞ budget of {eps_text(attack.eps_255)}" if attack.eps_255 else ""
     text = f"The {a.get('method', 'attack')} attack, {aim}{eps}, was applied to {a.get('n_images', 'the')} test images"
+    if attack.unfinished:
+        saved = f"{attack.images_saved} of" if attack.images_saved is not None else "some of"
+        text = (
+            f"The {a.get('method', 'attack')} attack, {aim}{eps}, was started on {a.get('n_images', 'the')} test "
+            f"images but its run was {attack.status}: it saved {saved} them, and what is shown of it is partial."
+        )
+        return text
+    trained = a.get("training_images_attacked")
+    if isinstance(trained, int) and trained > 0:
+        text += f" ({trained} of them were images the classifier was trained on: not a held-out measure)"
     if am is None:
         return text + "; it has not been evaluated yet (`dermadv evaluate-attack`)."
     text += (

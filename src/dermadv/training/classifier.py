@@ -24,7 +24,8 @@ from tqdm.auto import tqdm
 
 from dermadv import distributed as dd
 from dermadv.attacks.base import Attack
-from dermadv.config import check_at_least, check_positive, check_share, check_types
+from dermadv.config import check_at_least, check_at_most, check_positive, check_share, check_types
+from dermadv.data.dataset import fingerprint_of
 from dermadv.data.load import Prepared, prepare, to_float
 from dermadv.data.splits import save_splits
 from dermadv.errors import ConfigError, DivergedError
@@ -89,6 +90,8 @@ class TrainConfig:
         check_types(self)
         check_at_least(self, 1, "epochs", "batch_size", "max_train_images")
         check_at_least(self, 8, "image_size")
+        # a batch of 1,400 images at 60000 px asks for terabytes; dermatoscopic classifiers train at 224–600 px
+        check_at_most(self, 2048, "image_size", why=" pixels")
         check_at_least(self, 0, "seed", "weight_decay", "warmup_epochs", "patience")  # patience 0: one epoch
         check_positive(self, "lr")
         check_share(self, "label_smoothing", "ema_decay")
@@ -153,11 +156,21 @@ def lr_lambda(step: int, *, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def batch_sizes(n: int, batch_size: int) -> list[int]:
+    """Sizes of the batches of ``n`` images: ``batch_size`` each, a last batch of one image merged into the one
+    before it (batch norm cannot normalise a single image in training mode: 49 images at batch 16 used to crash)."""
+    sizes = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
+    if len(sizes) > 1 and sizes[-1] == 1:
+        sizes[-2:] = [sizes[-2] + 1]
+    return sizes
+
+
 def batches(
     images: torch.Tensor, indices: torch.Tensor, batch_size: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Batches of ``images[indices]``; ``indices`` lives on the images' device, so slicing copies nothing from the host."""
-    for idx in indices.split(batch_size):
+    """Batches of ``images[indices]`` (see :func:`batch_sizes`); ``indices`` lives on the images' device, so slicing
+    copies nothing from the host."""
+    for idx in indices.split(batch_sizes(len(indices), batch_size)):
         yield idx, images[idx]
 
 
@@ -254,7 +267,7 @@ def train_one_epoch(
     model.train()
     total = torch.zeros((), device=device)
     count = 0
-    nb = math.ceil(len(indices) / cfg.batch_size)
+    nb = len(batch_sizes(len(indices), cfg.batch_size))
     bar = tqdm(
         batches(images, indices, cfg.batch_size),
         total=nb,
@@ -285,6 +298,18 @@ def train_one_epoch(
         total += loss.detach() * len(idx)
         count += len(idx)
     return float(total) / max(1, count)  # one host sync per epoch
+
+
+def check_classes(counts: dict[str, int]) -> None:
+    """Refuse a training split of fewer than two classes: it trains a model whose every answer is that class (and
+    whose validation accuracy on the other classes is 0), yet the run would call itself complete."""
+    present = {c: n for c, n in counts.items() if n}
+    if len(present) < 2:
+        listed = ", ".join(f"{c}: {n} images" for c, n in present.items())
+        raise ConfigError(
+            f"the training split holds images of one class only ({listed}); a classifier needs at least 2 classes: "
+            "add images of the other classes to the data"
+        )
 
 
 def check_finite(model: nn.Module, loss: float, *, epoch: int, what: str, fix: str) -> None:
@@ -348,6 +373,7 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
         train_idx = train_idx[: cfg.max_train_images]
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise ConfigError("the split has an empty train or val part; use more data or other --split fractions")
+    check_classes(ds.class_counts(train_idx))
     if start_from is not None:
         model, init_meta = start_from
         check_fits(init_meta, ds.classes, path=str(cfg.init))
@@ -390,7 +416,7 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
         optimizer = torch.optim.SGD(
             model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True
         )
-    steps_per_epoch = math.ceil(math.ceil(len(train_idx) / dd.world_size()) / cfg.batch_size)
+    steps_per_epoch = len(batch_sizes(math.ceil(len(train_idx) / dd.world_size()), cfg.batch_size))
     total_steps = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, total=total_steps, warmup=warmup))
@@ -418,6 +444,10 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
         log.info("resumed %s at epoch %d", out, start_epoch)
 
     info = model.weights_info or WeightsInfo("none")
+    # the checkpoint records the images it learnt from (and those its --init learnt from), so `evaluate` and
+    # `attack run` can refuse to score it on them
+    inherited = start_from[1].training_images if start_from is not None else ()
+    trained_on = tuple(sorted({*inherited, *(ds.image_ids[i] for i in train_idx)}))
     meta = CheckpointMeta(
         arch=cfg.arch,
         classes=ds.classes,
@@ -426,6 +456,8 @@ def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
         std=info.std,
         data_fingerprint=ds.fingerprint,
         weights=info.source,
+        training_images=trained_on,
+        training_images_fingerprint=fingerprint_of(list(trained_on)),
     )
     adversarial = training_attack(
         cfg.adversarial, cfg.adv_eps, cfg.adv_steps, generator=cfg.adv_generator, classes=ds.classes, device=device

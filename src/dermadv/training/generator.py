@@ -31,7 +31,7 @@ from dermadv.attacks.generator import (
     generate,
     save_generator,
 )
-from dermadv.config import check_at_least, check_budgets, check_positive, check_types, parse_eps
+from dermadv.config import check_at_least, check_at_most, check_budgets, check_positive, check_types, parse_eps
 from dermadv.data.classes import class_index
 from dermadv.data.load import prepare, split_beside, to_float
 from dermadv.data.splits import stratified_sample
@@ -154,6 +154,7 @@ class GeneratorConfig:
         if self.condition not in CONDITIONS:
             raise ConfigError(f"condition must be one of {', '.join(CONDITIONS)}; got {self.condition!r}")
         check_at_least(self, 1, "epochs", "batch_size", "channels", "max_fit_images", "steps")
+        check_at_most(self, 1024, "channels", why=" (the generator's width; 16 is AdvGAN's)")
         if self.steps > 1 and self.condition == "image":
             raise ConfigError(
                 "steps > 1 needs a gradient condition (--condition gradient): an image-only generator would apply "
