@@ -6,7 +6,9 @@
 # MODEL.onnx with HTTP_CARD (its card with an `http:` section; benchmarks/audit_any_model.sh writes one) is served by
 # `dermadv model serve`; each step is a `dermadv attack run` into OUT/<step>, the server's counter beside it in
 # OUT/<step>.server.json. SURROGATES (comma-separated white-box models that never saw the target's weights) enable
-# the transfer steps: one per surrogate, their ensemble, and transfer-then-query. Table: benchmarks/blackbox_table.py.
+# the transfer steps: one per surrogate, their ensemble, and transfer-then-query. A step may name its own sample size
+# after an @ (square-2@140: budgets whose images mostly spend the whole budget cost more queries). The table:
+# benchmarks/blackbox_table.py.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=$1 CARD=$2 DATA=$3 SPLIT=$4 OUT=$5
@@ -31,28 +33,30 @@ step() {
   echo "$name: $(tail -n 1 "$OUT/$name.log")"
 }
 for s in $STEPS; do
+  limit=$LIMIT hsj_limit=$HSJ_LIMIT
+  if [[ $s == *@* ]]; then limit=${s#*@} hsj_limit=${s#*@} s=${s%@*}; fi
   case $s in
-    square-*) step "$s" --method square --eps "${s#square-}/255" --queries "$QUERIES" --limit "$LIMIT" --batch-size 288 ;;
-    square-l2-*) step "$s" --method square --param norm=l2 --eps "${s#square-l2-}" --queries "$QUERIES" --limit "$LIMIT" --batch-size 288 ;;
-    simba-*) step "$s" --method simba --eps "${s#simba-}/255" --queries "$QUERIES" --limit "$LIMIT" --batch-size 288 ;;
+    square-l2-*) step "$s" --method square --param norm=l2 --eps "${s#square-l2-}" --queries "$QUERIES" --limit "$limit" --batch-size "$limit" ;;
+    square-*) step "$s" --method square --eps "${s#square-}/255" --queries "$QUERIES" --limit "$limit" --batch-size "$limit" ;;
+    simba-*) step "$s" --method simba --eps "${s#simba-}/255" --queries "$QUERIES" --limit "$limit" --batch-size "$limit" ;;
     transfer)
       [ -n "$SURROGATES" ] || { echo "transfer: skipped (no SURROGATES)"; continue; }
       IFS=, read -ra each <<< "$SURROGATES"
       i=0
       for sur in "${each[@]}"; do
         i=$((i + 1))
-        step "transfer-$i" --method mi-di --eps 8/255 --param "surrogates=$sur" --limit "$LIMIT"
+        step "transfer-$i" --method mi-di --eps 8/255 --param "surrogates=$sur" --limit "$limit"
       done
       [ ${#each[@]} -gt 1 ] && step transfer-ensemble --method mi-di --eps 8/255 --param "surrogates=$SURROGATES" \
-        --limit "$LIMIT"
+        --limit "$limit"
       ;;
     transfer-square-*)
       [ -n "$SURROGATES" ] || { echo "$s: skipped (no SURROGATES)"; continue; }
       step "$s" --method transfer-square --eps "${s#transfer-square-}/255" --param "surrogates=$SURROGATES" \
-        --queries "$QUERIES" --limit "$LIMIT" --batch-size 288
+        --queries "$QUERIES" --limit "$limit" --batch-size "$limit"
       ;;
     hopskipjump-*) step "$s" --method hopskipjump --threat-model decision-based --eps "${s#hopskipjump-}/255" \
-      --queries "$HSJ_QUERIES" --limit "$HSJ_LIMIT" --batch-size "$HSJ_LIMIT" ;;
+      --queries "$HSJ_QUERIES" --limit "$hsj_limit" --batch-size "$hsj_limit" ;;
     *) echo "error: unknown step $s" >&2; exit 2 ;;
   esac
 done

@@ -14,8 +14,10 @@ import json
 import os
 import shlex
 import shutil
+import struct
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -209,6 +211,45 @@ BAD_INPUT: dict[str, Case] = {
     "defend card --limit -5": Case(
         "defend card --checkpoint {ckpt} --data {data} --out {tmp}/out --limit -5", "limit must be at least 1"
     ),
+    # --- operating-system faults (issue "Integrity", §4; the full disk, the read-only --out and the busy port are in
+    # tests/cli/test_faults.py): each file named in the one line
+    "a 200-megapixel JPEG": Case(
+        "evaluate --checkpoint {ckpt} --data {bomb_jpeg} --split all --out {tmp}/out",
+        "BOMB_00004.jpg is too large to decode safely (Image size (200000000 pixels) exceeds limit",
+    ),
+    "a JPEG between Pillow's pixel limit and twice it": Case(
+        "evaluate --checkpoint {ckpt} --data {big_jpeg} --split all --out {tmp}/out",
+        "BIG_00004.jpg is too large to decode safely",
+    ),
+    "a JPEG cut short after its header": Case(
+        "evaluate --checkpoint {ckpt} --data {truncated_jpeg} --split all --out {tmp}/out",
+        "TRUNC_00004.jpg: image file is truncated",
+    ),
+    "a JPEG whose body is noise": Case(
+        "evaluate --checkpoint {ckpt} --data {noisy_jpeg} --split all --out {tmp}/out", "NOISE_00004.jpg: "
+    ),
+    "a checkpoint whose metadata is not JSON": Case(
+        "evaluate --checkpoint {garbled_meta_ckpt} --data {data} --out {tmp}/out",
+        "garbled-meta.safetensors has broken metadata ('classes' is not JSON: '[\"akiec\", ",
+    ),
+    "a checkpoint whose metadata lacks keys": Case(
+        "attack run --checkpoint {keyless_meta_ckpt} --data {data} --out {tmp}/out --method fgsm --eps 2/255",
+        "keyless-meta.safetensors has broken metadata (no 'arch')",
+    ),
+    "a checkpoint whose image_size is a word": Case(
+        "evaluate --checkpoint {wordy_meta_ckpt} --data {data} --out {tmp}/out",
+        "'image_size' must be a list of 2 int",
+    ),
+    "evaluate --checkpoint of a folder": Case(
+        "evaluate --checkpoint {finished_train} --data {data} --out {tmp}/out", "is a folder; pass the model file in it"
+    ),
+    "attack run --generator of a folder": Case(
+        "attack run --checkpoint {ckpt} --generator {finished_fit} --data {data} --target df --out {tmp}/out",
+        "is a folder; pass the .safetensors file in it",
+    ),
+    "model serve --port 70000": Case("model serve {tmp}/model.onnx --port 70000", "--port must be in 1..65535"),
+    "observer serve --port 70000": Case("observer serve {study} --port 70000", "--port must be in 1..65535"),
+    "observer serve --port 0": Case("observer serve {study} --port 0", "--port must be in 1..65535; got 0"),
     # --- data
     "empty lesion_id": Case("data info --data {no_lesion}", "empty lesion_id in 2 row(s) (first at row 3)"),
     "2 images per class": Case("data split --data {tiny} --out {tmp}/out", "the test split would be empty"),
@@ -227,6 +268,36 @@ BAD_INPUT: dict[str, Case] = {
     ),
     "observer create --seed -1": Case(
         "observer create {adv} --out {tmp}/out --n 4 --seed -1", "seed must be at least 0"
+    ),
+    # --- issue "Integrity": no score on training images, no model of one class, no empty sweep, no partial output
+    "evaluate on a split whose test images trained the checkpoint": Case(
+        "evaluate --checkpoint {ckpt} --data {data} --split-file {leaky_split} --out {tmp}/out",
+        "test images were in the classifier's training split; pass the split the checkpoint was trained with",
+    ),
+    "attack run on a split whose test images trained the checkpoint": Case(
+        "attack run --checkpoint {ckpt} --data {data} --split-file {leaky_split} --out {tmp}/out --method fgsm "
+        "--eps 2/255",
+        "test images were in the classifier's training split; pass the split the checkpoint was trained with",
+    ),
+    "train on images of one class": Case(
+        "train --data {one_class} --out {tmp}/out --arch resnet18 --image-size 32 --epochs 1",
+        "the training split holds images of one class only (nv: ",
+    ),
+    "attack sweep --methods advgan without generators": Case(
+        "attack sweep --checkpoint {ckpt} --data {data} --out {tmp}/out --methods advgan --eps 2/255",
+        "--methods advgan has no generator to run (no --generators folder given)",
+    ),
+    "defend certify --checkpoint of a killed train": Case(
+        "defend certify --checkpoint {killed_train}/model.safetensors --data {data} --out {tmp}/out", "unfinished run"
+    ),
+    "defend card --checkpoint of a killed train": Case(
+        "defend card --checkpoint {killed_train}/model.safetensors --data {data} --out {tmp}/out", "unfinished run"
+    ),
+    "defend detect on a half-written attack folder": Case(
+        "defend detect --checkpoint {ckpt} --data {data} --attack-folder {half_adv} --out {tmp}/out", "unfinished run"
+    ),
+    "report of a half-written attack folder": Case(
+        "report {half_adv}", "--allow-incomplete to report it marked unfinished", absent="{half_adv}/report"
     ),
 }
 
@@ -308,6 +379,26 @@ class Workspace:
         return path
 
     @cached_property
+    def one_class(self) -> Path:
+        """A HAM10000-layout folder of the synthetic set's nv images only."""
+        meta = pd.read_csv(self.data / "HAM10000_metadata.csv", dtype=str, keep_default_na=False)
+        meta = meta[meta["dx"] == "nv"].reset_index(drop=True)
+        root = self.tmp / "one-class"
+        (root / "images").mkdir(parents=True)
+        for image_id in meta["image_id"]:
+            shutil.copy(next(self.data.rglob(f"{image_id}.jpg")), root / "images" / f"{image_id}.jpg")
+        meta.to_csv(root / "HAM10000_metadata.csv", index=False)
+        return root
+
+    @cached_property
+    def leaky_split(self) -> Path:
+        """The checkpoint's own split with train and test swapped: its test images are the ones it learnt from."""
+        split = pd.read_csv(self.ckpt.parent / "split.csv", dtype=str, keep_default_na=False)
+        split["split"] = split["split"].replace({"train": "test", "test": "train"})
+        split.to_csv(self.tmp / "leaky.csv", index=False)
+        return self.tmp / "leaky.csv"
+
+    @cached_property
     def no_test_split(self) -> Path:
         split = pd.read_csv(self.ckpt.parent / "split.csv")
         split.loc[split["split"] == "test", "split"] = "val"
@@ -345,6 +436,77 @@ class Workspace:
         manifest = {"command": "reproduce", "config": config, "data_fingerprint": "0" * 16, "status": "complete"}
         (folder / "manifest.json").write_text(json.dumps(manifest))
         return folder
+
+    # --- files the operating system or a decoder refuses (issue "Integrity", §4)
+
+    def _damaged_jpeg(self, name: str, prefix: str, damage: Callable[[bytes], bytes]) -> Path:
+        """A HAM10000-layout copy (3 images per class, renamed ``<prefix>00000``…) whose fifth JPEG is damaged."""
+        root, _ = self._ham_copy(name, 3, prefix=prefix)
+        path = root / "images" / f"{prefix}00004.jpg"
+        path.write_bytes(damage(path.read_bytes()))
+        return root
+
+    bomb_jpeg = cached_property(lambda self: self._damaged_jpeg("bomb-jpeg", "BOMB_", _claiming(10_000, 20_000)))
+    big_jpeg = cached_property(lambda self: self._damaged_jpeg("big-jpeg", "BIG_", _claiming(10_000, 10_000)))
+    truncated_jpeg = cached_property(
+        lambda self: self._damaged_jpeg("truncated-jpeg", "TRUNC_", lambda data: data[: data.index(b"\xff\xda") + 40])
+    )
+    noisy_jpeg = cached_property(lambda self: self._damaged_jpeg("noisy-jpeg", "NOISE_", _noisy_body))
+
+    def _ckpt_with_meta(self, name: str, edit: Callable[[dict[str, str]], dict[str, str]]) -> Path:
+        """The checkpoint's weights with edited metadata: a valid safetensors file that dermadv did not write."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
+
+        with safe_open(str(self.ckpt), framework="pt") as f:
+            meta = f.metadata()
+        path = self.tmp / f"{name}.safetensors"
+        save_file(load_file(str(self.ckpt)), str(path), metadata=edit(dict(meta)))
+        return path
+
+    garbled_meta_ckpt = cached_property(
+        lambda self: self._ckpt_with_meta("garbled-meta", lambda meta: {**meta, "classes": meta["classes"][:-3]})
+    )
+    keyless_meta_ckpt = cached_property(
+        lambda self: self._ckpt_with_meta("keyless-meta", lambda meta: {k: v for k, v in meta.items() if k != "arch"})
+    )
+    wordy_meta_ckpt = cached_property(
+        lambda self: self._ckpt_with_meta("wordy-meta", lambda meta: {**meta, "image_size": '"large"'})
+    )
+
+    @cached_property
+    def study(self) -> Path:
+        """A 4-item observer study of a small attack folder."""
+        from PIL import Image
+
+        from dermadv.observer.study import create_study
+
+        rng = np.random.default_rng(0)
+        folder = self.tmp / "adv-for-study"
+        for kind in ("clean", "adv"):
+            (folder / "images" / kind).mkdir(parents=True)
+        for i in range(4):
+            clean = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(clean).save(folder / "images" / "clean" / f"ISIC_{i:07d}.png")
+            Image.fromarray(clean ^ 1).save(folder / "images" / "adv" / f"ISIC_{i:07d}.png")
+        return create_study(folder, self.tmp / "study", n=4).path
+
+
+def _claiming(height: int, width: int) -> Callable[[bytes], bytes]:
+    """A JPEG's bytes with the frame header saying ``height`` × ``width``: a decompression bomb, as a small file."""
+
+    def edit(data: bytes) -> bytes:
+        start = data.index(b"\xff\xc0")  # baseline frame: marker, length (2), precision (1), height (2), width (2)
+        return data[: start + 5] + struct.pack(">HH", height, width) + data[start + 9 :]
+
+    return edit
+
+
+def _noisy_body(data: bytes) -> bytes:
+    """The JPEG's headers, then noise where the entropy-coded scan was."""
+    scan = data.index(b"\xff\xda") + 20
+    noise = np.random.default_rng(0).integers(0, 256, len(data) - scan, dtype=np.uint8).tobytes()
+    return data[:scan] + noise
 
 
 def _files(folder: Path) -> dict[str, bytes]:

@@ -110,6 +110,23 @@ def test_stale_cache_of_another_shape_is_rebuilt(dataset: ImageSet, dermadv_cach
     assert np.load(path, mmap_mode="r").shape == images.shape
 
 
+@pytest.mark.parametrize("keep", [0, 5, 60, 1000, -100], ids=lambda n: f"first {n} bytes" if n >= 0 else "all but 100")
+def test_a_truncated_cache_is_rebuilt_with_a_warning(
+    dataset: ImageSet, dermadv_cache: Path, caplog: pytest.LogCaptureFixture, keep: int
+) -> None:
+    """A cache file cut short (a full disk, a killed copy): one warning naming it, then decoded again, never a
+    traceback or an array of the wrong length."""
+    expected = np.array(decoded_images(dataset, SIZE, progress=False))
+    path = cache.cache_path(dataset, SIZE)
+    data = path.read_bytes()
+    path.write_bytes(data[:keep])
+    with caplog.at_level("WARNING", logger="dermadv.data.cache"):
+        images = decoded_images(dataset, SIZE, progress=False)
+    np.testing.assert_array_equal(images, expected)
+    assert [r.getMessage() for r in caplog.records if str(path) in r.getMessage() and "rebuild" in r.getMessage()]
+    assert path.read_bytes() == data and cache_files(dermadv_cache) == [path]
+
+
 def test_a_replaced_image_is_decoded_again(synthetic_root: Path, tmp_path: Path, dermadv_cache: Path) -> None:
     """Same file names and sizes, other bytes: the cache must not hand back the old pixels (issue 12, C5)."""
     import shutil

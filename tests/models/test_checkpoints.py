@@ -109,6 +109,77 @@ def test_truncated_checkpoint(tmp_path: Path) -> None:
         load_checkpoint(path)
 
 
+BROKEN_METADATA = {
+    "not JSON": ({"classes": '["akiec", "bcc'}, "'classes' is not JSON: '[\"akiec\", \"bcc'"),
+    "no arch": ({"arch": None}, "no 'arch'"),
+    "no image_size": ({"image_size": None}, "no 'image_size'"),
+    "image_size a word": ({"image_size": '"large"'}, "'image_size' must be a list of 2 int; got \"large\""),
+    "image_size of 3": ({"image_size": "[32, 32, 3]"}, "'image_size' must be a list of 2 int"),
+    "image_size 0": ({"image_size": "[0, 32]"}, "'image_size' must be positive; got [0, 32]"),
+    "classes empty": ({"classes": "[]"}, "'classes' is empty"),
+    "classes numbers": ({"classes": "[1, 2]"}, "'classes' must be a list of any number of str"),
+    "mean of 2": ({"mean": "[0.5, 0.5]"}, "'mean' must be a list of 3 float"),
+    "arch a number": ({"arch": "18"}, "'arch' must be a non-empty string"),
+    "arch empty": ({"arch": '""'}, "'arch' must be a non-empty string"),
+}
+
+
+@pytest.mark.parametrize("name", BROKEN_METADATA)
+def test_broken_metadata_is_one_line_naming_the_file_and_key(tmp_path: Path, name: str) -> None:
+    """A valid safetensors file whose metadata was edited (or written by another tool): refused, key named."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    path = tmp_path / "model.safetensors"
+    save_checkpoint(path, build_classifier(ARCH, 7), CheckpointMeta(arch=ARCH, classes=CLASSES, image_size=(32, 32)))
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    edit, said = BROKEN_METADATA[name]
+    meta = {k: v for k, v in {**meta, **edit}.items() if v is not None}
+    broken = tmp_path / "broken.safetensors"
+    save_file(load_file(str(path)), str(broken), metadata=meta)
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(broken)
+    message = str(info.value)
+    assert message.startswith(f"checkpoint {broken} has broken metadata ({said}"), message
+    assert "\n" not in message
+
+
+def test_a_folder_is_not_a_checkpoint(tmp_path: Path) -> None:
+    save_checkpoint(
+        tmp_path / "model.safetensors",
+        build_classifier(ARCH, 7),
+        CheckpointMeta(arch=ARCH, classes=CLASSES, image_size=(32, 32)),
+    )
+    with pytest.raises(CheckpointError, match="is a folder; pass the .safetensors file in it") as info:
+        load_checkpoint(tmp_path)
+    assert str(tmp_path / "model.safetensors") in str(info.value)
+
+
+def test_a_generator_with_broken_metadata_is_one_line(tmp_path: Path) -> None:
+    from dermadv.attacks.generator import GeneratorSpec, PerturbationGenerator, load_generator, save_generator
+
+    path = tmp_path / "generator.safetensors"
+    save_generator(
+        path, PerturbationGenerator(8 / 255, channels=8, res_blocks=1), GeneratorSpec(channels=8, res_blocks=1)
+    )
+    load_generator(path)  # the control
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+    for edit, said in (
+        ({"image_size": "[64]"}, "'image_size' must be a list of 2 int"),
+        ({"channels": "16"}, "size mismatch"),
+        ({"eps": "{"}, "'eps' is not JSON"),
+    ):
+        save_file(load_file(str(path)), str(tmp_path / "broken.safetensors"), metadata={**meta, **edit})
+        with pytest.raises(CheckpointError, match="has broken metadata") as info:
+            load_generator(tmp_path / "broken.safetensors")
+        assert said in str(info.value) and "\n" not in str(info.value)
+
+
 def test_checkpoint_of_another_architecture(tmp_path: Path) -> None:
     path = tmp_path / "model.safetensors"
     meta = CheckpointMeta(arch="resnet34", classes=CLASSES, image_size=(32, 32))

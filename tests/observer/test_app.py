@@ -387,6 +387,32 @@ def test_symlinks_are_never_followed(make_study, what: str) -> None:
     assert b"image_id" not in response.content and key.read_bytes() not in response.content
 
 
+@pytest.mark.parametrize("what", ["key in place of an image", "image with a second name", "not a png"])
+def test_only_the_files_the_study_wrote_are_served(make_study, what: str) -> None:
+    """Issue "Integrity" §6: a hard link to the answer key in images/ was served as an image."""
+    study = make_study(n=2)
+    token = invite_observer(study.path, "Observer A").token
+    item_id = study.item_ids[0]
+    image, key = study.image_path(item_id), study.path / "answer_key.json"
+    if what == "key in place of an image":
+        image.unlink()
+        image.hardlink_to(key)
+    elif what == "image with a second name":  # a PNG, but a file the study did not write alone
+        (study.path / "copy.png").hardlink_to(image)
+    else:
+        image.write_bytes(key.read_bytes())
+    (study.path / "images" / "answer_key.json").hardlink_to(key)
+    client = _client(study.path)
+    response = client.get(f"/s/{token}/image/{item_id}")
+    assert response.status_code == 404
+    assert b"image_id" not in response.content and key.read_bytes() not in response.content
+    for name in ("answer_key.json", "answer_key", "..%2Fanswer_key.json"):
+        listed = client.get(f"/s/{token}/image/{name}")
+        assert listed.status_code == 404 and b"image_id" not in listed.content
+    other = client.get(f"/s/{token}/image/{study.item_ids[1]}")
+    assert other.status_code == 200 and other.content.startswith(b"\x89PNG")
+
+
 def test_head_is_answered_like_get_without_a_body(client, study, observer, live_server) -> None:
     item_id = study.item_ids[0]
     for path in (f"/s/{observer.token}", f"/s/{observer.token}/image/{item_id}"):

@@ -23,7 +23,7 @@ from dermadv.observer.study import (
     load_answer_key,
     load_study,
 )
-from dermadv.runs import run_complete
+from dermadv.runs import read_json, run_complete, write_json
 
 
 def _pixels(path: Path) -> np.ndarray:
@@ -60,6 +60,18 @@ def test_public_files_hide_the_plan(make_study) -> None:
     names = sorted(p.name for p in (study.path / "images").iterdir())
     assert names == sorted(f"{i}.png" for i in study.item_ids)
     assert not any(e.image_id in "".join(names) for e in key.values())
+
+
+@pytest.mark.parametrize("design", ["single", "2afc"])
+def test_the_study_lists_the_images_it_wrote(make_study, design: str) -> None:
+    """The app serves only these names (issue "Integrity" §6); a study without the list falls back to its ids."""
+    study = make_study(n=4, design=design)
+    written = {p.name for p in (study.path / "images").iterdir()}
+    assert study.image_names == written == set(read_json(study.path / "study.json")["images"])
+    meta = read_json(study.path / "study.json")
+    del meta["images"]
+    write_json(study.path / "study.json", meta)
+    assert load_study(study.path).image_names == written
 
 
 def test_same_seed_same_plan_other_seed_other_plan(attack_dir: Path, tmp_path: Path) -> None:

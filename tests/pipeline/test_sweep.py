@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from dermadv.errors import RunError
+from dermadv.errors import ConfigError, RunError
 from dermadv.pipeline.attack import AttackRunConfig
-from dermadv.pipeline.sweep import attack_sweep, sweep
+from dermadv.pipeline.sweep import attack_sweep, plan_sweep, sweep
 from dermadv.runs import read_json, run_complete
 
 
@@ -65,3 +65,21 @@ def test_attack_sweep_is_a_run_folder_of_one_classifier(pipeline, tmp_path: Path
     with pytest.raises(RunError, match="classifier: '[0-9a-f]+' there, '[0-9a-f]+' now"):
         attack_sweep(replace(cfg, checkpoint=pipeline.other_checkpoint), methods=["fgsm"], eps_values=["2/255"])
     assert (out / "manifest.json").read_bytes() == before
+
+
+def test_a_sweep_with_nothing_to_run_is_refused(tmp_path: Path, caplog) -> None:
+    """Issue "Integrity" §4: advgan without a generator used to run nothing and exit 0."""
+    with pytest.raises(ConfigError, match="--methods advgan has no generator to run .no --generators folder given."):
+        plan_sweep(["advgan"], ["2/255"], None)
+    with pytest.raises(ConfigError, match=f"has no generator to run in {tmp_path}"):
+        plan_sweep(["pgd", "advgan"], ["2/255"], tmp_path)  # pgd alone would silently drop the method asked for
+    fitted = tmp_path / "held-out-eps2_255" / "generator.safetensors"
+    fitted.parent.mkdir()
+    fitted.touch()
+    planned = plan_sweep(["advgan", "pgd"], ["2/255", "4/255"], tmp_path)
+    assert planned == [
+        ("advgan", "2/255", "held-out", fitted),
+        ("pgd", "2/255", None, None),
+        ("pgd", "4/255", None, None),
+    ]
+    assert "no generator fitted at eps 4/255" in caplog.text

@@ -18,7 +18,7 @@ from dermadv.observer.analysis import analyze_study
 from dermadv.observer.study import create_study
 from dermadv.report import build_report, collect, render_markdown, render_report
 from dermadv.report.context import report_context
-from dermadv.runs import read_json
+from dermadv.runs import read_json, write_json
 
 ALL_SECTIONS = ["summary", "data", "classifier", "attack", "robustness", "defences", "observer", "reproducibility"]
 
@@ -218,3 +218,29 @@ def test_a_bare_defence_folder_reports_its_defences(run_dir: Path, tmp_path: Pat
     summary = read_json(build_report(folder).parent / "summary.json")
     assert "defences" in summary["sections"]
     assert not any(n.startswith("Defences:") for n in summary["notes"])
+
+
+def test_an_interrupted_attack_is_refused_or_reported_as_interrupted(run_dir: Path, tmp_path: Path) -> None:
+    """Issue "Integrity" §5: the report of an interrupted attack said it was applied to all its images."""
+    folder = shutil.copytree(run_dir / "adv-test", tmp_path / "adv")
+    write_json(folder / "manifest.json", {**read_json(folder / "manifest.json"), "status": "interrupted"})
+    for png in sorted((folder / "images" / "adv").glob("*.png"))[::2]:
+        png.unlink()
+    saved = len(list((folder / "images" / "adv").glob("*.png")))
+    with pytest.raises(RunError, match="unfinished run .*says interrupted.*--allow-incomplete"):
+        build_report(folder)
+    assert not (folder / "report").exists()
+    summary = read_json(build_report(folder, allow_incomplete=True).parent / "summary.json")
+    attack = next(p for p in summary["summary"] if p.startswith("The "))
+    assert f"its run was interrupted: it saved {saved} of them" in attack and "was applied to" not in attack
+    assert any(n.startswith("Unfinished run: this folder") for n in summary["notes"])
+    result = CliRunner().invoke(cli.app, ["report", str(folder)])
+    assert result.exit_code == 1
+
+
+def test_an_unfinished_stage_of_a_run_folder_is_refused(run_copy) -> None:
+    folder = run_copy()
+    manifest = folder / "classifier" / "manifest.json"
+    write_json(manifest, {**read_json(manifest), "status": "failed"})
+    with pytest.raises(RunError, match="classifier is the output of an unfinished run"):
+        build_report(folder)

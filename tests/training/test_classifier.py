@@ -228,6 +228,43 @@ def test_an_image_size_the_architecture_cannot_take_is_one_clear_error(
     assert not (tmp_path / "run").exists()
 
 
+def test_the_checkpoint_records_its_training_images(straight: Path, prepared: Prepared) -> None:
+    """Issue "Integrity" §1: the ids of the train split, sorted, with their fingerprint, in the checkpoint's header."""
+    from dermadv.data.dataset import fingerprint_of
+    from dermadv.models.checkpoints import read_training_images
+
+    train = sorted(prepared.dataset.image_ids[i] for i in prepared.indices("train"))
+    _, meta = load_checkpoint(straight / "model.safetensors")
+    assert list(meta.training_images) == train and meta.training_images_fingerprint == fingerprint_of(train)
+    assert read_training_images(straight / "model.safetensors") == set(train)
+    assert train[0] not in repr(meta)  # thousands of ids stay out of logs and error messages
+
+
+def test_a_last_batch_of_one_image_is_merged_into_the_one_before(
+    workdir: Path, synthetic_root: Path, prepared: Prepared
+) -> None:
+    """Issue "Integrity" §2: 49 images at batch 16 left one image for batch norm, which cannot train on it."""
+    assert training.batch_sizes(49, 16) == [16, 16, 17]
+    assert training.batch_sizes(56, 55) == [56]
+    assert training.batch_sizes(48, 16) == [16, 16, 16] and training.batch_sizes(50, 16) == [16, 16, 16, 2]
+    assert training.batch_sizes(1, 16) == [1] and training.batch_sizes(0, 16) == []
+    run = workdir / "remainder-one"
+    fit(tiny_config(run, synthetic_root, epochs=1, batch_size=16, max_train_images=49), prepared=prepared)
+    assert run_complete(run)
+
+
+def test_a_training_split_of_one_class_is_refused_before_training(
+    synthetic_root: Path, prepared: Prepared, tmp_path: Path
+) -> None:
+    """Issue "Integrity" §3: a split whose train part is one class would train a model that only answers it."""
+    frame = prepared.frame.copy()
+    frame.loc[(frame["split"] == "train") & (frame["dx"] != "nv"), "split"] = "val"
+    one_class = Prepared(prepared.dataset, frame, prepared.images, prepared.size)
+    with pytest.raises(ConfigError, match=r"one class only \(nv: \d+ images\); a classifier needs at least 2"):
+        fit(tiny_config(tmp_path / "run", synthetic_root), prepared=one_class)
+    assert not (tmp_path / "run").exists()
+
+
 # ------------------------------------------------------------------------------------------- pieces
 
 

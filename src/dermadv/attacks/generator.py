@@ -27,7 +27,7 @@ from torch import nn
 from dermadv.attacks.base import Attack
 from dermadv.attacks.registry import register_attack
 from dermadv.errors import CheckpointError
-from dermadv.models.checkpoints import load_state, save_state
+from dermadv.models.checkpoints import broken_metadata, load_state, metadata_fields, save_state, sequence_field
 
 Condition = Literal["image", "gradient", "gradient-half"]
 CONDITIONS: tuple[str, ...] = ("image", "gradient", "gradient-half")
@@ -222,10 +222,20 @@ def load_generator(path: str | os.PathLike[str], *, device: str | torch.device =
         raise CheckpointError(
             f"{path} is not a dermadv generator; pass the generator.safetensors of `dermadv attack fit`"
         )
-    values = {k: json.loads(v) for k, v in raw.items() if k in GeneratorSpec.__dataclass_fields__}
-    values["classes"] = tuple(values.get("classes", ()))
-    values["image_size"] = tuple(values["image_size"])
+    values = metadata_fields(path, raw, GeneratorSpec)
+    values.setdefault("classes", [])
+    if "image_size" not in values:
+        raise broken_metadata(path, "no 'image_size'")
+    sequence_field(path, values, "classes", str, None)
+    sequence_field(path, values, "image_size", int, 2)
     spec = GeneratorSpec(**values)
-    gen = PerturbationGenerator(spec.eps, channels=spec.channels, res_blocks=spec.res_blocks, condition=spec.condition)
-    gen.load_state_dict(state)
+    try:
+        gen = PerturbationGenerator(
+            spec.eps, channels=spec.channels, res_blocks=spec.res_blocks, condition=spec.condition
+        )
+        gen.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as exc:  # metadata of the wrong type, or not these weights'
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        reason = lines[1] if len(lines) > 1 and lines[0].endswith(":") else lines[0] if lines else type(exc).__name__
+        raise broken_metadata(path, reason[:160]) from None
     return GeneratorAttack(generator=gen.to(device).eval(), spec=spec)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from dermadv.cli.data import AllowIncompleteOpt
+
 
 def report(
     run_dir: Path = typer.Argument(
@@ -17,11 +19,12 @@ def report(
         "--screenshot/--no-screenshot",
         help="Also save report/screenshot.png (headless Chromium, needs playwright).",
     ),
+    allow_incomplete: bool = AllowIncompleteOpt,
 ) -> None:
     """Write RUN_DIR/report/: index.html, report.md, summary.json, figures/ (readable offline)."""
     from dermadv.report.build import build_report
 
-    page = build_report(run_dir, open_browser=open_browser)
+    page = build_report(run_dir, open_browser=open_browser, allow_incomplete=allow_incomplete)
     typer.echo(f"report: {page}")
     if shot:
         from dermadv.report.screenshot import screenshot

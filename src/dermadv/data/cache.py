@@ -43,7 +43,7 @@ _UNDECODABLE = (
 def _decode_error(path: Path, exc: Exception) -> DataError:
     fix = "replace or remove the file and its metadata row"
     if isinstance(exc, (Image.DecompressionBombError, Image.DecompressionBombWarning)):
-        return DataError(f"image {path} is too large to decode safely ({exc}); downscale it or {fix}")
+        return DataError(f"image {path} is too large to decode safely ({str(exc).rstrip('.')}); downscale it, or {fix}")
     return DataError(f"cannot decode image {path}: {exc}; {fix}")
 
 

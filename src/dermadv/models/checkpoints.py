@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, field
+from dataclasses import fields as fields_of
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors import SafetensorError
@@ -32,20 +35,75 @@ class CheckpointMeta:
     # beside 20-80 MB of weights, and a refusal can then count and name them. () in checkpoints of dermadv before
     # this record: nothing to check against.
     training_images: tuple[str, ...] = field(default=(), repr=False)
-    training_images_fingerprint: str = ""  # fingerprint_of(training_images): tells two training splits apart at a glance
+    training_images_fingerprint: str = ""  # fingerprint_of(training_images): two training splits told apart
 
 
 def _meta_to_strings(meta: CheckpointMeta) -> dict[str, str]:
     return {k: json.dumps(v) for k, v in asdict(meta).items()}
 
 
-def _meta_from_strings(raw: dict[str, str]) -> CheckpointMeta:
-    fields = {k: json.loads(v) for k, v in raw.items() if k in CheckpointMeta.__dataclass_fields__}
-    fields["classes"] = tuple(fields["classes"])
-    fields["image_size"] = tuple(fields["image_size"])
-    fields["mean"] = tuple(fields.get("mean", IMAGENET_MEAN))
-    fields["std"] = tuple(fields.get("std", IMAGENET_STD))
-    fields["training_images"] = tuple(fields.get("training_images", ()))
+def broken_metadata(path: str | os.PathLike[str], what: str) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path} has broken metadata ({what}); it was edited or not written by dermadv: use the file "
+        "its run wrote, or train again"
+    )
+
+
+def metadata_fields(path: str | os.PathLike[str], raw: Mapping[str, str], kind: type[Any]) -> dict[str, Any]:
+    """The JSON values of ``raw`` for the fields of the dataclass ``kind``; one line naming the file and the key
+    for a value that is not JSON, or for a missing field that has no default."""
+    fields: dict[str, Any] = {}
+    for spec in fields_of(kind):
+        name = spec.name
+        if name not in raw:
+            if spec.default is MISSING and spec.default_factory is MISSING:
+                raise broken_metadata(path, f"no {name!r}")
+            continue
+        try:
+            fields[name] = json.loads(raw[name])
+        except (json.JSONDecodeError, TypeError):
+            shown = raw[name] if len(raw[name]) <= 40 else raw[name][:37] + "..."
+            raise broken_metadata(path, f"{name!r} is not JSON: {shown!r}") from None
+    return fields
+
+
+def sequence_field(
+    path: str | os.PathLike[str], fields: dict[str, Any], name: str, kind: type, length: int | None
+) -> None:
+    """Make ``fields[name]`` a tuple, refusing (one line) a value that is not a list of ``length`` items of type
+    ``kind`` (``length`` None: any number)."""
+    value = fields[name]
+    if kind is float and isinstance(value, list):  # a hand edit may write 1 for 1.0
+        value = [float(v) if isinstance(v, int) and not isinstance(v, bool) else v for v in value]
+    fine = (
+        isinstance(value, list)
+        and (length is None or len(value) == length)
+        and all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+    )
+    if not fine:
+        items = f"a list of {length if length is not None else 'any number of'} {kind.__name__}"
+        raise broken_metadata(path, f"{name!r} must be {items}; got {json.dumps(value)[:40]}")
+    fields[name] = tuple(value)
+
+
+def _meta_from_strings(raw: Mapping[str, str], path: str | os.PathLike[str] = "checkpoint") -> CheckpointMeta:
+    fields = metadata_fields(path, raw, CheckpointMeta)
+    fields.setdefault("mean", list(IMAGENET_MEAN))
+    fields.setdefault("std", list(IMAGENET_STD))
+    fields.setdefault("training_images", [])
+    shapes = {"classes": (str, None), "image_size": (int, 2), "mean": (float, 3), "std": (float, 3)}
+    shapes["training_images"] = (str, None)
+    for name, (kind, length) in shapes.items():
+        if name in fields:
+            sequence_field(path, fields, name, kind, length)
+    if not fields["classes"]:
+        raise broken_metadata(path, "'classes' is empty")
+    if min(fields["image_size"]) < 1:
+        raise broken_metadata(path, f"'image_size' must be positive; got {list(fields['image_size'])}")
+    texts = [spec.name for spec in fields_of(CheckpointMeta) if spec.type in ("str", str) and spec.name in fields]
+    for name in texts:
+        if not isinstance(fields[name], str) or (name == "arch" and not fields[name]):
+            raise broken_metadata(path, f"{name!r} must be a{' non-empty' if name == 'arch' else ''} string")
     return CheckpointMeta(**fields)
 
 
@@ -60,6 +118,10 @@ def load_state(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], d
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"checkpoint {path} does not exist; train one with `dermadv train` first")
+    if path.is_dir():
+        inside = sorted(path.glob("*.safetensors"))
+        example = inside[0] if inside else path / "model.safetensors"
+        raise CheckpointError(f"checkpoint {path} is a folder; pass the .safetensors file in it (e.g. {example})")
     try:
         from safetensors import safe_open
 
@@ -123,7 +185,7 @@ def load_checkpoint(
             f"{path} holds NaN or infinite weights ({len(broken)} tensors, first {broken[0]}): its training diverged; "
             "train again with a lower --lr"
         )
-    meta = _meta_from_strings(raw)
+    meta = _meta_from_strings(raw, path)
     model = build_classifier(meta.arch, len(meta.classes))
     model.mean.copy_(torch.tensor(meta.mean).view(1, 3, 1, 1))
     model.std.copy_(torch.tensor(meta.std).view(1, 3, 1, 1))

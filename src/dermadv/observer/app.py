@@ -1,8 +1,8 @@
 """The observer web app: server-rendered pages (FastAPI + Jinja2), one image at a time, answers final.
 
 Every URL starts with the observer's token; without a valid one nothing is served. Images are looked up by
-opaque item id among the study's items, never by a path from the request or through a link, and the answer
-key is never read. Images go out without ETag or Last-Modified, all of one size (see
+opaque item id among the files the study wrote (its own list), never by a path from the request, through a
+symbolic link or from a file with a second name (a hard link), and the answer key is never read. Images go out without ETag or Last-Modified, all of one size (see
 :mod:`dermadv.observer.images`), so only their pixels differ. The app answers only its own host names, and
 refuses an answer posted from another site. Routes only call :mod:`dermadv.observer.storage`; statistics
 live in :mod:`dermadv.observer.analysis`.

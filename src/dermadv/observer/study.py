@@ -3,7 +3,8 @@
 A study folder holds::
 
     manifest.json      run manifest
-    study.json         what the server needs: design, item ids (no conditions, no source ids)
+    study.json         what the server needs: design, item ids, the names of the images it wrote (no conditions,
+                       no source ids)
     answer_key.json    the plan: item id -> source image, condition / altered side, true label (never served)
     images/<item>.png            single design: the image shown
     images/<item>-left.png, -right.png   2AFC design: the pair shown side by side
@@ -32,7 +33,7 @@ import numpy as np
 
 from dermadv.data.classes import CLASSES
 from dermadv.errors import ConfigError, DataError, RunError
-from dermadv.observer.images import check_same_size, write_study_images
+from dermadv.observer.images import PNG_SIGNATURE, check_same_size, write_study_images
 from dermadv.observer.storage import StudyDB
 from dermadv.runs import Run, read_json, require_complete, write_json
 
@@ -65,6 +66,8 @@ class Study:
     item_ids: tuple[str, ...]
     classes: tuple[str, ...]
     seed: int
+    # the file names the study wrote under images/ (studies of older versions: the names their item ids give)
+    image_names: frozenset[str] = frozenset()
 
     @property
     def n_items(self) -> int:
@@ -84,9 +87,16 @@ class Study:
         return self.path / IMAGES_DIR / name
 
     def read_image(self, item_id: str, side: Side | None = None) -> bytes:
-        """The bytes of an item's image; never through a symbolic link, which could point at the answer key."""
+        """The bytes of an item's image: only a file the study wrote, by name, and never through a link.
+
+        A symbolic link, or a hard link (a file with more than one name, such as a second name of the answer
+        key put in place of an image), could serve any file; so could a file that resolves outside ``images/``.
+        What is served must also be a PNG.
+        """
         path = self.image_path(item_id, side)
         folder = self.path / IMAGES_DIR
+        if path.name not in self.image_names:
+            raise DataError(f"{path.name} is not an image study {self.study_id} wrote; recreate the study")
         if folder.is_symlink() or path.is_symlink() or path.resolve().parent != folder.resolve():
             raise DataError(f"{path} is a link or lies outside {folder}; study images must be plain files")
         try:
@@ -94,9 +104,18 @@ class Study:
         except OSError as e:
             raise DataError(f"image {path} cannot be read ({e.strerror}); recreate the study") from None
         with os.fdopen(fd, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            info = os.fstat(f.fileno())
+            if not stat.S_ISREG(info.st_mode):
                 raise DataError(f"{path} is not a regular file; study images must be plain files")
-            return f.read()
+            if info.st_nlink > 1:
+                raise DataError(
+                    f"{path} has {info.st_nlink} names (a hard link): study images must be files of their own; "
+                    "recreate the study"
+                )
+            content = f.read()
+        if not content.startswith(PNG_SIGNATURE):
+            raise DataError(f"{path} is not a PNG; recreate the study")
+        return content
 
 
 @dataclass(frozen=True)
@@ -238,6 +257,7 @@ def create_study(
                 "seed": seed,
                 "classes": list(CLASSES),
                 "item_ids": public_ids,
+                "images": sorted(p.name for _, p in jobs),  # the only files the app serves
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             },
         )
@@ -279,7 +299,11 @@ def load_study(study_dir: str | os.PathLike[str]) -> Study:
     bad = [i for i in item_ids if not ITEM_ID_RE.fullmatch(i)]
     if bad:
         raise RunError(f"{meta_path}: malformed item id {bad[0]!r}; recreate the study")
-    return Study(path, meta["study_id"], design, item_ids, tuple(meta["classes"]), int(meta["seed"]))
+    names = meta.get("images")
+    if names is None:  # a study of an older version: the names its item ids give
+        sides = [""] if design == "single" else [f"-{side}" for side in SIDES]
+        names = [f"{i}{side}.png" for i in item_ids for side in sides]
+    return Study(path, meta["study_id"], design, item_ids, tuple(meta["classes"]), int(meta["seed"]), frozenset(names))
 
 
 def load_answer_key(study_dir: str | os.PathLike[str]) -> dict[str, KeyEntry]:

@@ -378,8 +378,9 @@ def _fit_detector(cfg: DetectConfig, sample: Sample, target: int | None) -> tupl
 
 def detect_split(cfg: DetectConfig) -> DetectResult:
     """Fit a detector on clean training features, set its threshold on validation, test it on an attack folder."""
+    if Path(cfg.attack_folder).is_dir():  # before its files are looked for: a half-written folder lacks some
+        require_complete(cfg.attack_folder, allow_incomplete=cfg.allow_incomplete)
     check_attack_folder(Path(cfg.attack_folder))
-    require_complete(cfg.attack_folder, allow_incomplete=cfg.allow_incomplete)
     sample, run = _start(cfg, "defend detect")
     folder = read_attack_folder(Path(cfg.attack_folder), sample.meta.classes)
     target = folder.target

@@ -94,5 +94,11 @@ def check_unseen(
             "--allow-training-images"
         )
     if seen:
-        log.warning("%d of the %d %s images trained %s: scores on them are not held-out", seen, len(image_ids), split, spec.model)
+        log.warning(
+            "%d of the %d %s images trained %s: scores on them are not held-out",
+            seen,
+            len(image_ids),
+            split,
+            spec.model,
+        )
     return seen

@@ -27,7 +27,6 @@ from dermadv.report.data import (
     Stage,
     SweepPart,
 )
-
 from dermadv.runs import read_manifest
 
 log = logging.getLogger(__name__)
