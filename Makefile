@@ -1,13 +1,16 @@
 # make demo: the whole study on the built-in synthetic set.  make test: lint + the test suite.
 # make audit-demo: the demo classifier exported to ONNX, served over HTTP on 127.0.0.1 and audited black-box.
-# Both create .venv and install the project (with the tested torch pair) when needed.
+# make docs: docs/cli.md from the typer app; with RUNS="runs/a runs/b", also $(RESULTS) from those run folders.
+# Each creates .venv and installs the project (with the tested torch pair) when needed.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 TORCH_PAIR := torch==2.14.1 torchvision==0.29.1
 PYTEST_ARGS ?=
+RUNS ?=
+RESULTS ?= docs/results.md
 
-.PHONY: install demo audit-demo test lint format bench clean
+.PHONY: install demo audit-demo test lint format bench docs clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -41,6 +44,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/attack_throughput.py
 	$(PY) benchmarks/distributed_scaling.py
+
+docs: $(STAMP)
+	$(PY) -m dermadv.cli.reference docs/cli.md
+	$(if $(strip $(RUNS)),$(VENV)/bin/dermadv results $(RUNS) --out $(RESULTS))
 
 clean:
 	rm -rf runs/demo .pytest_cache .mypy_cache .ruff_cache

@@ -84,6 +84,7 @@ FAILURES: dict[str, tuple[list[str], int]] = {
     "attack list": (["surplus-argument"], 2),
     "reproduce": (["--out", "{tmp}/repro", "--preset", "huge"], 1),
     "report": (["{tmp}/nowhere"], 1),
+    "results": (["{tmp}/nowhere", "--out", "{tmp}/results.md"], 1),
     "observer create": (["{tmp}/nowhere", "--out", "{tmp}/study"], 1),
     "observer invite": (["{tmp}/nowhere", "--name", "Observer A"], 1),
     "observer serve": (["{tmp}/nowhere"], 1),

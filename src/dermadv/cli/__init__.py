@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from dermadv.cli import attack, data, defend, faults, model, observer, report, reproduce, train
+from dermadv.cli import attack, data, defend, faults, model, observer, report, reproduce, results, train
 from dermadv.errors import DermadvError
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ app.add_typer(defend.app, name="defend")
 app.add_typer(observer.app, name="observer")
 app.command()(reproduce.reproduce)
 app.command()(report.report)
+app.command()(results.results)
 app.add_typer(model.app, name="model")
 app.command()(model.audit)
 
