@@ -12,7 +12,8 @@ from torch import nn
 
 from dermadv.attacks.generator import GeneratorAttack
 from dermadv.data.classes import CLASSES
-from dermadv.pipeline.apply import AttackTask, quantise, read_png, run_attack
+from dermadv.evaluation.attack_run import read_png
+from dermadv.pipeline.apply import AttackTask, quantise, run_attack
 
 EPS_VALUES = [1 / 255, 2 / 255, 8 / 255]
 

@@ -17,8 +17,9 @@ from dermadv.attacks.generator import load_generator, save_generator
 from dermadv.data.classes import CLASSES
 from dermadv.data.load import to_float
 from dermadv.errors import CheckpointError, ConfigError, RunError
+from dermadv.evaluation.attack_run import read_png
 from dermadv.models.checkpoints import load_checkpoint
-from dermadv.pipeline.apply import quantise, read_png
+from dermadv.pipeline.apply import quantise
 from dermadv.pipeline.attack import AttackRunConfig, attack_split, transfer
 from dermadv.runs import read_json, run_complete
 from dermadv.training.generator import GeneratorConfig, fit_generator

@@ -15,8 +15,8 @@ from dermadv.data.classes import CLASSES
 from dermadv.data.load import to_float
 from dermadv.defences.transforms import parse_defence
 from dermadv.errors import RunError
+from dermadv.evaluation.attack_run import read_png
 from dermadv.models.checkpoints import load_checkpoint
-from dermadv.pipeline.apply import read_png
 from dermadv.pipeline.attack import AttackRunConfig, attack_split
 from dermadv.pipeline.defences import DetectConfig, detect_split, to_8bit
 from dermadv.pipeline.evaluate import evaluate_checkpoint

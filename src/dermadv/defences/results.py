@@ -16,25 +16,9 @@ from typing import Any, TypeVar
 from dermadv.defences.card import RobustnessCard
 from dermadv.defences.detection import DetectionScores
 from dermadv.defences.smoothing import CertifiedAccuracy
+from dermadv.proportions import Share, worst_class
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Share:
-    """``k`` of ``n`` images."""
-
-    k: int
-    n: int
-
-    @classmethod
-    def of(cls, mask: Any) -> Share:
-        """The share of true values in a boolean array or tensor."""
-        return cls(int(mask.sum()), int(mask.numel() if hasattr(mask, "numel") else len(mask)))
-
-    @property
-    def estimate(self) -> float:
-        return self.k / self.n if self.n else math.nan
 
 
 @dataclass(frozen=True)
@@ -50,8 +34,7 @@ class TargetedOutcome:
 
     @property
     def worst_class(self) -> str | None:
-        present = [c for c, s in self.fooled.items() if s.n]
-        return min(present, key=lambda c: self.fooled[c].estimate) if present else None
+        return worst_class(self.fooled)
 
     @property
     def worst_class_fooling(self) -> Share | None:

@@ -25,6 +25,7 @@ from dermadv.evaluation.stats import (
     mcnemar_test,
     proportion_ci,
 )
+from dermadv.proportions import Share, worst_class
 
 _SIZE_KEYS = ("linf_255_max", "l2_mean", "l0_mean", "psnr_mean", "ssim_mean")
 
@@ -354,8 +355,7 @@ def attack_metrics(
             psnr_mean=_mean_finite(sizes.psnr[mask]),
             ssim_mean=_mean_finite(sizes.ssim[mask]),
         )
-    present = [c for c in classes if per_class[c].n > 0]
-    worst = min(present, key=lambda c: per_class[c].fooling_ratio.estimate) if present else None
+    worst = worst_class({c: Share(int(fooled[labels == i].sum()), per_class[c].n) for i, c in enumerate(classes)})
     targeted = None
     if target_index is not None:
         eligible = correct_clean & (labels != target_index)

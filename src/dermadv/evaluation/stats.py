@@ -84,15 +84,19 @@ def mcnemar_test(correct_clean: np.ndarray, correct_adv: np.ndarray, *, exact: b
     return McNemarResult(float(res.statistic), float(res.pvalue), exact, table)
 
 
-def format_interval(interval: Interval, *, percent: bool = True, digits: int = 1) -> str:
-    """``84.0% (82.1–85.9)``; ``n/a`` when the interval is undefined (no observations)."""
+def format_interval(
+    interval: Interval, *, percent: bool = True, digits: int = 1, counts: tuple[int, int] | None = None
+) -> str:
+    """``84.0% (82.1–85.9)``, with ``counts`` (k, n) ``84.0% (82.1–85.9) 42/50``; ``n/a`` when the interval is
+    undefined (no observations)."""
     if np.isnan(interval.estimate):
         return "n/a"
     scale, unit = (100.0, "%") if percent else (1.0, "")
-    return (
+    text = (
         f"{interval.estimate * scale:.{digits}f}{unit} "
         f"({interval.low * scale:.{digits}f}–{interval.high * scale:.{digits}f})"
     )
+    return f"{text} {counts[0]}/{counts[1]}" if counts is not None else text
 
 
 def format_p_value(p: float | None) -> str:

@@ -300,6 +300,22 @@ def _offers(card: ModelCard, *, gradients: bool) -> tuple[str, ...]:
     return (("white-box",) if gradients and card.output != "label" else ()) + black + ("transfer",)
 
 
+def _card_info(
+    card: ModelCard, *, spec: str, kind: str, fingerprint: str, gradients: bool, weights: str | None = None
+) -> ModelInfo:
+    """What a model described by its card offers: the card's scored classes and input size."""
+    return ModelInfo(
+        spec=spec,
+        kind=kind,
+        classes=scored_classes(card),
+        image_size=card.input_size,
+        fingerprint=fingerprint,
+        offers=_offers(card, gradients=gradients),
+        card=card,
+        weights=weights,
+    )
+
+
 def _cap(model: SourceModel, threat_model: str) -> SourceModel:
     offers = model.info.offers
     if threat_model not in offers:
@@ -440,16 +456,8 @@ def _load_architecture(spec: str, weights: Any, card: ModelCard, card_given: boo
         log.warning("no model card for %s: assuming RGB in [0, 1], logits in dermadv's class order", spec)
     card = card if card.input_size else replace(card, input_size=DEFAULT_SIZE)
     fingerprint = _sha256(spec.encode(), Path(weights))
-    info = ModelInfo(
-        spec=spec,
-        kind=spec.partition(":")[0],
-        classes=scored_classes(card),
-        image_size=card.input_size,
-        fingerprint=fingerprint,
-        offers=_offers(card, gradients=True),
-        card=card,
-        weights=str(weights),
-    )
+    kind = spec.partition(":")[0]
+    info = _card_info(card, spec=spec, kind=kind, fingerprint=fingerprint, gradients=True, weights=str(weights))
     return _finish(net, card, info)
 
 
@@ -467,15 +475,7 @@ def _load_torchscript(path: Path, card: ModelCard) -> SourceModel:
     if card.input_size is None:
         log.warning("TorchScript %s declares no input size: using %dx%d (set input_size in a card)", path, *size)
     card = replace(card, input_size=(int(size[0]), int(size[1])))
-    info = ModelInfo(
-        spec=str(path),
-        kind="torchscript",
-        classes=scored_classes(card),
-        image_size=card.input_size,
-        fingerprint=_sha256(path),
-        offers=_offers(card, gradients=True),
-        card=card,
-    )
+    info = _card_info(card, spec=str(path), kind="torchscript", fingerprint=_sha256(path), gradients=True)
     return _finish(net, card, info)
 
 
@@ -515,15 +515,7 @@ def _load_onnx(path: Path, card: ModelCard) -> SourceModel:
         size = DEFAULT_SIZE
         log.warning("%s has a dynamic input size: using %dx%d (set input_size in a card)", path, *size)
     card = replace(card, input_size=(int(size[0]), int(size[1])))
-    base = ModelInfo(
-        spec=str(path),
-        kind="onnx",
-        classes=scored_classes(card),
-        image_size=card.input_size,
-        fingerprint=_sha256(path),
-        offers=_offers(card, gradients=False),
-        card=card,
-    )
+    base = _card_info(card, spec=str(path), kind="onnx", fingerprint=_sha256(path), gradients=False)
     black = _finish(BlackBox(runtime, name=f"onnxruntime({path.name})"), card, base, quantise=True)
     try:
         import onnx
@@ -602,15 +594,7 @@ def _load_http(url: str, card: ModelCard) -> SourceModel:
         raise ConfigError(f"unknown output kind {card.output!r}")
     backend = HttpBackend(url, settings, num_classes=len(card.classes), output=card.output)
     safe = redact_url(url)
-    info = ModelInfo(
-        spec=safe,
-        kind="http",
-        classes=scored_classes(card),
-        image_size=card.input_size,
-        fingerprint=_sha256(safe.encode()),
-        offers=_offers(card, gradients=False),
-        card=card,
-    )
+    info = _card_info(card, spec=safe, kind="http", fingerprint=_sha256(safe.encode()), gradients=False)
     model = _finish(BlackBox(backend, name=safe), card, info, quantise=True)
     model.backend = backend  # type: ignore[assignment]
     return model

@@ -43,7 +43,7 @@ class Proportion:
         return {"k": self.k, "n": self.n, **self.interval.as_dict()}
 
     def __str__(self) -> str:
-        return f"{format_interval(self.interval)} {self.k}/{self.n}" if self.n else "–"
+        return format_interval(self.interval, counts=(self.k, self.n)) if self.n else "–"
 
 
 def proportion(k: int, n: int, *, ci_method: CIMethod = DEFAULT_CI) -> Proportion:

@@ -15,7 +15,6 @@ A study folder holds::
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import logging
 import os
@@ -33,6 +32,14 @@ import numpy as np
 
 from dermadv.data.classes import CLASSES
 from dermadv.errors import ConfigError, DataError, RunError
+from dermadv.evaluation.attack_run import (
+    INFO_FILE,
+    PREDICTIONS_FILE,
+    image_path,
+    read_attack_info,
+    read_predictions,
+    saved_images,
+)
 from dermadv.observer.images import PNG_SIGNATURE, check_same_size, write_study_images
 from dermadv.observer.storage import StudyDB
 from dermadv.runs import Run, read_json, require_complete, write_json
@@ -149,22 +156,14 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("ascii")).hexdigest()
 
 
-def _pairs(attack_dir: Path) -> list[str]:
-    clean = {p.stem for p in (attack_dir / IMAGES_DIR / "clean").glob("*.png")}
-    adv = {p.stem for p in (attack_dir / IMAGES_DIR / "adv").glob("*.png")}
-    return sorted(clean & adv)
-
-
 def _labels(attack_dir: Path) -> dict[str, str]:
-    path = attack_dir / "predictions.csv"
-    if not path.exists():
-        log.warning("%s not found: the study will not know true labels (no diagnosis accuracy)", path)
+    if not (attack_dir / PREDICTIONS_FILE).exists():
+        log.warning(
+            "%s not found: the study will not know true labels (no diagnosis accuracy)", attack_dir / PREDICTIONS_FILE
+        )
         return {}
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or not {"image_id", "label"} <= set(reader.fieldnames):
-            raise DataError(f"{path} needs columns image_id and label; regenerate it with `dermadv attack run`")
-        return {row["image_id"]: row["label"] for row in reader}
+    predictions = read_predictions(attack_dir)
+    return dict(zip(predictions["image_id"], predictions["label"], strict=True))
 
 
 def create_study(
@@ -198,13 +197,13 @@ def create_study(
     require_complete(attack_dir, allow_incomplete=allow_incomplete)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} already exists and is not empty; choose another --out")
-    image_ids = _pairs(attack_dir)
+    image_ids = sorted(saved_images(attack_dir, "clean") & saved_images(attack_dir, "adv"))
     if not image_ids:
         raise DataError(f"no clean/adversarial pairs in {attack_dir}/images/{{clean,adv}}/<id>.png")
     if n > len(image_ids):
         raise ConfigError(f"n={n} exceeds the {len(image_ids)} image pairs in {attack_dir}; use --n {len(image_ids)}")
     labels = _labels(attack_dir)
-    attack = read_json(attack_dir / "attack.json") if (attack_dir / "attack.json").exists() else {}
+    attack = read_attack_info(attack_dir) if (attack_dir / INFO_FILE).exists() else {}
 
     rng = np.random.default_rng(seed)
     sample = [image_ids[i] for i in rng.choice(len(image_ids), size=n, replace=False)]
@@ -228,8 +227,7 @@ def create_study(
         images.mkdir()
         key, jobs = [], []
         for item_id, image_id, condition, side in zip(item_ids, sample, conditions, sides, strict=True):
-            clean = attack_dir / IMAGES_DIR / "clean" / f"{image_id}.png"
-            adv = attack_dir / IMAGES_DIR / "adv" / f"{image_id}.png"
+            clean, adv = image_path(attack_dir, image_id, "clean"), image_path(attack_dir, image_id, "adv")
             check_same_size(clean, adv)
             if side is None:
                 jobs.append((adv if condition == "perturbed" else clean, images / f"{item_id}.png"))

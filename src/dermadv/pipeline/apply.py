@@ -8,9 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
-from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,16 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 from tqdm.auto import tqdm
 
 from dermadv import distributed as dd
 from dermadv.attacks.base import Attack
 from dermadv.data.load import to_float
-from dermadv.errors import DataError, RunError
+from dermadv.evaluation.attack_run import IMAGE_KINDS, PREDICTIONS_FILE, prediction_rows, read_png, save_png
 from dermadv.models.sources import QueryCounter
-from dermadv.runs import check_unlocked, read_manifest, write_csv, write_json
+from dermadv.runs import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -66,51 +63,10 @@ def amplified(clean: np.ndarray, adv: np.ndarray, eps: float | None) -> np.ndarr
     return np.clip(127.5 + diff * (127.5 / scale), 0, 255).astype(np.uint8)
 
 
-def _save_png(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(array).save(tmp, format="PNG", compress_level=1)
-    os.replace(tmp, path)
-
-
-def read_png(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (OSError, SyntaxError) as exc:
-        raise DataError(f"cannot read {path}: {exc}; re-run `dermadv attack run`") from None
-
-
 @torch.no_grad()
 def predict_probs(model: nn.Module, batch_uint8: np.ndarray, device: torch.device | str) -> torch.Tensor:
     x = to_float(torch.from_numpy(np.ascontiguousarray(batch_uint8)).to(device))
     return torch.softmax(model(x).float(), 1).cpu()
-
-
-def prediction_rows(
-    image_ids: Sequence[str],
-    labels: Sequence[str],
-    classes: Sequence[str],
-    clean_probs: np.ndarray,
-    adv_probs: np.ndarray,
-    inmem_preds: np.ndarray,
-    queries: np.ndarray | None = None,
-) -> list[dict[str, Any]]:
-    """Rows of ``predictions.csv``: predictions and probabilities on the saved PNGs, and the in-memory prediction."""
-    rows = []
-    for r, image_id in enumerate(image_ids):
-        row: dict[str, Any] = {
-            "image_id": image_id,
-            "label": labels[r],
-            "clean_pred": classes[int(clean_probs[r].argmax())],
-            "adv_pred": classes[int(adv_probs[r].argmax())],
-            "inmem_adv_pred": classes[int(inmem_preds[r])],
-        }
-        if queries is not None:
-            row["queries"] = int(queries[r])
-        row.update({f"clean_prob_{c}": round(float(clean_probs[r, j]), 6) for j, c in enumerate(classes)})
-        row.update({f"adv_prob_{c}": round(float(adv_probs[r, j]), 6) for j, c in enumerate(classes)})
-        rows.append(row)
-    return rows
 
 
 class _QueryProgress:
@@ -146,7 +102,7 @@ def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> np.ndar
     Under torchrun the indices are sharded across ranks (strided, no padding) and gathered on
     rank 0 with their indices, so counts equal a single-process run exactly.
     """
-    dirs = {k: out / "images" / k for k in ("clean", "adv", "perturbation")}
+    dirs = {k: out / "images" / k for k in IMAGE_KINDS}
     for d in dirs.values():
         d.mkdir(parents=True, exist_ok=True)
     model = task.model.eval()
@@ -181,7 +137,7 @@ def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> np.ndar
         writes = [(dirs["clean"] / n, clean_np[j]) for j, n in enumerate(names)]
         writes += [(dirs["adv"] / n, adv_u8[j]) for j, n in enumerate(names)]
         writes += [(dirs["perturbation"] / n, amplified(clean_np[j], adv_u8[j], task.eps)) for j, n in enumerate(names)]
-        list(pool.map(lambda w: _save_png(*w), writes))
+        list(pool.map(lambda w: save_png(*w), writes))
         # Score the files as saved, not the tensors in memory.
         clean_back = np.stack(list(pool.map(read_png, [dirs["clean"] / n for n in names])))
         adv_back = np.stack(list(pool.map(read_png, [dirs["adv"] / n for n in names])))
@@ -208,54 +164,6 @@ def run_attack(task: AttackTask, out: Path, *, progress: bool = True) -> np.ndar
     if dd.is_main():
         label_codes = [task.classes[task.labels[i]] for i in order]
         ids = [task.image_ids[i] for i in order]
-        write_csv(out / "predictions.csv", prediction_rows(ids, label_codes, task.classes, cp, ap, im, queries))
+        write_csv(out / PREDICTIONS_FILE, prediction_rows(ids, label_codes, task.classes, cp, ap, im, queries))
     dd.barrier()
     return queries
-
-
-#: Everything ``attack run`` (or ``attack transfer``, ``evaluate-attack``, ``report``) writes into an attack folder.
-ATTACK_OUTPUTS = (
-    "manifest.json",
-    "attack.json",
-    "predictions.csv",
-    "attack_metrics.json",
-    "attack_metrics.csv",
-    "per_image.csv",
-    "images",
-    "report",
-    "queries.journal",
-)
-#: the query journal of a black-box model's answers in an attack folder (:mod:`dermadv.models.journal`)
-JOURNAL_NAME = "queries.journal"
-
-
-def clear_attack_folder(out: Path, *, keep: Sequence[str] = ()) -> None:
-    """Empty a used attack folder before a new run writes into it, so no PNG or table of the earlier run stays
-    beside the new ones (a rerun with fewer images used to keep the others' PNGs); a folder that holds anything
-    else is refused. Entries named in ``keep`` (a resumed run's query journal) stay."""
-    if not out.exists():
-        return
-    if not out.is_dir():
-        raise RunError(f"--out {out} is a file; pass a folder for the attack outputs")
-    check_unlocked(out)  # another process writing it: refuse before removing anything
-    entries = [e for e in out.iterdir() if not e.name.startswith(".")]  # hidden ones: temporary files of a write
-    if not entries:
-        return
-    manifest = read_manifest(out) or {}
-    foreign = sorted(e.name for e in entries if e.name not in ATTACK_OUTPUTS)
-    if foreign or not ((out / "attack.json").exists() or str(manifest.get("command", "")).startswith("attack")):
-        shown = ", ".join(foreign[:3]) or ", ".join(sorted(e.name for e in entries)[:3])
-        raise RunError(f"{out} holds files of no attack run ({shown}); choose an empty or new --out")
-    log.info("removing the outputs of the earlier attack run in %s", out)
-    for entry in out.iterdir():
-        if entry.name in keep:
-            continue
-        if entry.is_dir() and not entry.is_symlink():
-            shutil.rmtree(entry)
-        else:
-            entry.unlink()
-
-
-def write_attack_info(out: Path, info: dict[str, Any]) -> None:
-    if dd.is_main():
-        write_json(out / "attack.json", info)

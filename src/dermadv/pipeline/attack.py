@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
@@ -23,23 +22,26 @@ from dermadv.data.classes import class_index
 from dermadv.data.load import Prepared, prepare, to_float
 from dermadv.data.splits import SPLITS, stratified_sample
 from dermadv.defences.transforms import attacked_model, parse_defence
-from dermadv.errors import ConfigError, RunError
+from dermadv.errors import ConfigError
 from dermadv.evaluation.attack_eval import AttackMetrics, evaluate_attack_folder
+from dermadv.evaluation.attack_run import (
+    IMAGE_KINDS,
+    JOURNAL_NAME,
+    PREDICTIONS_FILE,
+    AttackRun,
+    ImageKind,
+    clear_attack_folder,
+    image_path,
+    prediction_rows,
+    read_png,
+    write_attack_info,
+)
 from dermadv.models.checkpoints import load_checkpoint
 from dermadv.models.classifier import ResizedClassifier
 from dermadv.models.sources import ModelInfo, label_map
-from dermadv.pipeline.apply import (
-    JOURNAL_NAME,
-    AttackTask,
-    clear_attack_folder,
-    predict_probs,
-    prediction_rows,
-    read_png,
-    run_attack,
-    write_attack_info,
-)
+from dermadv.pipeline.apply import AttackTask, predict_probs, run_attack
 from dermadv.pipeline.models import ModelSpec, check_unseen, checked, open_model, training_split
-from dermadv.runs import Run, check_same_run, file_fingerprint, read_json, require_complete, write_csv, write_json
+from dermadv.runs import Run, check_same_run, file_fingerprint, require_complete, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +56,7 @@ class AttackRunConfig:
     split: str = "test"
     split_file: str | None = None
     target: str | None = "nv"
-    eps: str | None = "8/255"
+    eps: str | None = None  # None: DEFAULT_EPS, or a fitted generator's own
     steps: int = 20
     pixels: int = 1
     attack_size: Literal["model", "stored"] = "model"
@@ -378,29 +380,15 @@ def transfer(
     """
     spec = parse_defence(defence) if defence else None
     source, out = Path(source), Path(out)
-    src_info_path = source / "attack.json"
-    if not src_info_path.exists():
-        raise RunError(
-            f"{source} is not an attack output folder (no attack.json); pass the --out of `dermadv attack run`"
-        )
-    require_complete(source, allow_incomplete=allow_incomplete)
+    source_run = AttackRun.read(source, allow_incomplete=allow_incomplete)
     require_complete(checkpoint, allow_incomplete=allow_incomplete)
-    info = read_json(src_info_path)
-    if not (source / "predictions.csv").is_file():
-        raise RunError(f"{source} has no predictions.csv: its attack run did not finish; rerun `dermadv attack run`")
-    preds = pd.read_csv(source / "predictions.csv", dtype={"image_id": str})
-    ids = preds["image_id"].tolist()
-    missing = [i for i in ids if not all((source / "images" / k / f"{i}.png").is_file() for k in ("clean", "adv"))]
-    if missing:
-        raise RunError(
-            f"{source} lacks the PNGs of {len(missing)} of its {len(ids)} images (first: {missing[0]}); "
-            "rerun `dermadv attack run` for it"
-        )
+    source_run.check_images()
+    info, ids = source_run.info, source_run.image_ids
     device = dd.default_device()
     model, meta = load_checkpoint(checkpoint, device=device)
-    if list(meta.classes) != list(info["classes"]):
+    if tuple(meta.classes) != source_run.classes:
         raise ConfigError(
-            f"{checkpoint} predicts {','.join(meta.classes)} but the attack used {','.join(info['classes'])}"
+            f"{checkpoint} predicts {','.join(meta.classes)} but the attack used {','.join(source_run.classes)}"
         )
     clear_attack_folder(out)
     run = Run(
@@ -410,22 +398,22 @@ def transfer(
         fingerprints={"classifier": file_fingerprint(checkpoint)},
     )
     attacked: nn.Module = model
-    if tuple(info["image_size"]) != tuple(meta.image_size):
+    if source_run.image_size != tuple(meta.image_size):
         attacked = ResizedClassifier(model, meta.image_size)
     if spec is not None:
         torch.manual_seed(0)  # a randomised defence draws the same noise on every run
         attacked = spec(attacked).eval()
-    for kind in ("clean", "adv", "perturbation"):
+    for kind in IMAGE_KINDS:
         if (source / "images" / kind).is_dir():
             shutil.copytree(source / "images" / kind, out / "images" / kind)
-    probs: dict[str, list[np.ndarray]] = {"clean": [], "adv": []}
+    probs: dict[ImageKind, list[np.ndarray]] = {"clean": [], "adv": []}
     for s in range(0, len(ids), 128):
         for kind, parts in probs.items():
-            images = np.stack([read_png(out / "images" / kind / f"{i}.png") for i in ids[s : s + 128]])
+            images = np.stack([read_png(image_path(out, i, kind)) for i in ids[s : s + 128]])
             parts.append(predict_probs(attacked, images, device).numpy())
     clean, adv = (np.concatenate(p) if p else np.zeros((0, len(meta.classes))) for p in probs.values())
-    labels = preds["label"].astype(str).tolist()
-    write_csv(out / "predictions.csv", prediction_rows(ids, labels, meta.classes, clean, adv, adv.argmax(1)))
+    rows = prediction_rows(ids, source_run.labels, meta.classes, clean, adv, adv.argmax(1))
+    write_csv(out / PREDICTIONS_FILE, rows)
     source_info = {
         "transfer_from": str(source),
         "checkpoint": str(checkpoint),
@@ -433,7 +421,7 @@ def transfer(
         "defence": str(spec) if spec else None,
         "adaptive": False if spec else None,
     }
-    write_json(out / "attack.json", {**info, **source_info})
+    write_attack_info(out, {**info, **source_info})
     metrics = evaluate_attack_folder(out, in_run=True)
     run.finish()
     return metrics

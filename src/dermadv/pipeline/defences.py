@@ -20,7 +20,6 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
@@ -45,18 +44,19 @@ from dermadv.defences.results import (
     DefendedCard,
     DetectionOutcome,
     DetectResult,
-    Share,
     TargetedOutcome,
     TransformRow,
     TransformsResult,
 )
 from dermadv.defences.smoothing import SmoothedClassifier, certified_accuracy
 from dermadv.defences.transforms import DefenceSpec, attack_defence, attacked_model, parse_defence, seeded_predictions
-from dermadv.errors import ConfigError, RunError
+from dermadv.errors import ConfigError
+from dermadv.evaluation.attack_run import AttackRun
 from dermadv.models.checkpoints import CheckpointMeta, check_fits, load_checkpoint
 from dermadv.models.classifier import ResizedClassifier
-from dermadv.pipeline.apply import quantise, read_png
-from dermadv.runs import Run, read_json, require_complete, write_csv, write_json
+from dermadv.pipeline.apply import quantise
+from dermadv.proportions import Share
+from dermadv.runs import Run, require_complete, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
@@ -310,50 +310,19 @@ def certify_split(cfg: CertifyConfig) -> CertifyResult:
     return result
 
 
-@dataclass(frozen=True)
-class AttackFolder:
-    """The clean and adversarial PNGs of an attack output folder, with its target and budget."""
-
-    info: dict[str, object]
-    image_ids: list[str]
-    labels: np.ndarray
-    clean: torch.Tensor  # float N×3×H×W
-    adv: torch.Tensor
-    fooled: np.ndarray  # N bool, from predictions.csv (the saved PNGs)
-
-    @property
-    def target(self) -> int | None:
-        index = self.info.get("target_index")
-        return int(index) if isinstance(index, int) else None
-
-
-def check_attack_folder(folder: Path) -> None:
-    if not (folder / "attack.json").is_file() or not (folder / "predictions.csv").is_file():
-        raise RunError(
-            f"{folder} is not an attack output folder (no attack.json and predictions.csv); "
-            "pass the --out of `dermadv attack run`"
-        )
-
-
-def read_attack_folder(folder: Path, classes: tuple[str, ...]) -> AttackFolder:
-    check_attack_folder(folder)
-    info = read_json(folder / "attack.json")
-    if tuple(info.get("classes") or ()) != tuple(classes):
+def _attack_images(attack: AttackRun, classes: tuple[str, ...]) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """The labels (indices into ``classes``) and the clean and adversarial PNGs (float N×3×H×W) of an attack folder."""
+    if attack.classes != tuple(classes):
         raise ConfigError(
-            f"{folder} was made for classes {','.join(info.get('classes') or [])}, the checkpoint has "
+            f"{attack.folder} was made for classes {','.join(attack.classes)}, the checkpoint has "
             f"{','.join(classes)}; attack this checkpoint with `dermadv attack run`"
         )
-    table = pd.read_csv(folder / "predictions.csv", dtype={"image_id": str})
-    ids = table["image_id"].tolist()
-
-    def load(kind: str) -> torch.Tensor:
-        stack = np.stack([read_png(folder / "images" / kind / f"{i}.png") for i in ids])
-        return to_float(torch.from_numpy(stack))
-
-    labels = np.array([classes.index(c) for c in table["label"]], dtype=np.int64)
-    target = info.get("target")
-    fooled = (table["adv_pred"] == target) if target else (table["adv_pred"] != table["label"])
-    return AttackFolder(info, ids, labels, load("clean"), load("adv"), fooled.to_numpy(bool))
+    labels = np.array([classes.index(c) for c in attack.labels], dtype=np.int64)
+    return (
+        labels,
+        to_float(torch.from_numpy(attack.load_images("clean"))),
+        to_float(torch.from_numpy(attack.load_images("adv"))),
+    )
 
 
 def _fit_detector(cfg: DetectConfig, sample: Sample, target: int | None) -> tuple[Detector, int]:
@@ -378,16 +347,13 @@ def _fit_detector(cfg: DetectConfig, sample: Sample, target: int | None) -> tupl
 
 def detect_split(cfg: DetectConfig) -> DetectResult:
     """Fit a detector on clean training features, set its threshold on validation, test it on an attack folder."""
-    if Path(cfg.attack_folder).is_dir():  # before its files are looked for: a half-written folder lacks some
-        require_complete(cfg.attack_folder, allow_incomplete=cfg.allow_incomplete)
-    check_attack_folder(Path(cfg.attack_folder))
+    attack = AttackRun.read(cfg.attack_folder, allow_incomplete=cfg.allow_incomplete)
     sample, run = _start(cfg, "defend detect")
-    folder = read_attack_folder(Path(cfg.attack_folder), sample.meta.classes)
-    target = folder.target
-    budget = folder.info.get("eps")
-    eps = float(budget) if isinstance(budget, (int, float)) else parse_eps(cfg.eps)
+    attack_labels, attack_clean, attack_adv = _attack_images(attack, sample.meta.classes)
+    target = attack.target_index
+    eps = attack.eps if attack.eps is not None else parse_eps(cfg.eps)
     model: nn.Module = sample.model
-    if tuple(folder.clean.shape[-2:]) != tuple(sample.meta.image_size):
+    if tuple(attack_clean.shape[-2:]) != tuple(sample.meta.image_size):
         model = ResizedClassifier(model, sample.meta.image_size).eval()
     with run.stage("fit"):
         detector, fit_images = _fit_detector(cfg, sample, target)
@@ -396,22 +362,21 @@ def detect_split(cfg: DetectConfig) -> DetectResult:
     def scores_of(images: torch.Tensor) -> np.ndarray:
         return detector.score(penultimate_features(model, images.to(sample.device), batch_size=cfg.batch_size))
 
-    clean_scores, adv_scores = scores_of(folder.clean), scores_of(folder.adv)
-    method = str(folder.info.get("method", "attack"))
+    clean_scores, adv_scores = scores_of(attack_clean), scores_of(attack_adv)
     outcomes = [
         DetectionOutcome(
-            f"{method} ({Path(cfg.attack_folder).name})",
+            f"{attack.method} ({Path(cfg.attack_folder).name})",
             detection_scores(clean_scores, adv_scores),
-            Share.of(folder.fooled),
-            Share.of(folder.fooled & (adv_scores <= threshold)),
+            Share.of(attack.fooled),
+            Share.of(attack.fooled & (adv_scores <= threshold)),
         )
     ]
     with run.stage("aware attack"):
         aware = DetectorAwarePGD(detector, eps, threshold=threshold, weight=cfg.weight, steps=cfg.steps, seed=cfg.seed)
-        labels = torch.from_numpy(folder.labels)
+        labels = torch.from_numpy(attack_labels)
         found = []
         for s in range(0, len(labels), cfg.batch_size):
-            x = folder.clean[s : s + cfg.batch_size].to(sample.device)
+            x = attack_clean[s : s + cfg.batch_size].to(sample.device)
             found_now = aware(model, x, labels=labels[s : s + cfg.batch_size].to(sample.device), target=target)
             found.append(to_8bit(found_now.adv_images, x, eps))
         aware_images = torch.cat(found)
@@ -429,7 +394,7 @@ def detect_split(cfg: DetectConfig) -> DetectResult:
     result = DetectResult(cfg.detector, fit_images, threshold, tuple(outcomes))
     rows = [
         {"image_id": i, "clean_score": c, "adv_score": a, "aware_score": w}
-        for i, c, a, w in zip(folder.image_ids, clean_scores, adv_scores, aware_scores, strict=True)
+        for i, c, a, w in zip(attack.image_ids, clean_scores, adv_scores, aware_scores, strict=True)
     ]
     write_csv(cfg.out / "detect_scores.csv", rows)
     write_json(cfg.out / "detect.json", result)

@@ -20,9 +20,10 @@ from dermadv.attacks.registry import get_attack_class
 from dermadv.config import format_eps, parse_eps
 from dermadv.errors import ConfigError
 from dermadv.evaluation.attack_metrics import AttackMetrics
+from dermadv.evaluation.attack_run import METRICS_FILE, read_attack_info, read_attack_metrics
 from dermadv.models.checkpoints import load_checkpoint
 from dermadv.pipeline.attack import AttackRunConfig, attack_split
-from dermadv.runs import Run, check_same_run, file_fingerprint, read_json, require_complete, run_complete, write_csv
+from dermadv.runs import Run, check_same_run, file_fingerprint, require_complete, run_complete, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -190,10 +191,9 @@ def write_sweep_csv(base: Path) -> list[dict[str, Any]]:
     """Collect every complete attack folder under ``base`` into ``sweep.csv`` (method, protocol, eps order)."""
     rows = []
     # an attack folder still running, or cut short, is left out until it completes
-    done = (p for p in base.iterdir() if p.is_dir() and (p / "attack_metrics.json").exists() and run_complete(p))
+    done = (p for p in base.iterdir() if p.is_dir() and (p / METRICS_FILE).exists() and run_complete(p))
     for folder in sorted(done):
-        info = read_json(folder / "attack.json")
-        metrics = AttackMetrics.from_dict(read_json(folder / "attack_metrics.json"))
+        info, metrics = read_attack_info(folder), read_attack_metrics(folder)
         method = info["method"]
         protocol = _protocol(folder.name, method)
         rows.append(sweep_row(metrics, method=method, eps=float(info["eps"]), protocol=protocol, folder=folder.name))

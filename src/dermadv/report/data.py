@@ -11,10 +11,21 @@ from urllib.parse import quote
 import pandas as pd
 
 from dermadv.defences.results import CardResult, CertifyResult, DetectResult, TransformsResult
+from dermadv.errors import RunError
 from dermadv.evaluation.attack_metrics import AttackMetrics
 
-#: Errors that turn a part into a note instead of a crash: unreadable, malformed or truncated files.
-READ_ERRORS = (OSError, ValueError, KeyError, TypeError, IndexError, json.JSONDecodeError, pd.errors.ParserError)
+#: Errors that turn a part into a note instead of a crash: unreadable, malformed or truncated files (RunError: a file
+#: the attack folder's reader refuses).
+READ_ERRORS = (
+    OSError,
+    ValueError,
+    KeyError,
+    TypeError,
+    IndexError,
+    json.JSONDecodeError,
+    pd.errors.ParserError,
+    RunError,
+)
 
 
 @dataclass(frozen=True)

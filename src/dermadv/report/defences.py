@@ -10,12 +10,12 @@ from dermadv.defences.results import (
     CardResult,
     CertifyResult,
     DetectResult,
-    Share,
     TargetedOutcome,
     TransformsResult,
     from_dict,
 )
 from dermadv.evaluation.stats import format_interval, proportion_ci
+from dermadv.proportions import Share
 from dermadv.report.data import READ_ERRORS, DefencesPart, Sources
 from dermadv.report.readers import read_json_dict
 
@@ -62,7 +62,7 @@ def share_text(share: Share | None) -> str:
     """``70.0% (48.1–85.5) 14/20``: Wilson intervals, as the samples here are small."""
     if share is None or not share.n:
         return "n/a"
-    return f"{format_interval(proportion_ci(share.k, share.n, method='wilson'))} {share.k}/{share.n}"
+    return format_interval(proportion_ci(share.k, share.n, method="wilson"), counts=(share.k, share.n))
 
 
 def _worst(outcome: TargetedOutcome | None) -> str:

@@ -22,6 +22,7 @@ from dermadv.data.classes import CLASS_COLOURS
 from dermadv.defences.results import CardResult
 from dermadv.errors import DataError
 from dermadv.evaluation.attack_metrics import AttackMetrics
+from dermadv.evaluation.attack_run import fooled, read_attack_info, read_predictions
 from dermadv.report.data import READ_ERRORS, FigureFile, ReportData
 from dermadv.report.readers import read_json_dict
 
@@ -490,8 +491,7 @@ def query_curves(
     if not np.isfinite(queries).all() or (queries < 0).any():
         raise DataError("the queries column holds missing or negative values; rerun the attack")
     labels = predictions["label"].astype(str).to_numpy()
-    adv = predictions["adv_pred"].astype(str).to_numpy()
-    fooled = adv == target if target is not None else adv != labels
+    success = fooled(predictions, target)
     top = int(queries.max()) if queries.size else 1
     if budget is None:
         budget = max(1, top)
@@ -499,7 +499,7 @@ def query_curves(
         raise DataError(f"an image spent {top} queries, more than the budget {budget}; pass the attack's budget")
     order = [c for c in (classes or sorted(set(labels))) if c != target]
     curves = tuple(
-        QueryCurve(c, queries[labels == c].astype(np.int64), fooled[labels == c]) for c in order if (labels == c).any()
+        QueryCurve(c, queries[labels == c].astype(np.int64), success[labels == c]) for c in order if (labels == c).any()
     )
     return QueryCurves(curves, target, int(budget))
 
@@ -519,8 +519,8 @@ def _attack_budget(attack_dir: Path, attack: dict[str, Any]) -> int | None:
 def read_query_curves(attack_dir: Path, *, target: str | None = None, budget: int | None = None) -> QueryCurves:
     """:func:`query_curves` of an attack output folder, with its target, classes and budget from its files."""
     attack_dir = Path(attack_dir)
-    attack = read_json_dict(attack_dir / "attack.json")
-    predictions = pd.read_csv(attack_dir / "predictions.csv", dtype={"image_id": str, "label": str, "adv_pred": str})
+    attack = read_attack_info(attack_dir)
+    predictions = read_predictions(attack_dir)
     if budget is None:
         budget = _attack_budget(attack_dir, attack)
         spent = pd.to_numeric(predictions["queries"], errors="coerce") if "queries" in predictions else None

@@ -26,8 +26,8 @@ def interval_text(iv: Any) -> str:
     """An interval as read from JSON (estimate, low, high on [0, 1]; ``k`` of ``n``) as ``84.0% (82.1–85.9) 42/50``."""
     if not isinstance(iv, dict) or _missing(iv.get("estimate")):
         return "n/a"
-    counts = f" {iv['k']}/{iv['n']}" if iv.get("k") is not None and iv.get("n") is not None else ""
-    return format_interval(Interval.from_dict(iv)) + counts
+    counts = (iv["k"], iv["n"]) if iv.get("k") is not None and iv.get("n") is not None else None
+    return format_interval(Interval.from_dict(iv), counts=counts)
 
 
 def eps_text(eps_255: Any) -> str:

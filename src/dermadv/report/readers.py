@@ -13,7 +13,17 @@ from urllib.parse import quote
 import pandas as pd
 
 from dermadv.data.classes import CLASSES
-from dermadv.evaluation.attack_metrics import AttackMetrics
+from dermadv.evaluation.attack_run import (
+    IMAGE_KINDS,
+    INFO_FILE,
+    METRICS_FILE,
+    PREDICTIONS_FILE,
+    image_path,
+    read_attack_info,
+    read_attack_metrics,
+    read_predictions,
+    saved_images,
+)
 from dermadv.report.data import (
     READ_ERRORS,
     AttackPart,
@@ -156,12 +166,9 @@ def sample_grid(
         row = (right if not right.empty else of_class).iloc[0]
         image_id = str(row["image_id"])
         cells = []
-        for kind, sub, caption in (
-            ("clean", "clean", _prediction(row, "clean")),
-            ("adversarial", "adv", _prediction(row, "adv")),
-            ("perturbation", "perturbation", f"adv − clean, amplified {amplification}"),
-        ):
-            src = attack_dir / "images" / sub / f"{image_id}.png"
+        captions = (_prediction(row, "clean"), _prediction(row, "adv"), f"adv − clean, amplified {amplification}")
+        for kind, sub, caption in zip(("clean", "adversarial", "perturbation"), IMAGE_KINDS, captions, strict=True):
+            src = image_path(attack_dir, image_id, sub)
             if src.is_file():
                 cells.append(GridCell(kind, src, f"images/{sub}/{quote(image_id)}.png", caption))
         if cells:
@@ -174,13 +181,13 @@ def read_attack(attack_dir: Path, sources: Sources, *, generator_dir: Path | Non
     notes: list[str] = []
     rel = attack_dir.relative_to(sources.run_dir).as_posix()
     prefix = "" if rel == "." else f"{rel}/"
-    attack = read_json_dict(attack_dir / "attack.json")
+    attack = read_attack_info(attack_dir)
     classes = tuple(attack.get("classes") or CLASSES)
     metrics = metrics_link = None
-    if (attack_dir / "attack_metrics.json").is_file():
+    if (attack_dir / METRICS_FILE).is_file():
         try:
-            metrics = AttackMetrics.from_dict(read_json_dict(attack_dir / "attack_metrics.json"))
-            metrics_link = sources.cite(attack_dir / "attack_metrics.json")
+            metrics = read_attack_metrics(attack_dir)
+            metrics_link = sources.cite(attack_dir / METRICS_FILE)
         except READ_ERRORS as exc:
             notes.append(f"attack measures left out: cannot read attack_metrics.json ({_short(exc)})")
     else:
@@ -197,8 +204,8 @@ def read_attack(attack_dir: Path, sources: Sources, *, generator_dir: Path | Non
     grid: list[GridRow] = []
     predictions_link = None
     try:
-        predictions = read_table(attack_dir / "predictions.csv", ("image_id", "label", "clean_pred", "adv_pred"))
-        predictions_link = sources.cite(attack_dir / "predictions.csv")
+        predictions = read_predictions(attack_dir)
+        predictions_link = sources.cite(attack_dir / PREDICTIONS_FILE)
         eps = attack.get("eps")
         grid = sample_grid(
             attack_dir, predictions, classes, float(eps) * 255 if isinstance(eps, (int, float)) else None
@@ -230,7 +237,7 @@ def read_attack(attack_dir: Path, sources: Sources, *, generator_dir: Path | Non
     return AttackPart(
         folder="." if rel == "." else rel,
         attack=attack,
-        attack_link=sources.cite(attack_dir / "attack.json"),
+        attack_link=sources.cite(attack_dir / INFO_FILE),
         metrics=metrics,
         metrics_link=metrics_link,
         per_class_link=sources.cite_if(attack_dir / "attack_metrics.csv"),
@@ -244,7 +251,7 @@ def read_attack(attack_dir: Path, sources: Sources, *, generator_dir: Path | Non
         grid=grid,
         notes=notes,
         status=status,
-        images_saved=len(list((attack_dir / "images" / "adv").glob("*.png"))),
+        images_saved=len(saved_images(attack_dir, "adv")),
     )
 
 
@@ -254,7 +261,7 @@ def read_sweep(path: Path, sources: Sources) -> SweepPart:
     links: dict[str, Link] = {}
     if "folder" in table.columns:
         for folder in table["folder"].dropna().astype(str):
-            link = sources.cite_if(path.parent / folder / "attack_metrics.json")
+            link = sources.cite_if(path.parent / folder / METRICS_FILE)
             if link is not None:
                 links[folder] = link
     return SweepPart(table, sources.cite(path), links)
