@@ -132,10 +132,16 @@ def main() -> None:
     The command modules import their heavy dependencies inside the commands, so ``observer serve`` loads no
     torch (serving a study needs no model); torch.distributed is joined only under torchrun.
     """
+    import os
     import signal
     import warnings
 
     from dermadv.runs import abandon_runs, watch_runs
+
+    # torch's OpenMP threads spin while they wait for each other: on a machine where another process holds a core,
+    # two spinning threads on the one core left slowed `make demo`'s generator 20-fold. Waiting threads sleep instead
+    # (set before torch loads its OpenMP runtime; a value in the environment is kept).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     terminated = []
 
