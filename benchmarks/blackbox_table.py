@@ -3,8 +3,8 @@
     python benchmarks/blackbox_table.py OUT        # prints Markdown; writes OUT/table.md and OUT/table.json
 
 Per run: threat model, method, budget, images, worst-class fooling ratio (images of the class moved to the target,
-the target's own class left out), all images → target, the median and the share within 100 queries of the
-images moved (their true class not the target), the attack's queries counted by dermadv and by the server, and
+the target's own class left out), all images → target, the median queries of the images moved (their true class
+and their clean prediction not the target) and the share of non-target images at the target within 100 queries, the attack's queries counted by dermadv and by the server, and
 the wall time of the attack.
 """
 
@@ -27,7 +27,9 @@ def row(folder: Path) -> dict[str, Any] | None:
     pred = pd.read_csv(folder / "predictions.csv", dtype={"image_id": str})
     target = info["target"]
     others = pred[pred["label"] != target]
-    moved = others[others["adv_pred"] == target]
+    # the images the attack had to move: not of the target class and not called the target before the attack (an
+    # image called the target when clean succeeds on the query that scores it, and says nothing of the search)
+    moved = others[(others["adv_pred"] == target) & (others["clean_pred"] != target)]
     per_class = {
         c: float((g["adv_pred"] == target).mean()) for c, g in others.groupby("label")
     }  # the target's class left out: its images are "fooled" before any query
@@ -48,6 +50,7 @@ def row(folder: Path) -> dict[str, Any] | None:
         "worst_class_n": int((others["label"] == worst).sum()),
         "fooling_all": float(metrics["fooling_ratio_all"]["estimate"]),
         "median_queries_moved": float(moved["queries"].median()) if has_q and len(moved) else None,
+        "already_target": int((others["clean_pred"] == target).sum()),
         "moved_within_100": float(((others["adv_pred"] == target) & (others["queries"] <= 100)).mean())
         if has_q
         else None,

@@ -20,7 +20,8 @@ from sklearn.metrics import balanced_accuracy_score
 
 from dermadv.data.load import prepare
 from dermadv.models.checkpoints import load_checkpoint
-from dermadv.training.classifier import calibrate_logit_bias, predict_logits
+from dermadv.models.inference import predict_logits
+from dermadv.training.classifier import calibrate_logit_bias
 
 
 def _score(logits: torch.Tensor, labels: np.ndarray) -> tuple[float, float]:

@@ -51,8 +51,10 @@ from dermadv.evaluation.attack_eval import format_attack_table
 from dermadv.pipeline.attack import AttackRunConfig, attack_split
 from dermadv.presets import preset_attack_config, preset_train_config
 from dermadv.runs import read_json
-from dermadv.training.classifier import TrainConfig, fit
-from dermadv.training.generator import GeneratorConfig, fit_generator
+from dermadv.pipeline.generator import fit_generator
+from dermadv.pipeline.train import fit
+from dermadv.training.classifier import TrainConfig
+from dermadv.training.generator import GeneratorConfig
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
 T0 = time.perf_counter()

@@ -96,7 +96,8 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def train_tiny_classifier(data: Path, out: Path, *, seed: int) -> Path:
-    from dermadv.training.classifier import TrainConfig, fit
+    from dermadv.pipeline.train import fit
+    from dermadv.training.classifier import TrainConfig
 
     cfg = TrainConfig(
         out=out, data=str(data), arch="resnet18", image_size=32, epochs=4, batch_size=32, lr=3e-3, seed=seed
@@ -106,7 +107,8 @@ def train_tiny_classifier(data: Path, out: Path, *, seed: int) -> Path:
 
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory: pytest.TempPathFactory, synthetic_root: Path, session_cache: Path) -> Pipeline:
-    from dermadv.training.generator import GeneratorConfig, fit_generator
+    from dermadv.pipeline.generator import fit_generator
+    from dermadv.training.generator import GeneratorConfig
 
     root = tmp_path_factory.mktemp("pipeline")
     checkpoint = train_tiny_classifier(synthetic_root, root / "clf-a", seed=0)

@@ -21,9 +21,11 @@ import pytest
 from dermadv.data.load import prepare
 from dermadv.data.splits import stratified_sample
 from dermadv.models.checkpoints import load_checkpoint
+from dermadv.models.inference import predict_logits
 from dermadv.pipeline.attack import AttackRunConfig, attack_split
+from dermadv.pipeline.train import fit
 from dermadv.runs import read_json, run_complete
-from dermadv.training.classifier import TrainConfig, fit, predict_logits
+from dermadv.training.classifier import TrainConfig
 
 pytestmark = pytest.mark.timeout(600)
 

@@ -180,6 +180,13 @@ def config_from_mapping(cls: type, values: Mapping[str, Any], *, where: str) -> 
     return cls(**converted)
 
 
+def config_options(cls: type, options: Mapping[str, Any], **changed: Any) -> dict[str, Any]:
+    """The command's options that are fields of the config dataclass ``cls``, by name (pass the command's
+    ``locals()`` before it binds other names), with ``changed`` replacing the ones the command converts."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in options.items() if k in names} | changed
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """The options of a YAML config file (``key: value`` lines), with one-line errors for what is not one."""
     import yaml

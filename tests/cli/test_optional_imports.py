@@ -35,6 +35,8 @@ CORE_MODULES = (
     "dermadv.cli",
     "dermadv.training.classifier",
     "dermadv.training.generator",
+    "dermadv.pipeline.train",
+    "dermadv.pipeline.generator",
     "dermadv.attacks",
     "dermadv.pipeline.attack",
     "dermadv.pipeline.reproduce",

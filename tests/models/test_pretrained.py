@@ -126,7 +126,8 @@ def test_offline_with_the_package_missing_is_one_clear_error(offline: None, monk
 def test_one_epoch_fine_tune_from_offline_weights_beats_scratch(
     offline: None, synthetic_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from dermadv.training.classifier import TrainConfig, fit
+    from dermadv.pipeline.train import fit
+    from dermadv.training.classifier import TrainConfig
 
     monkeypatch.setenv("DERMADV_CACHE", str(tmp_path / "cache"))
     scores = {}

@@ -21,8 +21,9 @@ from dermadv.evaluation.attack_run import read_png
 from dermadv.models.checkpoints import load_checkpoint
 from dermadv.pipeline.apply import quantise
 from dermadv.pipeline.attack import AttackRunConfig, attack_split, transfer
+from dermadv.pipeline.generator import fit_generator
 from dermadv.runs import read_json, run_complete
-from dermadv.training.generator import GeneratorConfig, fit_generator
+from dermadv.training.generator import GeneratorConfig
 
 
 def _predict(checkpoint: Path, folder: Path, kind: str, ids: list[str]) -> list[str]:

@@ -283,9 +283,10 @@ def test_a_complete_generator_fit_made_with_other_settings_is_refused(tmp_path: 
     that changed, e.g. its held-out steps, must not pick up the old fit)."""
     from dataclasses import asdict
 
+    from dermadv.pipeline.generator import check_generator_settings
     from dermadv.pipeline.reproduce import fit_once
     from dermadv.runs import Run
-    from dermadv.training.generator import GeneratorConfig, check_generator_settings
+    from dermadv.training.generator import GeneratorConfig
 
     cfg = GeneratorConfig(checkpoint=tmp_path / "model.safetensors", out=tmp_path / "gen", condition="gradient")
     Run(cfg.out, command="attack fit", config=asdict(cfg)).finish()

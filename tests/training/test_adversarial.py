@@ -15,8 +15,9 @@ from dermadv.attacks.gradient import PGD
 from dermadv.errors import ConfigError, RunError
 from dermadv.models.checkpoints import load_checkpoint
 from dermadv.models.classifier import Classifier
+from dermadv.pipeline.train import fit
 from dermadv.training.adversarial import adversarial_batch, fgsm_rs, training_attack
-from dermadv.training.classifier import TrainConfig, fit
+from dermadv.training.classifier import TrainConfig
 
 EPS = 8 / 255
 

@@ -18,17 +18,13 @@ from dermadv.data.classes import CLASSES
 from dermadv.data.load import Prepared, prepare, to_float
 from dermadv.errors import ConfigError, RunError
 from dermadv.models.checkpoints import load_checkpoint, load_state
+from dermadv.models.inference import predict_logits
+from dermadv.pipeline import train as pipeline
+from dermadv.pipeline.train import fit
 from dermadv.runs import read_json, run_complete
 from dermadv.training import classifier as training
 from dermadv.training.augment import AugmentConfig, augment
-from dermadv.training.classifier import (
-    TrainConfig,
-    calibrate_logit_bias,
-    class_weights,
-    fit,
-    lr_lambda,
-    predict_logits,
-)
+from dermadv.training.classifier import TrainConfig, calibrate_logit_bias, class_weights, lr_lambda
 
 TIMING = ["seconds", "images_per_s"]  # the only history columns allowed to differ between identical runs
 
@@ -154,14 +150,14 @@ def test_resume_after_interruption_matches_a_straight_run(
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(training, "train_one_epoch", interrupted)
+    monkeypatch.setattr(pipeline, "train_one_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         fit(tiny_config(out, synthetic_root), prepared=prepared)
     assert not run_complete(out), "an interrupted run must not look finished"
     assert history(out)["epoch"].tolist() == [0]
     with pytest.raises(RunError, match="--resume"):
         fit(tiny_config(out, synthetic_root), prepared=prepared)
-    monkeypatch.setattr(training, "train_one_epoch", original)
+    monkeypatch.setattr(pipeline, "train_one_epoch", original)
     fit(tiny_config(out, synthetic_root, resume=True), prepared=prepared)
     assert run_complete(out)
     assert_same_run(straight, out)

@@ -12,8 +12,9 @@ from safetensors.torch import load_file
 
 from dermadv.errors import ConfigError, DataError, RunError
 from dermadv.pipeline.attack import AttackRunConfig, attack_split
+from dermadv.pipeline.generator import fit_generator
 from dermadv.runs import run_complete
-from dermadv.training.generator import GeneratorConfig, fit_generator, targeted_margin_loss
+from dermadv.training.generator import GeneratorConfig, targeted_margin_loss
 
 
 def test_targeted_margin_loss_is_zero_once_the_target_wins_by_kappa() -> None:

@@ -171,7 +171,7 @@ class PatchDiscriminator(nn.Module):
 class GeneratorAttack(Attack):
     """AdvGAN (Xiao et al. 2018): ``adv = clamp(images + G(images), 0, 1)``, one forward pass per batch.
 
-    Fitted by :func:`dermadv.training.generator.fit_generator` (``dermadv attack fit``); built from its file,
+    Fitted by :func:`dermadv.pipeline.generator.fit_generator` (``dermadv attack fit``); built from its file,
     ``create_attack("advgan", generator="runs/advgan/generator.safetensors")``, or from a network and its spec.
     The spec fixes the budget, the target and the image size the generator was fitted for.
     """

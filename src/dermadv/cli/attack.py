@@ -16,6 +16,7 @@ from dermadv.cli.data import (
     ThreatModelOpt,
     WeightsOpt,
 )
+from dermadv.config import config_options
 
 app = typer.Typer(
     help="Fit and run adversarial attacks (advgan, pgd, fgsm, cw, uap, pixel, art:<Name>).",
@@ -77,32 +78,11 @@ def fit(
     allow_incomplete: bool = AllowIncompleteOpt,
 ) -> None:
     """Fit an AdvGAN-style generator that makes the classifier predict --target."""
-    from dermadv.training.generator import GeneratorConfig, fit_generator
+    options = dict(locals())  # by name, before any other name is bound
+    from dermadv.pipeline.generator import fit_generator
+    from dermadv.training.generator import GeneratorConfig
 
-    cfg = GeneratorConfig(
-        checkpoint=checkpoint,  # type: ignore[arg-type]
-        weights=weights,
-        model_card=model_card,
-        out=out,
-        data=data,
-        target=target,
-        eps=eps,
-        fit_on=fit_on,  # type: ignore[arg-type]
-        attack_size=attack_size,  # type: ignore[arg-type]
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        kappa=kappa,  # type: ignore[arg-type]
-        gan_weight=gan_weight,
-        hinge_weight=hinge_weight,
-        condition=condition,
-        steps=steps,
-        channels=channels,
-        seed=seed,
-        split_file=split_file,
-        resume=resume,
-        allow_incomplete=allow_incomplete,
-    )
+    cfg = GeneratorConfig(**config_options(GeneratorConfig, options))
     typer.echo(f"generator: {fit_generator(cfg)}")
 
 
@@ -151,36 +131,12 @@ def run(
 
     A used --out is emptied first: no image of an earlier run stays beside the new ones (with --resume, all but
     the query journal of a run with the same settings)."""
+    options = dict(locals())  # by name, before any other name is bound
     from dermadv.evaluation.attack_eval import format_attack_table
     from dermadv.pipeline.attack import AttackRunConfig, attack_split
 
-    cfg = AttackRunConfig(
-        checkpoint=checkpoint,  # type: ignore[arg-type]
-        out=out,
-        method=method,
-        weights=weights,
-        model_card=model_card,
-        threat_model=threat_model,
-        queries=queries,
-        resume=resume,
-        generator=generator,
-        data=data,
-        split=split,
-        target=None if target in (None, "none") else target,
-        eps=eps,
-        steps=steps,
-        pixels=pixels,
-        attack_size=attack_size,  # type: ignore[arg-type]
-        batch_size=batch_size,
-        limit=limit,
-        params=_params(param),  # type: ignore[arg-type]
-        seed=seed,
-        split_file=split_file,
-        defence=defence,
-        adaptive=adaptive,
-        allow_incomplete=allow_incomplete,
-        allow_training_images=allow_training_images,
-    )
+    target = None if target in (None, "none") else target
+    cfg = AttackRunConfig(**config_options(AttackRunConfig, options, target=target, params=_params(param)))
     metrics = attack_split(cfg)
     if metrics is not None:
         Console().print(format_attack_table(metrics))
@@ -206,21 +162,12 @@ def sweep_cmd(
     allow_incomplete: bool = AllowIncompleteOpt,
 ) -> None:
     """Run several methods × budgets; write sweep.csv (one row per method and eps) and a manifest."""
+    options = dict(locals())  # by name, before any other name is bound
     from dermadv.pipeline.attack import AttackRunConfig
     from dermadv.pipeline.sweep import attack_sweep
 
-    cfg = AttackRunConfig(
-        checkpoint=checkpoint,
-        out=out,
-        data=data,
-        split=split,
-        target=target,
-        steps=steps,
-        limit=limit,
-        fit_limit=fit_limit,
-        seed=seed,
-        allow_incomplete=allow_incomplete,
-    )
+    # --eps lists the sweep's budgets: each run's, not the config's one
+    cfg = AttackRunConfig(**config_options(AttackRunConfig, options, eps=None))
     methods_list = [m.strip() for m in methods.split(",") if m.strip()]
     eps_list = [e.strip() for e in eps.split(",") if e.strip()]
     _print_sweep(attack_sweep(cfg, methods=methods_list, eps_values=eps_list, generators=generators))

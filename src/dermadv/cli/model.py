@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from dermadv.cli.data import AllowIncompleteOpt, DataOpt, ModelCardOpt, ThreatModelOpt, WeightsOpt
+from dermadv.config import config_options
 
 app = typer.Typer(help="Check, describe, export and serve a model.", no_args_is_help=True, rich_markup_mode=None)
 
@@ -129,26 +130,13 @@ def audit(
 ) -> None:
     """Audit any model: model check, clean accuracy, the paper's targeted table under the strongest threat model
     the model allows, reliability checks and a report page (audit.md)."""
+    options = dict(locals())  # by name, before any other name is bound
     from dermadv.pipeline.audit import AuditConfig
     from dermadv.pipeline.audit import audit as run_audit
     from dermadv.pipeline.models import ModelSpec
 
-    cfg = AuditConfig(
-        model=ModelSpec(model, weights, model_card, threat_model),
-        out=out,
-        data=data,
-        split=split,
-        split_file=split_file,
-        target=target,
-        eps=eps,
-        steps=steps,
-        queries=queries,
-        limit=limit,
-        batch_size=batch_size,
-        seed=seed,
-        allow_incomplete=allow_incomplete,
-        resume=resume,
-    )
+    spec = ModelSpec(model, weights, model_card, threat_model)
+    cfg = AuditConfig(**config_options(AuditConfig, options, model=spec))
     result = run_audit(cfg)
     a = result.attack
     typer.echo(f"threat model: {result.threat_model} — {result.why}")

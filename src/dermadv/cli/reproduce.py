@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 
 from dermadv.cli.data import AllowIncompleteOpt
+from dermadv.config import config_options
+from dermadv.paper import CITATION
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +42,7 @@ def reproduce(
     allow_incomplete: bool = AllowIncompleteOpt,
 ) -> None:
     """Run the whole study (split → classifier → generator → attack → evaluation → kit → report)."""
+    options = dict(locals())  # by name, before any other name is bound
     from rich.console import Console
     from rich.table import Table
 
@@ -50,27 +53,11 @@ def reproduce(
 
     if data is None and preset != "demo":
         log.info("no --data: using the built-in synthetic set")
-    cfg = ReproduceConfig(
-        out=out,
-        data=data,
-        preset=preset,
-        checkpoint=checkpoint,
-        fit_on=fit_on,  # type: ignore[arg-type]  # checked by ReproduceConfig
-        eps=eps,
-        target=target,
-        sweep=sweep or sweep_only,
-        sweep_limit=sweep_limit,
-        sweep_eps=sweep_eps,
-        sweep_fit_images=sweep_fit_images,
-        sweep_only=sweep_only,
-        report=report,
-        seed=seed,
-        allow_incomplete=allow_incomplete,
-    )
+    cfg = ReproduceConfig(**config_options(ReproduceConfig, options, sweep=sweep or sweep_only))
     run_study(cfg)
     if not dd.is_main() or sweep_only:
         return
-    table = Table(title="Allyn et al. 2020 vs this run")
+    table = Table(title=f"{CITATION} vs this run")
     for col in ("measure", "paper", "this run"):
         table.add_column(col)
     for row in read_json(out / "paper_table.json"):

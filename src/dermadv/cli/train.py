@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from dermadv.cli.data import AllowIncompleteOpt, AllowTrainingImagesOpt, DataOpt, ModelCardOpt, ModelOpt, WeightsOpt
+from dermadv.config import config_options
 from dermadv.errors import ConfigError, DermadvError
 
 
@@ -112,33 +113,13 @@ def train(
 
     An option left out takes its value from the --config file, else from the --preset, else the default shown.
     """
+    options = dict(locals())  # by name, before any other name is bound
+    from dermadv.pipeline.train import fit
     from dermadv.presets import preset_train_config
-    from dermadv.training.classifier import TrainConfig, fit
+    from dermadv.training.classifier import TrainConfig
 
     base = preset_train_config(preset) if preset else {}
-    overrides = dict(
-        out=out,
-        data=data,
-        arch=arch,
-        image_size=image_size,
-        epochs=epochs,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer=optimizer,
-        class_balance=class_balance,
-        weights=weights,
-        seed=seed,
-        split_file=split_file,
-        compile=compile,
-        resume=resume or None,
-        init=init,
-        adversarial=adversarial,
-        adv_eps=adv_eps,
-        adv_steps=adv_steps,
-        adv_generator=adv_generator,
-        adv_share=adv_share,
-        noise_sigma=noise_sigma,
-    )
+    overrides = config_options(TrainConfig, options, resume=resume or None)
     cfg = load_config(config, TrainConfig, overrides, base=base)
     unused = [
         f"--{n.replace('_', '-')}"

@@ -16,10 +16,10 @@ from dermadv.defences.transforms import parse_defence
 from dermadv.errors import ConfigError
 from dermadv.evaluation.metrics import ClassificationReport, classification_metrics, write_classification_outputs
 from dermadv.evaluation.stats import CI_METHODS
+from dermadv.models.inference import predict_logits
 from dermadv.models.sources import label_map
 from dermadv.pipeline.models import ModelSpec, as_spec, check_unseen, checked, open_model, training_split
 from dermadv.runs import Run
-from dermadv.training.classifier import predict_logits
 
 log = logging.getLogger(__name__)
 

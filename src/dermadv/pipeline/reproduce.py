@@ -23,7 +23,11 @@ from dermadv.errors import ConfigError
 from dermadv.observer.study import create_study
 from dermadv.pipeline.attack import AttackRunConfig, attack_split
 from dermadv.pipeline.evaluate import evaluate_checkpoint
+from dermadv.pipeline.generator import STATE as GENERATOR_STATE
+from dermadv.pipeline.generator import check_generator_settings, fit_generator
 from dermadv.pipeline.sweep import PROTOCOLS, generator_folder, sweep
+from dermadv.pipeline.train import STATE as TRAIN_STATE
+from dermadv.pipeline.train import fit
 from dermadv.presets import preset_attack_config, preset_train_config
 from dermadv.report.build import build_report, collect
 from dermadv.runs import (
@@ -36,8 +40,8 @@ from dermadv.runs import (
     run_complete,
     write_json,
 )
-from dermadv.training.classifier import TrainConfig, fit
-from dermadv.training.generator import GeneratorConfig, check_generator_settings, fit_generator
+from dermadv.training.classifier import TrainConfig
+from dermadv.training.generator import GeneratorConfig
 
 log = logging.getLogger(__name__)
 
@@ -187,7 +191,7 @@ def reproduce(cfg: ReproduceConfig) -> Path:
         dd.barrier()
     with run.stage("classifier"):
         train = TrainConfig(out=clf_dir, data=cfg.data, seed=cfg.seed, split_file=str(split_path), **tcfg)
-        fit_once(fit, train, "train_state.pt")
+        fit_once(fit, train, TRAIN_STATE)
     checkpoint = clf_dir / "model.safetensors"
     with run.stage("evaluate"):
         if dd.is_main() and not cfg.sweep_only and not run_complete(clf_dir / "test"):
@@ -200,7 +204,7 @@ def reproduce(cfg: ReproduceConfig) -> Path:
             fit_once(
                 fit_generator,
                 _generator_config(cfg, acfg, checkpoint, split_path, gen_dir, eps, fit_on),
-                "generator_state.pt",
+                GENERATOR_STATE,
                 check=check_generator_settings,
             )
         with run.stage("attack"):
@@ -292,5 +296,5 @@ def _sweep_stage(cfg: ReproduceConfig, run: Run, acfg: dict[str, Any], checkpoin
                     max_fit_images=cfg.sweep_fit_images if fit_on == "train" else cfg.sweep_limit,
                     **acfg.get("sweep_generator", {}).get(protocol, {}),
                 )
-                fit_once(fit_generator, gen, "generator_state.pt", check=check_generator_settings)
+                fit_once(fit_generator, gen, GENERATOR_STATE, check=check_generator_settings)
             sweep(attack, methods=["advgan", "pgd"], eps_values=[eps], generators=base / "generators", resume=True)

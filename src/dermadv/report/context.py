@@ -12,6 +12,7 @@ import pandas as pd
 from dermadv.data.classes import CLASS_COLOURS, CLASS_NAMES
 from dermadv.evaluation.attack_metrics import definitions
 from dermadv.evaluation.stats import format_interval, format_p_value
+from dermadv.paper import CITATION, OBSERVER_KAPPA, OBSERVER_SENSITIVITY, OBSERVER_SPECIFICITY, REFERENCE
 from dermadv.report.data import (
     AttackPart,
     ClassifierPart,
@@ -311,7 +312,7 @@ def _observer(part: ObserverPart) -> Row:
         )
         kappa = (
             f"{name} {num(ag.get('kappa'), '.2f')}{ci}, {ag.get('n_raters')} observers × {ag.get('n_items')} items; "
-            "paper: −0.22 (−0.49 to −0.04)"
+            f"paper: {OBSERVER_KAPPA}"
         )
     return {
         "folder": part.folder,
@@ -394,6 +395,11 @@ def report_context(data: ReportData) -> dict[str, Any]:
         "kind": data.kind,
         "summary": data.summary,
         "measures": data.measures,
+        "paper": {
+            "reference": REFERENCE,
+            "column": f"paper ({CITATION})",
+            "observer": f"sensitivity {OBSERVER_SENSITIVITY}, specificity {OBSERVER_SPECIFICITY}",
+        },
         "notes": data.notes,
         "sections": sections,
         "number": {s["id"]: s["number"] for s in sections},

@@ -23,6 +23,7 @@ from dermadv.defences.results import CardResult
 from dermadv.errors import DataError
 from dermadv.evaluation.attack_metrics import AttackMetrics
 from dermadv.evaluation.attack_run import fooled, read_attack_info, read_predictions
+from dermadv.paper import FOOLING_RATIO_EVERY_CLASS
 from dermadv.report.data import READ_ERRORS, FigureFile, ReportData
 from dermadv.report.readers import read_json_dict
 
@@ -245,7 +246,7 @@ def roc_figure(predictions: pd.DataFrame, classes: Sequence[str], auc: dict[str,
 
 
 def fooling_figure(metrics: AttackMetrics, classes: Sequence[str]) -> Figure:
-    """Fooling ratio per true class with its 95% interval; the paper reported 100% for every class."""
+    """Fooling ratio per true class with its 95% interval; the paper reported :data:`~dermadv.paper.FOOLING_RATIO_EVERY_CLASS`."""
     target = metrics.target
     shown = [c for c in classes if c in metrics.per_class and metrics.per_class[c].n]
     fig = Figure(figsize=(7.0, 3.0))
@@ -270,7 +271,7 @@ def fooling_figure(metrics: AttackMetrics, classes: Sequence[str]) -> Figure:
             bar.set_hatch("///")
     if target is not None:
         ax.axhline(100, linestyle="--", color=_NEUTRAL, linewidth=1)
-        ax.text(len(shown) - 0.5, 103, "paper: 100% for every class", ha="right", va="bottom", fontsize=7)
+        ax.text(len(shown) - 0.5, 103, f"paper: {FOOLING_RATIO_EVERY_CLASS}", ha="right", va="bottom", fontsize=7)
         label = f"predicted {target} after the attack (%)"
     else:
         label = "misclassified after the attack (%)"

@@ -7,14 +7,20 @@ provenance from its ``manifest.json`` (command line, commit, data fingerprint, m
 from __future__ import annotations
 
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dermadv.config import format_eps
 from dermadv.errors import DermadvError, RunError
-from dermadv.evaluation.attack_metrics import AttackMetrics
+from dermadv.evaluation.attack_run import (
+    INFO_FILE,
+    METRICS_FILE,
+    read_attack_info,
+    read_attack_metrics,
+    read_predictions,
+)
 from dermadv.evaluation.stats import Interval, format_interval
 from dermadv.report.data import READ_ERRORS
 from dermadv.report.readers import read_json_dict, read_table
@@ -35,6 +41,7 @@ KINDS: dict[str, tuple[tuple[str, ...], str]] = {
 PROVENANCE_COLUMNS = ("status", "command", "commit", "data fingerprint", "machine", "time")
 UNFINISHED_MARK = "⚠ UNFINISHED"
 NA = "–"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -149,14 +156,16 @@ def _try_json(path: Path, notes: list[str]) -> dict[str, Any] | None:
         return None
 
 
-def _try_metrics(folder: Path, notes: list[str]) -> AttackMetrics | None:
-    raw = _try_json(folder / "attack_metrics.json", notes)
-    if raw is None:
+def _try_read(folder: Path, name: str, read: Callable[[Path], T], notes: list[str]) -> T | None:
+    """``read(folder)`` of the attack folder's file ``name`` (an :mod:`~dermadv.evaluation.attack_run` reader); None,
+    with a note, where the file is missing or unreadable."""
+    if not (folder / name).is_file():
+        notes.append(f"no {name}")
         return None
     try:
-        return AttackMetrics.from_dict(raw)
-    except READ_ERRORS as exc:
-        notes.append(f"cannot read attack_metrics.json ({type(exc).__name__}: {exc})")
+        return read(folder)
+    except (*READ_ERRORS, DermadvError) as exc:
+        notes.append(f"cannot read {name} ({type(exc).__name__}: {exc})")
         return None
 
 
@@ -165,9 +174,8 @@ def median_queries(attack_dir: Path) -> float | None:
     counts no queries (gradient attacks, the generator) or fooled none."""
     import numpy as np
 
-    predictions = attack_dir / "predictions.csv"
     try:
-        if "queries" not in read_table(predictions).columns:
+        if "queries" not in read_predictions(attack_dir).columns:
             return None
         from dermadv.report.figures import read_query_curves
 
@@ -180,8 +188,8 @@ def median_queries(attack_dir: Path) -> float | None:
 
 def attack_figures(attack_dir: Path, notes: list[str]) -> dict[str, str]:
     """Method, budget, target, accuracy clean → adversarial, all → target, worst class, median queries."""
-    attack = _try_json(attack_dir / "attack.json", notes) or {}
-    metrics = _try_metrics(attack_dir, notes)
+    attack = _try_read(attack_dir, INFO_FILE, read_attack_info, notes) or {}
+    metrics = _try_read(attack_dir, METRICS_FILE, read_attack_metrics, notes)
     target = metrics.target if metrics is not None else attack.get("target")
     figures = {
         "method": str(attack.get("method") or NA),

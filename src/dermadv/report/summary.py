@@ -8,7 +8,7 @@ from typing import Any
 from dermadv.data.classes import CLASS_NAMES
 from dermadv.evaluation.attack_metrics import AttackMetrics
 from dermadv.evaluation.stats import format_interval, format_p_value
-from dermadv.paper import NOT_REPORTED, PAPER
+from dermadv.paper import FOOLING_RATIO_EVERY_CLASS, OBSERVER_SENSITIVITY, OBSERVER_SPECIFICITY, PAPER, paper_value
 from dermadv.report.data import AttackPart, ClassifierPart, DataPart, Link, ObserverPart, PaperRow, SweepPart
 from dermadv.report.format import eps_text, interval_text, num, percent
 
@@ -71,8 +71,7 @@ def _rows(specs: Sequence[Spec], source: dict[str, Any], link: Link | None, grou
     for key, label, pointer, display in specs:
         value = _value_at(source, pointer)
         if value is not None:
-            paper = PAPER.get(key, NOT_REPORTED)
-            rows.append(PaperRow(key, label, paper, display(value), value, link, pointer, group))
+            rows.append(PaperRow(key, label, paper_value(key), display(value), value, link, pointer, group))
     return rows
 
 
@@ -83,7 +82,7 @@ def _attack_rows(metrics: AttackMetrics, link: Link | None) -> list[PaperRow]:
         key, _, cls = m.name.partition(".")
         if key in _ATTACK_ROWS:
             label = (_ATTACK_ROWS[key] or m.label).format(ci=metrics.ci_method.capitalize(), cls=cls)
-            rows.append(PaperRow(m.name, label, PAPER.get(key, NOT_REPORTED), m.text, m.value, link, m.pointer))
+            rows.append(PaperRow(m.name, label, paper_value(key), m.text, m.value, link, m.pointer))
     return rows
 
 
@@ -221,7 +220,7 @@ def _attack_text(attack: AttackPart) -> str:
         lo, hi = min(fooling, key=fooling.__getitem__), max(fooling, key=fooling.__getitem__)
         text += (
             f" Per true class, the share of adversarial images predicted {target} ranged from "
-            f"{percent(fooling[lo])} ({lo}) to {percent(fooling[hi])} ({hi}); the paper reported 100% for every class."
+            f"{percent(fooling[lo])} ({lo}) to {percent(fooling[hi])} ({hi}); the paper reported {FOOLING_RATIO_EVERY_CLASS}."
         )
     if am.imperceptibility is not None:
         text += (
@@ -248,7 +247,7 @@ def _observer_text(observer: ObserverPart) -> str:
             f"In the observer study, {who}: combined sensitivity for spotting perturbed images "
             f"{interval_text(comb['sensitivity'])}, specificity {interval_text(comb['specificity'])}"
             + (f", kappa {_signed('.2f')(kappa)}." if kappa is not None else ".")
-            + " The paper found 58.3% and 42.5%: detection at chance."
+            + f" The paper found {OBSERVER_SENSITIVITY.estimate} and {OBSERVER_SPECIFICITY.estimate}: detection at chance."
         )
     if comb.get("altered_chosen"):
         return f"In the observer study, {who}: the altered image was chosen in {interval_text(comb['altered_chosen'])}."

@@ -1,17 +1,16 @@
-"""Classifier training: AdamW/SGD, cosine schedule with warm-up, class-balanced loss, EMA, early stopping.
+"""Classifier training steps: AdamW/SGD, cosine schedule with warm-up, class-balanced loss, EMA, early stopping.
 
-Reads like a method section: ``fit(config)`` → ``train_one_epoch`` → ``evaluate_probs`` → checkpoint.
+Named steps in the order a fit takes them — ``training_indices`` → ``build_*`` → ``train_one_epoch`` →
+``evaluate`` → ``selection_score`` — composed into a run folder by :func:`dermadv.pipeline.train.fit`.
 Deterministic on CPU for a given seed (all randomness from seeded ``torch.Generator``s).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -26,15 +25,13 @@ from dermadv import distributed as dd
 from dermadv.attacks.base import Attack
 from dermadv.config import check_at_least, check_at_most, check_positive, check_share, check_types
 from dermadv.data.dataset import fingerprint_of
-from dermadv.data.load import Prepared, prepare, to_float
-from dermadv.data.splits import save_splits
+from dermadv.data.load import Prepared, to_float
 from dermadv.errors import ConfigError, DivergedError
-from dermadv.models.checkpoints import CheckpointMeta, check_fits, save_checkpoint
-from dermadv.models.classifier import Classifier, WeightsInfo, build_classifier, check_input_size
-from dermadv.runs import Run, atomic_path, check_same_run, file_fingerprint, require_complete, write_csv, write_json
+from dermadv.models.checkpoints import CheckpointMeta
+from dermadv.models.classifier import Classifier, WeightsInfo
+from dermadv.models.inference import autocast, predict_logits
 from dermadv.training.adversarial import adversarial_batch, check_adversarial, training_attack
 from dermadv.training.augment import AugmentConfig, augment
-from dermadv.training.data import device_images, start_fit
 
 log = logging.getLogger(__name__)
 
@@ -103,12 +100,6 @@ class TrainConfig:
             raise ConfigError(f"init checkpoint {self.init} does not exist; pass the model.safetensors of a train run")
 
 
-#: TrainConfig fields a resumed run may change: where it writes, progress bars, speed-only switches, and the length
-#: (--resume with more epochs extends a finished run); the data and split files are compared by content
-#: (fingerprints), not by path.
-_NOT_COMPARED = ("out", "resume", "progress", "compile", "channels_last", "epochs", "patience", "data", "split_file")
-
-
 @dataclass
 class EpochStats:
     epoch: int
@@ -119,6 +110,38 @@ class EpochStats:
     lr: float
     seconds: float
     images_per_s: float
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Scores of one pass over the validation images."""
+
+    loss: float
+    accuracy: float
+    balanced_accuracy: float
+
+
+def check_classes(counts: dict[str, int]) -> None:
+    """Refuse a training split of fewer than two classes: it trains a model whose every answer is that class (and
+    whose validation accuracy on the other classes is 0), yet the run would call itself complete."""
+    present = {c: n for c, n in counts.items() if n}
+    if len(present) < 2:
+        listed = ", ".join(f"{c}: {n} images" for c, n in present.items())
+        raise ConfigError(
+            f"the training split holds images of one class only ({listed}); a classifier needs at least 2 classes: "
+            "add images of the other classes to the data"
+        )
+
+
+def training_indices(prep: Prepared, *, max_images: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The train indices (the first ``max_images`` when given) and the val indices of ``prep``, checked usable."""
+    train_idx, val_idx = prep.indices("train"), prep.indices("val")
+    if max_images:
+        train_idx = train_idx[:max_images]
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise ConfigError("the split has an empty train or val part; use more data or other --split fractions")
+    check_classes(prep.dataset.class_counts(train_idx))
+    return train_idx, val_idx
 
 
 def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> torch.Tensor:
@@ -135,14 +158,6 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str) -> torch.Tens
         raise ConfigError(f"class_balance must be none, sqrt or inverse; got {mode!r}")
     w = w / (w[labels].mean())
     return torch.tensor(w, dtype=torch.float32)
-
-
-def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager[None]:
-    # bf16 on CPUs without AMX is slower than fp32, so "auto" means "on CUDA only".
-    use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
-    if not use:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
 def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
@@ -174,62 +189,21 @@ def batches(
         yield idx, images[idx]
 
 
-@torch.no_grad()
-def predict_logits(
-    model: nn.Module,
-    images_uint8: np.ndarray | torch.Tensor,
-    *,
-    indices: np.ndarray | None = None,
-    batch_size: int = 256,
-    device: torch.device | str = "cpu",
-    amp: str = "auto",
-    tta: bool = False,
-    progress: bool = False,
-) -> torch.Tensor:
-    """Logits for uint8 N×H×W×3 images (optionally averaged over flips: test-time augmentation)."""
-    device = torch.device(device)
-    model.eval()
-    if indices is None:
-        indices = np.arange(len(images_uint8))
-    src = images_uint8 if isinstance(images_uint8, torch.Tensor) else None
-    out = []
-    it = range(0, len(indices), batch_size)
-    for s in tqdm(it, desc="predict", disable=not progress, leave=False):
-        idx = indices[s : s + batch_size]
-        chunk = src[torch.from_numpy(idx)] if src is not None else torch.from_numpy(np.asarray(images_uint8[idx]))
-        x = to_float(chunk.to(device, non_blocking=True))
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        with autocast(device, amp):
-            logits = model(x).float()
-            if tta:
-                logits = logits + model(x.flip(3)).float() + model(x.flip(2)).float() + model(x.flip(2, 3)).float()
-                logits = logits / 4
-        out.append(logits)
-    return torch.cat(out).cpu() if out else torch.empty(0)
+def build_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedModel | None:
+    """An exponential moving average of ``model``'s weights and buffers; ``None`` for ``decay`` 0."""
+    if decay <= 0:
+        return None
+    return torch.optim.swa_utils.AveragedModel(
+        model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True
+    )
 
 
-def calibrate_logit_bias(logits: torch.Tensor, labels: np.ndarray, *, rounds: int = 3) -> torch.Tensor:
-    """Per-class logit offsets maximising accuracy + balanced accuracy on held-out data (coordinate search)."""
-    y = torch.as_tensor(labels)
-    k = logits.shape[1]
-    bias = torch.zeros(k)
-    grid = torch.linspace(-3, 3, 61)
-
-    def score(b: torch.Tensor) -> float:
-        pred = (logits + b).argmax(1).numpy()
-        return float((pred == y.numpy()).mean() + balanced_accuracy_score(y.numpy(), pred))
-
-    best = score(bias)
-    for _ in range(rounds):
-        for c in range(k):
-            for g in grid:
-                trial = bias.clone()
-                trial[c] = g
-                s = score(trial)
-                if s > best + 1e-9:
-                    best, bias = s, trial
-    return bias
+def wrap_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """The module the steps train: ``model`` under DistributedDataParallel in a process group, compiled on request."""
+    wrapped = _ddp_wrap(model, cfg, device)
+    if cfg.compile:
+        wrapped = torch.compile(wrapped)  # type: ignore[assignment]
+    return wrapped
 
 
 def _ddp_wrap(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
@@ -241,6 +215,84 @@ def _ddp_wrap(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Mo
         # torch's SyncBatchNorm runs on GPUs only; per-rank statistics are the DDP default anyway
         log.warning("sync_batchnorm needs GPUs; training on CPUs with per-rank batch norm")
     return nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def build_criterion(labels: np.ndarray, num_classes: int, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """Cross-entropy with class-balance weights from the training ``labels`` and label smoothing."""
+    weights = class_weights(labels, num_classes, cfg.class_balance).to(device)
+    return nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW, or SGD with Nesterov momentum 0.9, at ``cfg.lr`` and ``cfg.weight_decay``."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True)
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig, num_images: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step linear warm-up over ``cfg.warmup_epochs``, then a cosine decay to 0 at ``cfg.epochs``.
+
+    Planned on each rank's share of the ``num_images`` training images, as :func:`train_one_epoch` steps.
+    """
+    steps_per_epoch = len(batch_sizes(math.ceil(num_images / dd.world_size()), cfg.batch_size))
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, total=total_steps, warmup=warmup))
+
+
+def build_training_attack(
+    cfg: TrainConfig, classes: tuple[str, ...], device: torch.device
+) -> tuple[Attack | None, dict[str, object]]:
+    """The attack of adversarial training (``None`` without) and what the checkpoint records the model was trained
+    against (the attack, its share of each batch, Gaussian noise)."""
+    adversarial = training_attack(
+        cfg.adversarial, cfg.adv_eps, cfg.adv_steps, generator=cfg.adv_generator, classes=classes, device=device
+    )
+    attack, attack_info = adversarial if adversarial else (None, None)
+    trained_against: dict[str, object] = {}
+    if attack_info:
+        share = {"share": cfg.adv_share} if cfg.adv_share < 1 else {}
+        trained_against["training_attack"] = {**attack_info.describe(), **share}
+    if cfg.noise_sigma > 0:
+        trained_against["training_noise_sigma"] = cfg.noise_sigma
+    return attack, trained_against
+
+
+def checkpoint_meta(
+    cfg: TrainConfig,
+    prep: Prepared,
+    model: Classifier,
+    train_idx: np.ndarray,
+    *,
+    inherited: tuple[str, ...] = (),
+) -> CheckpointMeta:
+    """What the checkpoint records beside the weights: architecture, classes, normalisation and training images.
+
+    The training images (with those ``inherited`` from an ``--init`` checkpoint) let ``evaluate`` and
+    ``attack run`` refuse to score the model on them.
+    """
+    ds = prep.dataset
+    info = model.weights_info or WeightsInfo("none")
+    trained_on = tuple(sorted({*inherited, *(ds.image_ids[i] for i in train_idx)}))
+    return CheckpointMeta(
+        arch=cfg.arch,
+        classes=ds.classes,
+        image_size=prep.size,
+        mean=info.mean,
+        std=info.std,
+        data_fingerprint=ds.fingerprint,
+        weights=info.source,
+        training_images=trained_on,
+        training_images_fingerprint=fingerprint_of(list(trained_on)),
+    )
+
+
+def augment_seed(seed: int, epoch: int, rank: int) -> int:
+    """A distinct augmentation seed per (run seed, epoch, rank), so a resumed run draws what it would have."""
+    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
 
 
 def train_one_epoch(
@@ -300,18 +352,6 @@ def train_one_epoch(
     return float(total) / max(1, count)  # one host sync per epoch
 
 
-def check_classes(counts: dict[str, int]) -> None:
-    """Refuse a training split of fewer than two classes: it trains a model whose every answer is that class (and
-    whose validation accuracy on the other classes is 0), yet the run would call itself complete."""
-    present = {c: n for c, n in counts.items() if n}
-    if len(present) < 2:
-        listed = ", ".join(f"{c}: {n} images" for c, n in present.items())
-        raise ConfigError(
-            f"the training split holds images of one class only ({listed}); a classifier needs at least 2 classes: "
-            "add images of the other classes to the data"
-        )
-
-
 def check_finite(model: nn.Module, loss: float, *, epoch: int, what: str, fix: str) -> None:
     """Stop a run whose loss or weights became NaN or infinite: saving them would call a broken model complete."""
     weights_finite = all(bool(torch.isfinite(p).all()) for p in model.parameters())
@@ -322,12 +362,29 @@ def check_finite(model: nn.Module, loss: float, *, epoch: int, what: str, fix: s
         )
 
 
-def _augment_seed(seed: int, epoch: int, rank: int) -> int:
-    """A distinct augmentation seed per (run seed, epoch, rank), so a resumed run draws what it would have."""
-    return int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0])
+def evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: np.ndarray,
+    val_idx: np.ndarray,
+    *,
+    num_classes: int,
+    device: torch.device,
+    amp: str,
+) -> Validation:
+    """Loss, accuracy and balanced accuracy of ``model`` on the validation images ``val_idx``; the same on every
+    rank (see :func:`validation_logits`)."""
+    logits = validation_logits(model, images, val_idx, num_classes, device, amp)
+    yv = labels[val_idx]
+    pred = logits.argmax(1).numpy()
+    return Validation(
+        loss=float(F.cross_entropy(logits, torch.from_numpy(yv))),
+        accuracy=float((pred == yv).mean()),
+        balanced_accuracy=float(balanced_accuracy_score(yv, pred)),
+    )
 
 
-def _validation_logits(
+def validation_logits(
     model: nn.Module, images: torch.Tensor, val_idx: np.ndarray, num_classes: int, device: torch.device, amp: str
 ) -> torch.Tensor:
     """Logits of rank 0's model on the validation images, each rank predicting a shard; the same on every rank.
@@ -342,264 +399,52 @@ def _validation_logits(
     return torch.from_numpy(gathered)
 
 
-def fit(cfg: TrainConfig, *, prepared: Prepared | None = None) -> Path:
-    """Train a classifier into ``cfg.out``; return the path of ``model.safetensors`` (best on validation)."""
-    out = Path(cfg.out)
-    device, state_path = start_fit(
-        out, "train_state.pt", seed=cfg.seed, resume=cfg.resume, what="a training run", command="train"
-    )
-    # --resume continues one run: the same settings (checked before decoding any image), data and split
-    previous = check_same_run(out, command="train", config=asdict(cfg), ignore=_NOT_COMPARED) if cfg.resume else None
-    start_from = _init_from_checkpoint(cfg) if cfg.init else None  # checked before any image is decoded
-    if prepared is None:
-        with dd.main_first():  # rank 0 fills the decode cache, the others then read it
-            prepared = prepare(
-                cfg.data,
-                image_size=cfg.image_size,
-                split_file=cfg.split_file,
-                seed=cfg.seed,
-                progress=cfg.progress and dd.is_main(),
-            )
-    prep = prepared
-    ds = prep.dataset
-    fingerprints = {"data": ds.fingerprint, "data_content": ds.content_fingerprint, "split": prep.split_fingerprint}
-    if previous is not None:
-        check_same_run(out, command="train", config={}, fingerprints=fingerprints)
-        if previous.get("status") == "complete" and previous.get("epochs_run") == cfg.epochs:
-            log.info("%s holds this training run, complete with all %d epochs: nothing to resume", out, cfg.epochs)
-            return out / "model.safetensors"
-    train_idx, val_idx = prep.indices("train"), prep.indices("val")
-    if cfg.max_train_images:
-        train_idx = train_idx[: cfg.max_train_images]
-    if len(train_idx) == 0 or len(val_idx) == 0:
-        raise ConfigError("the split has an empty train or val part; use more data or other --split fractions")
-    check_classes(ds.class_counts(train_idx))
-    if start_from is not None:
-        model, init_meta = start_from
-        check_fits(init_meta, ds.classes, path=str(cfg.init))
-        fingerprints["init"] = file_fingerprint(str(cfg.init))
-    else:
-        model = build_classifier(cfg.arch, ds.num_classes, weights=cfg.weights)
-    model = model.to(device)
-    check_input_size(model, prep.size, arch=cfg.arch)
-    run = Run(
-        out,
-        command="train",
-        config=asdict(cfg),
-        seed=cfg.seed,
-        data_fingerprint=fingerprints.pop("data"),
-        fingerprints=fingerprints,
-        write=dd.is_main(),
-    )
-    if dd.is_main():
-        save_splits(prep.frame, out / "split.csv")
-    images = device_images(prep.images, device)
-    labels = torch.from_numpy(ds.labels).to(images.device)
-
-    if use_channels_last(cfg, device):
-        model = model.to(memory_format=torch.channels_last)
-    ema = None
-    if cfg.ema_decay > 0:
-        ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
-        )
-    ddp_model = _ddp_wrap(model, cfg, device)
-    if cfg.compile:
-        ddp_model = torch.compile(ddp_model)  # type: ignore[assignment]
-    weights = class_weights(ds.labels[train_idx], ds.num_classes, cfg.class_balance).to(device)
-    criterion = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing)
-    if cfg.optimizer == "adamw":
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
-        )
-    else:
-        optimizer = torch.optim.SGD(
-            model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay, nesterov=True
-        )
-    steps_per_epoch = len(batch_sizes(math.ceil(len(train_idx) / dd.world_size()), cfg.batch_size))
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, total=total_steps, warmup=warmup))
-    gen = torch.Generator(device=device)
-    sampler: torch.utils.data.DistributedSampler[int] = torch.utils.data.DistributedSampler(
-        range(  # type: ignore[arg-type]
-            len(train_idx)
-        ),
-        num_replicas=dd.world_size(),
-        rank=dd.rank(),
-        shuffle=True,
-        seed=cfg.seed,
-    )
-
-    history: list[dict[str, float]] = []
-    start_epoch, best, since_best = 0, -1.0, 0
-    if cfg.resume and state_path.exists():
-        st = torch.load(state_path, map_location=device, weights_only=False)
-        model.load_state_dict(st["model"])
-        optimizer.load_state_dict(st["optimizer"])
-        scheduler.load_state_dict(st["scheduler"])
-        if ema is not None and st.get("ema") is not None:
-            ema.load_state_dict(st["ema"])
-        start_epoch, best, since_best, history = st["epoch"] + 1, st["best"], st["since_best"], st["history"]
-        log.info("resumed %s at epoch %d", out, start_epoch)
-
-    info = model.weights_info or WeightsInfo("none")
-    # the checkpoint records the images it learnt from (and those its --init learnt from), so `evaluate` and
-    # `attack run` can refuse to score it on them
-    inherited = start_from[1].training_images if start_from is not None else ()
-    trained_on = tuple(sorted({*inherited, *(ds.image_ids[i] for i in train_idx)}))
-    meta = CheckpointMeta(
-        arch=cfg.arch,
-        classes=ds.classes,
-        image_size=prep.size,
-        mean=info.mean,
-        std=info.std,
-        data_fingerprint=ds.fingerprint,
-        weights=info.source,
-        training_images=trained_on,
-        training_images_fingerprint=fingerprint_of(list(trained_on)),
-    )
-    adversarial = training_attack(
-        cfg.adversarial, cfg.adv_eps, cfg.adv_steps, generator=cfg.adv_generator, classes=ds.classes, device=device
-    )
-    attack, attack_info = adversarial if adversarial else (None, None)
-    trained_against: dict[str, object] = {}
-    if attack_info:
-        share = {"share": cfg.adv_share} if cfg.adv_share < 1 else {}
-        trained_against["training_attack"] = {**attack_info.describe(), **share}
-    if cfg.noise_sigma > 0:
-        trained_against["training_noise_sigma"] = cfg.noise_sigma
-    eval_model: nn.Module = ema.module if ema is not None else model  # type: ignore[assignment]
-    with run.stage("train"):
-        for epoch in range(start_epoch, cfg.epochs):
-            t0 = time.time()
-            sampler.set_epoch(epoch)
-            gen.manual_seed(_augment_seed(cfg.seed, epoch, dd.rank()))
-            order = torch.from_numpy(train_idx[np.fromiter(iter(sampler), dtype=np.int64)]).to(images.device)
-            train_loss = train_one_epoch(
-                ddp_model,
-                criterion,
-                optimizer,
-                scheduler,
-                images,
-                labels,
-                order,
-                cfg,
-                device,
-                gen,
-                ema,
-                epoch,
-                attack=attack,
-            )
-            train_loss = float(dd.all_reduce_sum(torch.tensor([train_loss], device=device))[0]) / dd.world_size()
-            check_finite(ddp_model, train_loss, epoch=epoch, what="training", fix="lower --lr (and check the data)")
-            seconds = time.time() - t0
-            logits = _validation_logits(eval_model, images, val_idx, ds.num_classes, device, cfg.amp)
-            yv = ds.labels[val_idx]
-            pred = logits.argmax(1).numpy()
-            stats = EpochStats(
-                epoch=epoch,
-                train_loss=train_loss,
-                val_loss=float(F.cross_entropy(logits, torch.from_numpy(yv))),
-                val_acc=float((pred == yv).mean()),
-                val_balanced_acc=float(balanced_accuracy_score(yv, pred)),
-                lr=float(scheduler.get_last_lr()[0]),
-                seconds=round(seconds, 2),
-                images_per_s=round(len(train_idx) / seconds, 1),
-            )
-            history.append(asdict(stats))
-            score = {
-                "balanced_accuracy": stats.val_balanced_acc,
-                "accuracy": stats.val_acc,
-                "sum": stats.val_acc + stats.val_balanced_acc,
-                "last": float(epoch),
-            }[cfg.select]
-            improved = score > best
-            if improved:
-                best, since_best = score, 0
-            else:
-                since_best += 1
-            if dd.is_main():
-                log.info(
-                    "epoch %d loss %.4f val acc %.4f bal %.4f (%.0f img/s)",
-                    epoch,
-                    train_loss,
-                    stats.val_acc,
-                    stats.val_balanced_acc,
-                    stats.images_per_s,
-                )
-                if improved:
-                    save_checkpoint(
-                        out / "model.safetensors",
-                        eval_model,  # type: ignore[arg-type]
-                        _meta_with(meta, epoch=epoch, val=asdict(stats), **trained_against),
-                    )
-                write_csv(out / "history.csv", history)
-                with atomic_path(state_path) as tmp:
-                    torch.save(
-                        {
-                            "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(),
-                            "ema": ema.state_dict() if ema else None,
-                            "epoch": epoch,
-                            "best": best,
-                            "since_best": since_best,
-                            "history": history,
-                        },
-                        tmp,
-                    )
-            if since_best >= cfg.patience:
-                if dd.is_main():
-                    log.info("early stop at epoch %d: no validation gain for %d epochs", epoch, cfg.patience)
-                break
-    dd.barrier()
-    if dd.is_main() and cfg.calibrate_bias:
-        from dermadv.models.checkpoints import load_checkpoint
-
-        best_model, best_meta = load_checkpoint(out / "model.safetensors", device=device)
-        logits = predict_logits(best_model, images, indices=val_idx, device=device, amp=cfg.amp)
-        bias = calibrate_logit_bias(logits - best_model.logit_bias.cpu(), ds.labels[val_idx])
-        best_model.logit_bias.copy_(bias.to(device))
-        save_checkpoint(out / "model.safetensors", best_model, best_meta)
-        log.info("logit bias tuned on validation: %s", [round(float(b), 2) for b in bias])
-    if dd.is_main():
-        final = history[-1] if history else {}
-        write_json(
-            out / "train_metrics.json",
-            {"best_validation_score": best, "select": cfg.select, "epochs_run": len(history), "last_epoch": final},
-        )
-        run.finish(epochs_run=len(history))
-    dd.barrier()
-    return out / "model.safetensors"
+def selection_score(stats: EpochStats, select: str) -> float:
+    """The score ``select`` keeps the best epoch by (higher is better; "last": the latest epoch)."""
+    return {
+        "balanced_accuracy": stats.val_balanced_acc,
+        "accuracy": stats.val_acc,
+        "sum": stats.val_acc + stats.val_balanced_acc,
+        "last": float(stats.epoch),
+    }[select]
 
 
-def _init_from_checkpoint(cfg: TrainConfig) -> tuple[Classifier, CheckpointMeta]:
-    """The classifier of ``cfg.init`` in training mode, from a finished run, checked against this run's architecture
-    and image size (the classes once the data is read)."""
-    from dermadv.models.checkpoints import load_checkpoint
+def calibrate_logit_bias(logits: torch.Tensor, labels: np.ndarray, *, rounds: int = 3) -> torch.Tensor:
+    """Per-class logit offsets maximising accuracy + balanced accuracy on held-out data (coordinate search)."""
+    y = torch.as_tensor(labels)
+    k = logits.shape[1]
+    bias = torch.zeros(k)
+    grid = torch.linspace(-3, 3, 61)
 
-    assert cfg.init is not None
-    require_complete(cfg.init, fix="finish that run first (`dermadv train --resume`), then fine-tune from it")
-    model, meta = load_checkpoint(cfg.init)
-    if meta.arch != cfg.arch:
-        raise ConfigError(
-            f"--init {cfg.init} is a {meta.arch} but the run asks for --arch {cfg.arch}; pass the same arch"
-        )
-    if tuple(meta.image_size) != (cfg.image_size, cfg.image_size):
-        raise ConfigError(
-            f"--init {cfg.init} was trained at {meta.image_size[0]}x{meta.image_size[1]} px but the run uses "
-            f"--image-size {cfg.image_size}; pass --image-size {meta.image_size[0]}"
-        )
-    model.weights_info = WeightsInfo(f"init:{cfg.init}", meta.mean, meta.std)
-    return model.train(), meta
+    def score(b: torch.Tensor) -> float:
+        pred = (logits + b).argmax(1).numpy()
+        return float((pred == y.numpy()).mean() + balanced_accuracy_score(y.numpy(), pred))
 
-
-def _meta_with(meta: CheckpointMeta, **extra: object) -> CheckpointMeta:
-    import json
-    from dataclasses import replace
-
-    return replace(meta, extra=json.dumps(extra, default=float))
+    best = score(bias)
+    for _ in range(rounds):
+        for c in range(k):
+            for g in grid:
+                trial = bias.clone()
+                trial[c] = g
+                s = score(trial)
+                if s > best + 1e-9:
+                    best, bias = s, trial
+    return bias
 
 
-__all__ = ["TrainConfig", "fit", "predict_logits", "Classifier"]
+__all__ = [
+    "EpochStats",
+    "TrainConfig",
+    "Validation",
+    "build_criterion",
+    "build_ema",
+    "build_optimizer",
+    "build_scheduler",
+    "build_training_attack",
+    "calibrate_logit_bias",
+    "checkpoint_meta",
+    "evaluate",
+    "selection_score",
+    "train_one_epoch",
+    "training_indices",
+]

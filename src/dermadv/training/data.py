@@ -1,39 +1,12 @@
-"""The start every resumable fit shares (classifier, generator), and the training set's home on the device."""
+"""The training set's home on the device and the order each epoch visits it, shared by the classifier and the
+generator."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from dermadv import distributed as dd
-from dermadv.errors import RunError
-from dermadv.runs import read_manifest
-
-
-def start_fit(
-    out: Path, state_name: str, *, seed: int, resume: bool, what: str, command: str
-) -> tuple[torch.device, Path]:
-    """Common start of a resumable fit: join the process group, seed, pick the device, guard the run folder.
-
-    Without ``resume``, a folder that holds a fit's state or a complete run is refused: a run folder is one run.
-    """
-    dd.init_from_env()
-    torch.manual_seed(seed)
-    device = dd.default_device()
-    if device.type == "cuda":
-        # one input size throughout: cuDNN times its convolution algorithms once and keeps the fastest
-        torch.backends.cudnn.benchmark = True
-    state_path = Path(out) / state_name
-    previous = read_manifest(out)
-    held = state_path.exists() or (previous is not None and previous.get("status") == "complete")
-    # Rank 0 decides for all: a rank that looked later could see the state file rank 0 just wrote.
-    if dd.broadcast_object(held) and not resume:
-        if previous is not None and previous.get("command") not in (None, command):
-            what = f"a `dermadv {previous['command']}` run"
-        raise RunError(f"{out} already holds {what}; pass --resume to continue it or choose another --out")
-    return device, state_path
 
 
 def device_images(images: np.ndarray, device: torch.device, *, share: float = 0.3) -> torch.Tensor:
@@ -48,3 +21,23 @@ def device_images(images: np.ndarray, device: torch.device, *, share: float = 0.
     if tensor.numel() < share * torch.cuda.get_device_properties(device).total_memory:
         return tensor.to(device)
     return tensor.pin_memory()
+
+
+def epoch_sampler(n: int, *, seed: int) -> torch.utils.data.DistributedSampler[int]:
+    """A seeded shuffle of ``range(n)``, this rank's share of it in a process group (all of it otherwise)."""
+    return torch.utils.data.DistributedSampler(
+        range(n),  # type: ignore[arg-type]
+        num_replicas=dd.world_size(),
+        rank=dd.rank(),
+        shuffle=True,
+        seed=seed,
+    )
+
+
+def epoch_order(
+    sampler: torch.utils.data.DistributedSampler[int], indices: np.ndarray, epoch: int, device: torch.device
+) -> torch.Tensor:
+    """``indices`` in the sampler's order for ``epoch``, as a tensor on ``device`` (the images' device): batches are
+    then sliced there, with no host copy and no host sync inside the step loop."""
+    sampler.set_epoch(epoch)
+    return torch.from_numpy(indices[np.fromiter(iter(sampler), dtype=np.int64)]).to(device)

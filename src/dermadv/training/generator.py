@@ -1,18 +1,18 @@
-"""Fit the AdvGAN generator against a frozen classifier (Xiao et al. 2018).
+"""Steps of fitting the AdvGAN generator against a frozen classifier (Xiao et al. 2018).
 
 Generator loss = targeted margin loss on the classifier's logits (Carlini & Wagner 2017)
 + ``gan_weight`` · least-squares GAN loss + ``hinge_weight`` · hinge on the perturbation's L2 norm.
-The perturbation is bounded by ``eps`` by construction (``eps · tanh``).
+The perturbation is bounded by ``eps`` by construction (``eps · tanh``). The steps — ``build_*``,
+``train_one_epoch`` (of :func:`gan_step` s), ``epoch_row`` — are composed into a run folder by
+:func:`dermadv.pipeline.generator.fit_generator`.
 """
 
 from __future__ import annotations
 
-import logging
 import math
-import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -23,27 +23,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from dermadv import distributed as dd
-from dermadv.attacks.generator import (
-    CONDITIONS,
-    GeneratorSpec,
-    PatchDiscriminator,
-    PerturbationGenerator,
-    generate,
-    save_generator,
-)
-from dermadv.config import check_at_least, check_at_most, check_budgets, check_positive, check_types, parse_eps
+from dermadv.attacks.generator import CONDITIONS, GeneratorSpec, PatchDiscriminator, PerturbationGenerator, generate
+from dermadv.config import check_at_least, check_at_most, check_budgets, check_positive, check_types
 from dermadv.data.classes import class_index
-from dermadv.data.load import prepare, split_beside, to_float
+from dermadv.data.load import Prepared, to_float
 from dermadv.data.splits import stratified_sample
-from dermadv.errors import ConfigError, RunError
-from dermadv.models.checkpoints import check_fits
+from dermadv.errors import ConfigError
 from dermadv.models.classifier import ResizedClassifier
-from dermadv.models.sources import load_model
-from dermadv.runs import Run, atomic_path, check_same_run, require_complete, write_csv
-from dermadv.training.classifier import autocast, check_finite
-from dermadv.training.data import device_images, start_fit
-
-log = logging.getLogger(__name__)
+from dermadv.models.inference import autocast
+from dermadv.models.sources import ModelInfo
 
 
 @dataclass(frozen=True)
@@ -164,69 +152,48 @@ class GeneratorConfig:
         check_positive(self, "lr", "hinge_ratio")
 
 
-#: GeneratorConfig fields a resumed fit may change: where it writes, progress bars; the classifier and the data are
-#: compared by content (fingerprints), not by path.
-_NOT_COMPARED = ("out", "resume", "progress", "allow_incomplete", "checkpoint", "data", "split_file", "weights")
-
-
-def check_generator_settings(cfg: GeneratorConfig) -> None:
-    """Refuse (one line) when ``cfg.out`` holds a generator fit made with other settings than ``cfg``."""
-    check_same_run(cfg.out, command="attack fit", config=asdict(cfg), ignore=_NOT_COMPARED)
-
-
-def fit_generator(cfg: GeneratorConfig) -> Path:
-    """Fit a generator into ``cfg.out``; return the path of ``generator.safetensors``."""
-    eps = parse_eps(cfg.eps, saved=True)
-    out = Path(cfg.out)
-    device, state_path = start_fit(
-        out, "generator_state.pt", seed=cfg.seed, resume=cfg.resume, what="a generator fit", command="attack fit"
+def loss_weights(cfg: GeneratorConfig) -> LossWeights:
+    return LossWeights(
+        kappa=cfg.kappa, gan_weight=cfg.gan_weight, hinge_weight=cfg.hinge_weight, hinge_ratio=cfg.hinge_ratio
     )
-    if Path(cfg.checkpoint).is_file():
-        require_complete(cfg.checkpoint, allow_incomplete=cfg.allow_incomplete)
-    # --resume continues one run: the same settings, classifier (by content) and data
-    source = load_model(str(cfg.checkpoint), weights=cfg.weights, card=cfg.model_card, device=device)
-    if not source.gradients:
-        raise ConfigError(
-            f"a generator is fitted with the model's gradients, which {source.info.spec} does not offer "
-            f"({', '.join(source.info.offers[:-1])}); audit it with `dermadv audit` (score-based attacks)"
-        )
-    if source.info.card.grouped:
-        raise ConfigError(f"{source.info.spec} groups classes; fit generators on models of the HAM10000 classes")
-    classifier_fingerprint = source.info.fingerprint
-    fingerprints = {"classifier": classifier_fingerprint}
-    previous = None
-    if cfg.resume:
-        previous = check_same_run(
-            out, command="attack fit", config=asdict(cfg), ignore=_NOT_COMPARED, fingerprints=fingerprints
-        )
-    classifier, meta = source, source.info
+
+
+def attacked_model(classifier: nn.Module, info: ModelInfo, attack_size: str) -> nn.Module:
+    """The frozen classifier in eval mode, behind a resize to its stored size for ``attack_size="stored"``."""
     for p in classifier.parameters():
         p.requires_grad_(False)
-    target = class_index(cfg.target, meta.classes)
-    split_file = cfg.split_file or (split_beside(cfg.checkpoint) if meta.kind == "dermadv" else None)
-    size = None if cfg.attack_size == "stored" else meta.image_size
-    with dd.main_first():  # rank 0 fills the decode cache, the others then read it
-        prep = prepare(
-            cfg.data, image_size=size, split_file=split_file, seed=cfg.seed, progress=dd.is_main() and cfg.progress
-        )
-    check_fits(meta, prep.dataset.classes, path=cfg.checkpoint)  # type: ignore[arg-type]
-    fingerprints |= {"data": prep.dataset.fingerprint, "data_content": prep.dataset.content_fingerprint}
-    if previous is not None:
-        check_same_run(out, command="attack fit", config={}, fingerprints=fingerprints)
-        if previous.get("status") == "complete":
-            log.info("%s holds this generator fit, complete: nothing to resume", out)
-            return out / "generator.safetensors"
-    attacked: nn.Module = classifier
-    if cfg.attack_size == "stored" and meta.image_size is not None:
-        attacked = ResizedClassifier(classifier, meta.image_size)
-    attacked.eval()
+    attacked = classifier
+    if attack_size == "stored" and info.image_size is not None:
+        attacked = ResizedClassifier(classifier, info.image_size)
+    return attacked.eval()
+
+
+def fit_indices(prep: Prepared, cfg: GeneratorConfig) -> np.ndarray:
+    """The images the generator learns from: the ``fit_on`` split, or a class-stratified sample of it."""
     idx = prep.indices(cfg.fit_on)
     if len(idx) == 0:
         raise ConfigError(f"the {cfg.fit_on} split is empty; choose another --fit-on")
     if cfg.max_fit_images:
         idx = stratified_sample(prep.dataset.labels, idx, cfg.max_fit_images, cfg.seed)
-    images = device_images(prep.images, device)
-    spec = GeneratorSpec(
+    return idx
+
+
+def image_weights(
+    labels: np.ndarray, idx: np.ndarray, num_classes: int, *, class_balance: bool, device: torch.device
+) -> torch.Tensor:
+    """Per-image margin-loss weights ∝ 1/frequency of its class among ``labels[idx]``, mean 1 over them; all 1
+    without ``class_balance``. Indexed by image (all of ``labels``), on ``device``."""
+    counts = np.bincount(labels[idx], minlength=num_classes).astype(np.float64)
+    per_class = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+    per_class = per_class / per_class[labels[idx]].mean() if class_balance else np.ones_like(per_class)
+    return torch.from_numpy(per_class[labels].astype(np.float32)).to(device)
+
+
+def generator_spec(
+    cfg: GeneratorConfig, eps: float, *, target: int, info: ModelInfo, image_size: tuple[int, int]
+) -> GeneratorSpec:
+    """What ``generator.safetensors`` records beside the weights: architecture, budget, target and classifier."""
+    return GeneratorSpec(
         condition=cfg.condition,
         channels=cfg.channels,
         res_blocks=cfg.res_blocks,
@@ -234,144 +201,112 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
         eps=eps,
         target=cfg.target,
         target_index=target,
-        classes=tuple(meta.classes),
-        image_size=prep.size,
+        classes=tuple(info.classes),
+        image_size=image_size,
         attack_size=cfg.attack_size,
-        classifier_fingerprint=classifier_fingerprint or "",
+        classifier_fingerprint=info.fingerprint or "",
     )
-    gen = PerturbationGenerator(eps, channels=cfg.channels, res_blocks=cfg.res_blocks, condition=cfg.condition).to(
-        device
+
+
+def build_generator(
+    cfg: GeneratorConfig, eps: float, device: torch.device
+) -> tuple[PerturbationGenerator, PatchDiscriminator]:
+    """A freshly initialised generator (then its critic, in this order: both draw from the seeded global RNG)."""
+    gen = PerturbationGenerator(eps, channels=cfg.channels, res_blocks=cfg.res_blocks, condition=cfg.condition)
+    return gen.to(device), PatchDiscriminator().to(device)
+
+
+def wrap_models(generator: nn.Module, discriminator: nn.Module, device: torch.device) -> tuple[nn.Module, nn.Module]:
+    """Generator and critic under DistributedDataParallel in a process group; themselves otherwise."""
+    if not dd.is_distributed():
+        return generator, discriminator
+    ids = [device.index] if device.type == "cuda" else None
+    return (
+        nn.parallel.DistributedDataParallel(generator, device_ids=ids),
+        nn.parallel.DistributedDataParallel(discriminator, device_ids=ids),
     )
-    disc = PatchDiscriminator().to(device)
-    g_model: nn.Module = gen
-    d_model: nn.Module = disc
-    if dd.is_distributed():
-        ids = [device.index] if device.type == "cuda" else None
-        g_model = nn.parallel.DistributedDataParallel(gen, device_ids=ids)
-        d_model = nn.parallel.DistributedDataParallel(disc, device_ids=ids)
-    opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.999))
-    steps = cfg.epochs * math.ceil(math.ceil(len(idx) / dd.world_size()) / cfg.batch_size)
-    sched_g = torch.optim.lr_scheduler.OneCycleLR(opt_g, max_lr=cfg.lr, total_steps=max(1, steps), pct_start=0.1)
-    st = torch.load(state_path, map_location=device, weights_only=False) if cfg.resume and state_path.exists() else None
-    # The one-cycle schedule is planned over all steps, so a fit cannot be resumed under another plan.
-    if st is not None and st["sched_g"]["total_steps"] != sched_g.total_steps:
-        raise RunError(
-            f"{out} holds a generator fit planned for {st['sched_g']['total_steps']} steps, but --epochs "
-            f"{cfg.epochs} --batch-size {cfg.batch_size} make {sched_g.total_steps}; resume with the settings "
-            "it was started with, or choose another --out"
+
+
+def build_optimizers(
+    generator: nn.Module, discriminator: nn.Module, lr: float
+) -> tuple[torch.optim.Optimizer, torch.optim.Optimizer]:
+    """Adam with β1 = 0.5 for both players, as GANs are usually trained (Radford et al. 2016)."""
+    opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999))
+    opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
+    return opt_g, opt_d
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: GeneratorConfig, num_images: int
+) -> torch.optim.lr_scheduler.OneCycleLR:
+    """A one-cycle schedule (10% warm-up) over every step of the fit, on each rank's share of ``num_images``."""
+    steps = cfg.epochs * math.ceil(math.ceil(num_images / dd.world_size()) / cfg.batch_size)
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=max(1, steps), pct_start=0.1)
+
+
+def train_one_epoch(
+    generator: nn.Module,
+    discriminator: nn.Module,
+    opt_g: torch.optim.Optimizer,
+    opt_d: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    attacked: nn.Module,
+    images: torch.Tensor,
+    indices: torch.Tensor,
+    sample_weights: torch.Tensor,
+    cfg: GeneratorConfig,
+    device: torch.device,
+    epoch: int,
+    *,
+    target: int,
+    eps: float,
+) -> torch.Tensor:
+    """One pass of :func:`gan_step` over ``indices`` (a tensor on the images' device); returns this rank's sums
+    [margin loss, GAN loss, D loss, #fooled, #images], still on the device (no host sync inside the loop)."""
+    generator.train()
+    discriminator.train()
+    weights = loss_weights(cfg)
+    sums = torch.zeros(4, device=device)
+    n_seen = 0
+    bar = tqdm(
+        indices.split(cfg.batch_size),
+        desc=f"generator epoch {epoch}",
+        disable=not (cfg.progress and dd.is_main()),
+        leave=False,
+    )
+    for b in bar:
+        x = to_float(images[b].to(device, non_blocking=True))
+        sums += gan_step(
+            generator,
+            discriminator,
+            opt_g,
+            opt_d,
+            attacked,
+            x,
+            target=target,
+            eps=eps,
+            weights=weights,
+            sample_weights=sample_weights[b].to(device),
+            steps=cfg.steps,
+            autocast_ctx=lambda: autocast(device, cfg.amp),
         )
-    sampler: torch.utils.data.DistributedSampler[int] = torch.utils.data.DistributedSampler(
-        range(  # type: ignore[arg-type]
-            len(idx)
-        ),
-        num_replicas=dd.world_size(),
-        rank=dd.rank(),
-        shuffle=True,
-        seed=cfg.seed,
-    )
-    run = Run(
-        out,
-        command="attack fit",
-        config={**asdict(cfg), "eps_value": eps},
-        seed=cfg.seed,
-        data_fingerprint=fingerprints.pop("data"),
-        fingerprints=fingerprints,
-        write=dd.is_main(),
-    )
-    history: list[dict[str, float]] = []
-    start = 0
-    if st is not None:
-        gen.load_state_dict(st["gen"])
-        disc.load_state_dict(st["disc"])
-        opt_g.load_state_dict(st["opt_g"])
-        opt_d.load_state_dict(st["opt_d"])
-        sched_g.load_state_dict(st["sched_g"])
-        start, history = st["epoch"] + 1, st["history"]
-    weights = LossWeights(
-        kappa=cfg.kappa, gan_weight=cfg.gan_weight, hinge_weight=cfg.hinge_weight, hinge_ratio=cfg.hinge_ratio
-    )
-    # Per-image margin weights ∝ 1/frequency of its class in the fit set, mean 1 over that set.
-    labels_np = prep.dataset.labels
-    counts = np.bincount(labels_np[idx], minlength=prep.dataset.num_classes).astype(np.float64)
-    per_class = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
-    per_class = per_class / per_class[labels_np[idx]].mean() if cfg.class_balance else np.ones_like(per_class)
-    image_weights = torch.from_numpy(per_class[labels_np].astype(np.float32)).to(images.device)
-    with run.stage("fit"):
-        for epoch in range(start, cfg.epochs):
-            t0 = time.time()
-            sampler.set_epoch(epoch)
-            # indices on the images' device: no host copy, and no host sync, inside the step loop
-            order = torch.from_numpy(idx[np.fromiter(iter(sampler), dtype=np.int64)]).to(images.device)
-            g_model.train()
-            d_model.train()
-            sums = torch.zeros(4, device=device)
-            n_seen = 0
-            bar = tqdm(
-                order.split(cfg.batch_size),
-                desc=f"generator epoch {epoch}",
-                disable=not (cfg.progress and dd.is_main()),
-                leave=False,
-            )
-            for b in bar:
-                x = to_float(images[b].to(device, non_blocking=True))
-                sums += gan_step(
-                    g_model,
-                    d_model,
-                    opt_g,
-                    opt_d,
-                    attacked,
-                    x,
-                    target=target,
-                    eps=eps,
-                    weights=weights,
-                    sample_weights=image_weights[b].to(device),
-                    steps=cfg.steps,
-                    autocast_ctx=lambda: autocast(device, cfg.amp),
-                )
-                sched_g.step()
-                n_seen += len(b)
-            totals = dd.all_reduce_sum(torch.cat([sums, torch.tensor([float(n_seen)], device=device)])).tolist()
-            n_all = totals[4]
-            check_finite(gen, totals[0] / max(1, n_all), epoch=epoch, what="the generator fit", fix="lower --lr")
-            row = {
-                "epoch": epoch,
-                "loss_adv": totals[0] / n_all,
-                "loss_gan": totals[1] / n_all,
-                "loss_d": totals[2] / n_all,
-                "train_target_rate": totals[3] / n_all,
-                "seconds": round(time.time() - t0, 2),
-                "images_per_s": round(n_all / (time.time() - t0), 1),
-            }
-            history.append(row)
-            if dd.is_main():
-                log.info(
-                    "generator epoch %d: margin loss %.3f, predicted %s on %.1f%% of fit images (%.0f img/s)",
-                    epoch,
-                    row["loss_adv"],
-                    cfg.target,
-                    100 * row["train_target_rate"],
-                    row["images_per_s"],
-                )
-                save_generator(out / "generator.safetensors", gen, spec)
-                write_csv(out / "history.csv", history)
-                with atomic_path(state_path) as tmp:
-                    torch.save(
-                        {
-                            "gen": gen.state_dict(),
-                            "disc": disc.state_dict(),
-                            "opt_g": opt_g.state_dict(),
-                            "opt_d": opt_d.state_dict(),
-                            "sched_g": sched_g.state_dict(),
-                            "epoch": epoch,
-                            "history": history,
-                        },
-                        tmp,
-                    )
-    if dd.is_main():
-        run.finish(epochs_run=len(history))
-    dd.barrier()
-    return out / "generator.safetensors"
+        scheduler.step()
+        n_seen += len(b)
+    return torch.cat([sums, torch.tensor([float(n_seen)], device=device)])
 
 
-__all__ = ["GeneratorConfig", "fit_generator"]
+def epoch_row(epoch: int, totals: list[float], seconds: float) -> dict[str, float]:
+    """The history row of an epoch from the sums of :func:`train_one_epoch` over all ranks."""
+    n_all = totals[4]
+    return {
+        "epoch": epoch,
+        "loss_adv": totals[0] / n_all,
+        "loss_gan": totals[1] / n_all,
+        "loss_d": totals[2] / n_all,
+        "train_target_rate": totals[3] / n_all,
+        "seconds": round(seconds, 2),
+        "images_per_s": round(n_all / seconds, 1),
+    }
+
+
+__all__ = ["GeneratorConfig", "LossWeights", "gan_step", "targeted_margin_loss", "train_one_epoch"]
