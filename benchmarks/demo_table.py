@@ -35,5 +35,6 @@ def main(out: Path) -> None:
             f"| {m.worst_class} {share:.1%} ({round(share * n)}/{n}) | {'yes' if share >= 0.99 else 'no'} |"
         )
 
+
 if __name__ == "__main__":
     main(Path(sys.argv[1]))
