@@ -25,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 
 from dermadv.errors import RunError
+from dermadv.proportions import Proportion
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +43,10 @@ _VERSIONED = (
 
 
 def _to_jsonable(obj: Any) -> Any:
+    if isinstance(obj, Proportion):
+        return _to_jsonable(obj.to_dict())  # its interval, or its counts where it has none
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {k: _to_jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+        return {f.name: _to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, Mapping):
         return {str(k): _to_jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):

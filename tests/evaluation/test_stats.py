@@ -8,7 +8,8 @@ from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
 from dermadv.errors import ConfigError
-from dermadv.evaluation.stats import Interval, format_interval, format_p_value, mcnemar_test, proportion_ci
+from dermadv.evaluation.stats import format_interval, format_p_value, mcnemar_test, proportion_ci
+from dermadv.proportions import Proportion
 
 
 @pytest.mark.parametrize(("method", "sm_method"), [("wald", "normal"), ("wilson", "wilson"), ("exact", "beta")])
@@ -67,8 +68,8 @@ def test_mcnemar_table_orientation_and_hand_values():
 
 
 def test_format_helpers():
-    assert format_interval(Interval(0.84, 0.8215, 0.8585, "wald")) == "84.0% (82.2–85.9)"
-    assert format_interval(Interval(0.5, 0.25, 0.75, "wald"), percent=False, digits=2) == "0.50 (0.25–0.75)"
+    assert format_interval(Proportion(0.84, 0.8215, 0.8585, "wald")) == "84.0% (82.2–85.9)"
+    assert format_interval(Proportion(0.5, 0.25, 0.75, "wald"), percent=False, digits=2) == "0.50 (0.25–0.75)"
     assert format_interval(proportion_ci(0, 0)) == "n/a"
     assert format_p_value(3e-7) == "P < .0001"
     assert format_p_value(0.625) == "P = 0.6250"

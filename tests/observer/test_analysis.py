@@ -40,8 +40,8 @@ def test_paper_sensitivity_and_specificity_wald() -> None:
     rates = detection_rates(*_paper_ratings())
     sens, spec = rates.sensitivity, rates.specificity
     assert (sens.k, sens.n, spec.k, spec.n) == (35, 60, 17, 40)
-    assert [round(100 * v, 1) for v in (sens.estimate, sens.interval.low, sens.interval.high)] == [58.3, 45.9, 70.8]
-    assert [round(100 * v, 1) for v in (spec.estimate, spec.interval.low, spec.interval.high)] == [42.5, 27.2, 57.8]
+    assert [round(100 * v, 1) for v in (sens.estimate, sens.low, sens.high)] == [58.3, 45.9, 70.8]
+    assert [round(100 * v, 1) for v in (spec.estimate, spec.low, spec.high)] == [42.5, 27.2, 57.8]
     assert str(sens) == "58.3% (45.9–70.8) 35/60"
     assert rates.accuracy.k == 52 and rates.accuracy.n == 100
 
@@ -53,8 +53,8 @@ def test_ci_methods_match_statsmodels(method, sm_method) -> None:
     rates = detection_rates(altered, called, ci_method=method)
     for p in (rates.sensitivity, rates.specificity, rates.accuracy):
         low, high = proportion_confint(p.k, p.n, method=sm_method)
-        assert p.interval.method == method
-        assert p.interval.low == pytest.approx(max(low, 0.0)) and p.interval.high == pytest.approx(min(high, 1.0))
+        assert p.method == method
+        assert p.low == pytest.approx(max(low, 0.0)) and p.high == pytest.approx(min(high, 1.0))
 
 
 def _fce_se(a: np.ndarray, b: np.ndarray) -> float:
@@ -196,7 +196,7 @@ def test_paper_counts_through_the_whole_pipeline(fake_attack_dir, tmp_path: Path
     assert f"{sens}" == "58.3% (45.9–70.8) 35/60"
     assert f"{spec}" == "42.5% (27.2–57.8) 17/40"
     wilson = analyze_study(study.path, ci_method="wilson").combined.detection.sensitivity
-    assert wilson.interval.method == "wilson" and wilson.interval.low != pytest.approx(sens.interval.low)
+    assert wilson.method == "wilson" and wilson.low != pytest.approx(sens.low)
 
     out = write_analysis(study.path, tmp_path / "analysis", analysis)
     data = json.loads((out / "analysis.json").read_text())

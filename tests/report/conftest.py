@@ -24,6 +24,7 @@ from dermadv.observer.storage import StudyDB
 from dermadv.observer.study import create_study, invite_observer, load_answer_key
 from dermadv.pipeline.apply import amplified
 from dermadv.pipeline.sweep import sweep_row
+from dermadv.proportions import Proportion
 from dermadv.runs import Run, write_csv, write_json
 
 EPS = 8 / 255
@@ -190,21 +191,29 @@ def write_defences(folder: Path) -> None:
     classes = [c for c in CLASSES if c != "nv"]
 
     def outcome(k: int) -> r.TargetedOutcome:
-        return r.TargetedOutcome({c: r.Share(min(PER_CLASS, k + j % 2), PER_CLASS) for j, c in enumerate(classes)})
+        return r.TargetedOutcome(
+            {c: Proportion.counted(min(PER_CLASS, k + j % 2), PER_CLASS) for j, c in enumerate(classes)}
+        )
 
-    rows = [r.TransformRow("none", e, r.Share(20, 28), outcome(4), None) for e in (2 / 255, 8 / 255)]
+    rows = [r.TransformRow("none", e, Proportion.counted(20, 28), outcome(4), None) for e in (2 / 255, 8 / 255)]
     rows += [
-        r.TransformRow(d, e, r.Share(18, 28), outcome(1), outcome(3))
+        r.TransformRow(d, e, Proportion.counted(18, 28), outcome(1), outcome(3))
         for d in ("jpeg:75", "bits:5")
         for e in (2 / 255, 8 / 255)
     ]
     transforms = r.TransformsResult("nv", "PGD-20 (L∞, seeded random start), targeted", 8, 28, tuple(rows))
     certify = r.CertifyResult(
-        CertifiedAccuracy((0.0, 0.25, 0.5), (0.5, 0.25, 0.0), 28, 0.25, 500, 0.001), 50, r.Share(20, 28), r.Share(3, 28)
+        CertifiedAccuracy((0.0, 0.25, 0.5), (0.5, 0.25, 0.0), 28, 0.25, 500, 0.001),
+        50,
+        Proportion.counted(20, 28),
+        Proportion.counted(3, 28),
     )
     scores = DetectionScores(0.9, 0.6, 12.0, 28, 28)
     detect = r.DetectResult(
-        "mahalanobis", 70, 11.5, (r.DetectionOutcome("pgd (adv-test)", scores, r.Share(20, 28), r.Share(9, 28)),)
+        "mahalanobis",
+        70,
+        11.5,
+        (r.DetectionOutcome("pgd (adv-test)", scores, Proportion.counted(20, 28), Proportion.counted(9, 28)),),
     )
     budgets = (1 / 255, 2 / 255, 4 / 255)
     card = RobustnessCard(

@@ -19,7 +19,8 @@ import pandas as pd
 import pytest
 
 from dermadv.evaluation.attack_metrics import AttackMetrics
-from dermadv.evaluation.stats import Interval, format_interval
+from dermadv.evaluation.stats import format_interval
+from dermadv.proportions import Proportion
 from dermadv.report.results import UNFINISHED_MARK, command_line, machine, read_run, render_results
 from dermadv.runs import Run, read_json, write_json
 
@@ -37,7 +38,7 @@ def interval(path: Path, *keys: str) -> str:
     value = read_json(path)
     for key in keys:
         value = value[key]
-    return format_interval(Interval.from_dict(value))
+    return format_interval(Proportion.from_dict(value))
 
 
 def rows(page: str, folder: Path) -> list[str]:
@@ -139,7 +140,7 @@ def test_figures_equal_the_folders_json(page: str, folders: dict[str, Path]) -> 
     (row,) = rows(page, folders["attack"])
     assert interval(metrics_path, "fooling_ratio_all") in row
     worst = raw["worst_class_fooling_ratio"]
-    assert f"{worst['class']}: {format_interval(Interval.from_dict(worst))}" in row
+    assert f"{worst['class']}: {format_interval(Proportion.from_dict(worst))}" in row
     assert f"{interval(metrics_path, 'accuracy_clean')} → {interval(metrics_path, 'accuracy_adv')}" in row
     assert "8/255" in row and "| nv |" in row
     (row,) = rows(page, folders["audit"])

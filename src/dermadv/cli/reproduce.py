@@ -49,6 +49,7 @@ def reproduce(
     from dermadv import distributed as dd
     from dermadv.pipeline.reproduce import ReproduceConfig
     from dermadv.pipeline.reproduce import reproduce as run_study
+    from dermadv.report.summary import Table as PaperTable
     from dermadv.runs import read_json
 
     if data is None and preset != "demo":
@@ -57,11 +58,10 @@ def reproduce(
     run_study(cfg)
     if not dd.is_main() or sweep_only:
         return
-    table = Table(title=f"{CITATION} vs this run")
-    for col in ("measure", "paper", "this run"):
-        table.add_column(col)
-    for row in read_json(out / "paper_table.json"):
-        table.add_row(row["measure"], row["paper"], row["this_run"])
+    paper_table = PaperTable.from_records(read_json(out / "paper_table.json"), ("measure", "paper", "this_run"))
+    table = Table(*paper_table.header, title=f"{CITATION} vs this run")
+    for row in paper_table.rows:
+        table.add_row(*(c.text for c in row.cells))
     Console().print(table)
     if report:
         typer.echo(f"report: {out / 'report' / 'index.html'}")

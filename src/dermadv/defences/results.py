@@ -1,6 +1,6 @@
 """What the defence commands measure, as frozen dataclasses: written as JSON by the pipeline, read by the report.
 
-Shares are stored as counts (:class:`Share`, ``k`` of ``n``) so that a reader can put any interval on them;
+Shares are stored as counts (:class:`Proportion` in its form ``{k, n}``) so that a reader can put any interval on them;
 :func:`from_dict` reads any of these results back from its JSON.
 """
 
@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 from dermadv.defences.card import RobustnessCard
 from dermadv.defences.detection import DetectionScores
 from dermadv.defences.smoothing import CertifiedAccuracy
-from dermadv.proportions import Share, worst_class
+from dermadv.proportions import Proportion, worst_class
 
 T = TypeVar("T")
 
@@ -30,14 +30,14 @@ class TargetedOutcome:
     the target).
     """
 
-    fooled: dict[str, Share]
+    fooled: dict[str, Proportion]
 
     @property
     def worst_class(self) -> str | None:
         return worst_class(self.fooled)
 
     @property
-    def worst_class_fooling(self) -> Share | None:
+    def worst_class_fooling(self) -> Proportion | None:
         worst = self.worst_class
         return self.fooled[worst] if worst is not None else None
 
@@ -48,7 +48,7 @@ class TransformRow:
 
     defence: str
     eps: float
-    accuracy_clean: Share  # clean images classified right through the defence
+    accuracy_clean: Proportion  # clean images classified right through the defence
     plain: TargetedOutcome  # the attacker who ignores the defence's transform
     adaptive: TargetedOutcome | None  # per image the worse of plain and BPDA (+EOT); None for ``none``
 
@@ -70,8 +70,8 @@ class CertifyResult:
 
     certified: CertifiedAccuracy  # radius 0 is the smoothed classifier's accuracy (abstentions count wrong)
     n0: int  # noise samples that choose the class; certified.n_samples estimate its probability
-    accuracy_base: Share  # the base classifier on the clean images, without noise
-    abstained: Share
+    accuracy_base: Proportion  # the base classifier on the clean images, without noise
+    abstained: Proportion
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,8 @@ class DetectionOutcome:
 
     attack: str
     scores: DetectionScores  # clean test images vs these adversarial images
-    fooled: Share  # adversarial images that reach the attack's goal
-    fooled_undetected: Share  # ... and score under the threshold the defender calibrated
+    fooled: Proportion  # adversarial images that reach the attack's goal
+    fooled_undetected: Proportion  # ... and score under the threshold the defender calibrated
 
 
 @dataclass(frozen=True)
@@ -115,6 +115,8 @@ def _decode(tp: Any, value: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         options = [a for a in typing.get_args(tp) if a is not type(None)]
         return _decode(options[0], value)
+    if tp is Proportion:
+        return Proportion.from_dict(value)
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value)  # type: ignore[arg-type]
     if origin is tuple:

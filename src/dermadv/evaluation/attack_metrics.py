@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from fractions import Fraction
 from typing import Any
 
@@ -19,13 +19,12 @@ from dermadv.evaluation.imperceptibility import PerturbationSizes, summarise_siz
 from dermadv.evaluation.stats import (
     DEFAULT_CI,
     CIMethod,
-    Interval,
     McNemarResult,
     format_value,
     mcnemar_test,
     proportion_ci,
 )
-from dermadv.proportions import Share, worst_class
+from dermadv.proportions import Proportion, worst_class
 
 _SIZE_KEYS = ("linf_255_max", "l2_mean", "l0_mean", "psnr_mean", "ssim_mean")
 
@@ -34,13 +33,13 @@ _SIZE_KEYS = ("linf_255_max", "l2_mean", "l0_mean", "psnr_mean", "ssim_mean")
 class Measure:
     """One row of a results table: its name (a key of ``summary.json``), words, value and definition.
 
-    ``value`` is an :class:`Interval` for a share, else a number (or text); ``pointer`` names the keys where
+    ``value`` is a :class:`Proportion` for a share, else a number (or text); ``pointer`` names the keys where
     ``attack_metrics.json`` holds it.
     """
 
     name: str
     label: str
-    value: Interval | float | int | str | None
+    value: Proportion | float | int | str | None
     definition: str = ""
     pointer: tuple[str, ...] = ()
     fmt: str = "g"  # how a plain number prints; "p" for a P value
@@ -59,19 +58,27 @@ class ClassResult:
     """The measures of one true class; sizes only where perturbations were measured."""
 
     n: int
-    accuracy_clean: Interval
-    accuracy_adv: Interval
-    fooling_ratio: Interval
+    accuracy_clean: Proportion
+    accuracy_adv: Proportion
+    fooling_ratio: Proportion
     linf_255_max: int | None = None
     l2_mean: float | None = None
     l0_mean: float | None = None
     psnr_mean: float | None = None
     ssim_mean: float | None = None
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fields by name, each share as its interval (``{estimate, low, high, method}``)."""
+        return {
+            f.name: v.to_dict(form="interval") if isinstance(v, Proportion) else v
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+        }
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ClassResult:
         values: dict[str, Any] = {k: d.get(k) for k in _SIZE_KEYS}
-        values |= {k: Interval.from_dict(d[k]) for k in ("accuracy_clean", "accuracy_adv", "fooling_ratio")}
+        values |= {k: Proportion.from_dict(d[k]) for k in ("accuracy_clean", "accuracy_adv", "fooling_ratio")}
         return cls(n=int(d["n"]), **values)
 
 
@@ -132,16 +139,16 @@ class AttackMetrics:
     classes: tuple[str, ...]
     target: str | None
     ci_method: str
-    accuracy_clean: Interval
-    accuracy_adv: Interval
+    accuracy_clean: Proportion
+    accuracy_adv: Proportion
     mcnemar: McNemarResult  # exact binomial
     mcnemar_chi2: McNemarResult | None  # None without discordant pairs (statistic undefined, P = 1)
-    fooling_ratio: dict[str, Interval]
-    fooling_ratio_all: Interval
+    fooling_ratio: dict[str, Proportion]
+    fooling_ratio_all: Proportion
     worst_class: str | None  # the class with the smallest fooling ratio among those with images
-    targeted_success: Interval | None
-    untargeted_success: Interval
-    flip_rate: Interval
+    targeted_success: Proportion | None
+    untargeted_success: Proportion
+    flip_rate: Proportion
     confusion_adv: list[list[int]]
     confusion_clean: list[list[int]]
     per_class: dict[str, ClassResult]
@@ -152,7 +159,7 @@ class AttackMetrics:
     attack: dict[str, Any] = field(default_factory=dict)  # the folder's attack.json
 
     @property
-    def worst_class_fooling_ratio(self) -> Interval | None:
+    def worst_class_fooling_ratio(self) -> Proportion | None:
         return self.fooling_ratio[self.worst_class] if self.worst_class is not None else None
 
     def size(self, measure: str, statistic: str) -> Any:
@@ -228,8 +235,8 @@ class AttackMetrics:
             "target": self.target,
             "targeted": self.target is not None,
             "ci_method": self.ci_method,
-            "accuracy_clean": self.accuracy_clean.as_dict(),
-            "accuracy_adv": self.accuracy_adv.as_dict(),
+            "accuracy_clean": self.accuracy_clean.to_dict(form="interval"),
+            "accuracy_adv": self.accuracy_adv.to_dict(form="interval"),
             "mcnemar": {
                 "table": self.mcnemar.table,
                 "table_rows": ["clean correct", "clean wrong"],
@@ -237,16 +244,18 @@ class AttackMetrics:
                 "exact": {"statistic": self.mcnemar.statistic, "p_value": self.mcnemar.p_value},
                 "chi2": {"statistic": chi2.statistic if chi2 else None, "p_value": chi2.p_value if chi2 else 1.0},
             },
-            "fooling_ratio": {c: iv.as_dict() for c, iv in self.fooling_ratio.items()},
-            "fooling_ratio_all": self.fooling_ratio_all.as_dict(),
-            "worst_class_fooling_ratio": {"class": worst, **self.fooling_ratio[worst].as_dict()} if worst else None,
-            "targeted_success": self.targeted_success.as_dict() if self.targeted_success else None,
-            "untargeted_success": self.untargeted_success.as_dict(),
-            "flip_rate": self.flip_rate.as_dict(),
+            "fooling_ratio": {c: iv.to_dict(form="interval") for c, iv in self.fooling_ratio.items()},
+            "fooling_ratio_all": self.fooling_ratio_all.to_dict(form="interval"),
+            "worst_class_fooling_ratio": {"class": worst, **self.fooling_ratio[worst].to_dict(form="interval")}
+            if worst
+            else None,
+            "targeted_success": self.targeted_success.to_dict(form="interval") if self.targeted_success else None,
+            "untargeted_success": self.untargeted_success.to_dict(form="interval"),
+            "flip_rate": self.flip_rate.to_dict(form="interval"),
             "confusion_adv": self.confusion_adv,
             "confusion_clean": self.confusion_clean,
             "per_class": {
-                c: {k: v for k, v in asdict(r).items() if sized or k not in _SIZE_KEYS}
+                c: {k: v for k, v in r.to_dict().items() if sized or k not in _SIZE_KEYS}
                 for c, r in self.per_class.items()
             },
             "inmem_agreement": None
@@ -269,20 +278,20 @@ class AttackMetrics:
             classes=tuple(d["classes"]),
             target=d["target"],
             ci_method=str(d["ci_method"]),
-            accuracy_clean=Interval.from_dict(d["accuracy_clean"]),
-            accuracy_adv=Interval.from_dict(d["accuracy_adv"]),
+            accuracy_clean=Proportion.from_dict(d["accuracy_clean"]),
+            accuracy_adv=Proportion.from_dict(d["accuracy_adv"]),
             mcnemar=McNemarResult(exact["statistic"], exact["p_value"], True, mc["table"]),
             mcnemar_chi2=(
                 McNemarResult(chi2["statistic"], chi2["p_value"], False, mc["table"])
                 if chi2["statistic"] is not None
                 else None
             ),
-            fooling_ratio={c: Interval.from_dict(iv) for c, iv in d["fooling_ratio"].items()},
-            fooling_ratio_all=Interval.from_dict(d["fooling_ratio_all"]),
+            fooling_ratio={c: Proportion.from_dict(iv) for c, iv in d["fooling_ratio"].items()},
+            fooling_ratio_all=Proportion.from_dict(d["fooling_ratio_all"]),
             worst_class=worst["class"] if worst else None,
-            targeted_success=Interval.from_dict(d["targeted_success"]) if d.get("targeted_success") else None,
-            untargeted_success=Interval.from_dict(d["untargeted_success"]),
-            flip_rate=Interval.from_dict(d["flip_rate"]),
+            targeted_success=Proportion.from_dict(d["targeted_success"]) if d.get("targeted_success") else None,
+            untargeted_success=Proportion.from_dict(d["untargeted_success"]),
+            flip_rate=Proportion.from_dict(d["flip_rate"]),
             confusion_adv=d["confusion_adv"],
             confusion_clean=d["confusion_clean"],
             per_class={c: ClassResult.from_dict(r) for c, r in d["per_class"].items()},
@@ -335,7 +344,7 @@ def attack_metrics(
     correct_adv = adv_preds == labels
     fooled = adv_preds == target_index if target_index is not None else adv_preds != labels
 
-    def ci(k: int | np.integer, m: int | np.integer) -> Interval:
+    def ci(k: int | np.integer, m: int | np.integer) -> Proportion:
         return proportion_ci(int(k), int(m), method=ci_method)
 
     per_class: dict[str, ClassResult] = {}
@@ -355,7 +364,9 @@ def attack_metrics(
             psnr_mean=_mean_finite(sizes.psnr[mask]),
             ssim_mean=_mean_finite(sizes.ssim[mask]),
         )
-    worst = worst_class({c: Share(int(fooled[labels == i].sum()), per_class[c].n) for i, c in enumerate(classes)})
+    worst = worst_class(
+        {c: Proportion.counted(int(fooled[labels == i].sum()), per_class[c].n) for i, c in enumerate(classes)}
+    )
     targeted = None
     if target_index is not None:
         eligible = correct_clean & (labels != target_index)

@@ -17,17 +17,20 @@ import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 
-from dermadv import distributed as dd
 from dermadv.data.classes import CLASSES
 from dermadv.errors import DataError, RunError
-from dermadv.evaluation.attack_metrics import AttackMetrics
 from dermadv.runs import check_unlocked, read_json, read_manifest, require_complete, write_json
+
+# torch (dermadv.distributed, the metrics' statistics) is imported inside the functions that need it: the observer
+# reads attack folders through this module, and serving a study loads no torch
+if TYPE_CHECKING:
+    from dermadv.evaluation.attack_metrics import AttackMetrics
 
 #: Everything ``attack run`` (or ``attack transfer``, ``evaluate-attack``, ``report``) writes into an attack folder.
 ATTACK_OUTPUTS = (
@@ -119,6 +122,8 @@ def read_attack_info(folder: Path) -> dict[str, Any]:
 
 
 def write_attack_info(out: Path, info: dict[str, Any]) -> None:
+    from dermadv import distributed as dd
+
     if dd.is_main():
         write_json(out / INFO_FILE, info)
 
@@ -177,6 +182,8 @@ def prediction_rows(
 
 def read_attack_metrics(folder: Path) -> AttackMetrics:
     """``attack_metrics.json``, written by ``evaluate-attack`` (and by ``attack run``)."""
+    from dermadv.evaluation.attack_metrics import AttackMetrics
+
     return AttackMetrics.from_dict(_read_object(folder, METRICS_FILE))
 
 

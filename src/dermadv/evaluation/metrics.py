@@ -14,7 +14,8 @@ from sklearn.metrics import confusion_matrix, roc_auc_score, roc_curve
 
 from dermadv.data.classes import CLASSES, class_index
 from dermadv.errors import DataError
-from dermadv.evaluation.stats import DEFAULT_CI, CIMethod, Interval, format_interval, proportion_ci
+from dermadv.evaluation.stats import DEFAULT_CI, CIMethod, format_interval, proportion_ci
+from dermadv.proportions import Proportion
 from dermadv.runs import write_csv, write_json
 
 
@@ -24,7 +25,7 @@ class ClassificationReport:
 
     classes: tuple[str, ...]
     n: int
-    accuracy: Interval
+    accuracy: Proportion
     balanced_accuracy: float
     sensitivity: dict[str, float]
     specificity: dict[str, float]
@@ -40,7 +41,7 @@ class ClassificationReport:
         return {
             "n": self.n,
             "classes": list(self.classes),
-            "accuracy": self.accuracy.as_dict(),
+            "accuracy": self.accuracy.to_dict(form="interval"),
             "balanced_accuracy": self.balanced_accuracy,
             "macro_auc": self.macro_auc,
             "per_class": {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -10,6 +11,21 @@ from statsmodels.stats.contingency_tables import mcnemar as _sm_mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
 from dermadv.errors import ConfigError
+from dermadv.proportions import Proportion, format_interval
+
+__all__ = [
+    "CI_METHODS",
+    "DEFAULT_CI",
+    "CIMethod",
+    "McNemarResult",
+    "Proportion",
+    "format_interval",
+    "format_p_value",
+    "format_value",
+    "mcnemar_test",
+    "paired_table",
+    "proportion_ci",
+]
 
 CIMethod = Literal["wald", "wilson", "exact"]
 CI_METHODS: tuple[CIMethod, ...] = ("wald", "wilson", "exact")
@@ -20,32 +36,16 @@ _SM_METHOD = {"wald": "normal", "wilson": "wilson", "exact": "beta"}
 DEFAULT_CI: CIMethod = "wald"
 
 
-@dataclass(frozen=True)
-class Interval:
-    estimate: float
-    low: float
-    high: float
-    method: str
-
-    def as_dict(self) -> dict[str, float | str]:
-        return {"estimate": self.estimate, "low": self.low, "high": self.high, "method": self.method}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Interval:
-        """Read :meth:`as_dict` back from JSON, where an undefined (NaN) bound is null."""
-        low, high, estimate = (float("nan") if d.get(k) is None else float(d[k]) for k in ("low", "high", "estimate"))
-        return cls(estimate, low, high, str(d.get("method", "")))
-
-
-def proportion_ci(k: int, n: int, *, method: CIMethod = DEFAULT_CI, alpha: float = 0.05) -> Interval:
-    """Share ``k/n`` with a (1-alpha) interval: Wald, Wilson or Clopper–Pearson ("exact")."""
+def proportion_ci(k: int, n: int, *, method: CIMethod = DEFAULT_CI, alpha: float = 0.05) -> Proportion:
+    """Share ``k/n`` with a (1-alpha) interval: Wald, Wilson or Clopper–Pearson ("exact"); without its counts, as
+    the metrics' JSON holds intervals only (:meth:`Proportion.to_dict`)."""
     if method not in _SM_METHOD:
         raise ConfigError(f"CI method must be one of wald, wilson, exact; got {method!r}")
     if n <= 0:
-        return Interval(float("nan"), float("nan"), float("nan"), method)
+        return Proportion(math.nan, math.nan, math.nan, method)
     low, high = proportion_confint(k, n, alpha=alpha, method=_SM_METHOD[method])
     low, high = float(np.clip(low, 0, 1)), float(np.clip(high, 0, 1))
-    return Interval(k / n, low, high, method)
+    return Proportion(k / n, low, high, method)
 
 
 @dataclass(frozen=True)
@@ -84,21 +84,6 @@ def mcnemar_test(correct_clean: np.ndarray, correct_adv: np.ndarray, *, exact: b
     return McNemarResult(float(res.statistic), float(res.pvalue), exact, table)
 
 
-def format_interval(
-    interval: Interval, *, percent: bool = True, digits: int = 1, counts: tuple[int, int] | None = None
-) -> str:
-    """``84.0% (82.1–85.9)``, with ``counts`` (k, n) ``84.0% (82.1–85.9) 42/50``; ``n/a`` when the interval is
-    undefined (no observations)."""
-    if np.isnan(interval.estimate):
-        return "n/a"
-    scale, unit = (100.0, "%") if percent else (1.0, "")
-    text = (
-        f"{interval.estimate * scale:.{digits}f}{unit} "
-        f"({interval.low * scale:.{digits}f}–{interval.high * scale:.{digits}f})"
-    )
-    return f"{text} {counts[0]}/{counts[1]}" if counts is not None else text
-
-
 def format_p_value(p: float | None) -> str:
     """P value in the journal style the paper uses: ``P < .0001`` below 1e-4, else 4 decimals."""
     if p is None or np.isnan(p):
@@ -109,8 +94,8 @@ def format_p_value(p: float | None) -> str:
 
 
 def format_value(value: Any, fmt: str = "g") -> str:
-    """A measure as printed: an :class:`Interval` as ``84.0% (82.1–85.9)``, a P value (``fmt="p"``), a number."""
-    if isinstance(value, Interval):
+    """A measure as printed: a :class:`Proportion` as ``84.0% (82.1–85.9)``, a P value (``fmt="p"``), a number."""
+    if isinstance(value, Proportion):
         return format_interval(value)
     if fmt == "p":
         return format_p_value(value)

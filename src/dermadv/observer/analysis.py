@@ -11,43 +11,26 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from dermadv.errors import ConfigError, RunError
-from dermadv.evaluation.stats import DEFAULT_CI, CIMethod, Interval, format_interval, proportion_ci
+from dermadv.evaluation.stats import DEFAULT_CI, CIMethod, proportion_ci
 from dermadv.observer.storage import ANSWERS, StudyDB
 from dermadv.observer.study import load_answer_key, load_study
+from dermadv.proportions import Proportion
 from dermadv.runs import Run, write_csv, write_json
 
 if TYPE_CHECKING:
     from rich.table import Table
 
 
-@dataclass(frozen=True)
-class Proportion:
-    """``k`` of ``n`` with its confidence interval."""
-
-    k: int
-    n: int
-    interval: Interval
-
-    @property
-    def estimate(self) -> float:
-        return self.interval.estimate
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"k": self.k, "n": self.n, **self.interval.as_dict()}
-
-    def __str__(self) -> str:
-        return format_interval(self.interval, counts=(self.k, self.n)) if self.n else "–"
-
-
 def proportion(k: int, n: int, *, ci_method: CIMethod = DEFAULT_CI) -> Proportion:
-    return Proportion(int(k), int(n), proportion_ci(int(k), int(n), method=ci_method))
+    """``k`` of ``n`` with its confidence interval."""
+    return replace(proportion_ci(int(k), int(n), method=ci_method), k=int(k), n=int(n))
 
 
 @dataclass(frozen=True)
@@ -258,12 +241,17 @@ class StudyAnalysis:
                 "mean_confidence": r.mean_confidence,
             }
             if r.detection is not None:
-                out.update({k: getattr(r.detection, k).as_dict() for k in ("sensitivity", "specificity", "accuracy")})
+                out.update(
+                    {
+                        k: getattr(r.detection, k).to_dict(form="both")
+                        for k in ("sensitivity", "specificity", "accuracy")
+                    }
+                )
             if r.forced_choice is not None:
-                out["altered_chosen"] = r.forced_choice.correct.as_dict()
+                out["altered_chosen"] = r.forced_choice.correct.to_dict(form="both")
                 out["binomial_p_value"] = r.forced_choice.p_value
             if r.diagnosis is not None:
-                out["diagnosis_accuracy"] = {k: v.as_dict() for k, v in r.diagnosis.items()}
+                out["diagnosis_accuracy"] = {k: v.to_dict(form="both") for k, v in r.diagnosis.items()}
             return out
 
         return {
@@ -342,7 +330,7 @@ def analysis_rows(analysis: StudyAnalysis) -> list[dict[str, Any]]:
         for condition, p in (r.diagnosis or {}).items():
             measures.append((f"diagnosis_accuracy_{condition}", p, None))
         for measure, p, p_value in measures:
-            rows.append({"observer": r.observer, "measure": measure, **p.as_dict(), "p_value": p_value})
+            rows.append({"observer": r.observer, "measure": measure, **p.to_dict(form="both"), "p_value": p_value})
     if analysis.agreement is not None:
         a = analysis.agreement
         rows.append(

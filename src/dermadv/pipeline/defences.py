@@ -55,7 +55,7 @@ from dermadv.evaluation.attack_run import AttackRun
 from dermadv.models.checkpoints import CheckpointMeta, check_fits, load_checkpoint
 from dermadv.models.classifier import ResizedClassifier
 from dermadv.pipeline.apply import quantise
-from dermadv.proportions import Share
+from dermadv.proportions import Proportion
 from dermadv.runs import Run, require_complete, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def parse_radii(text: str) -> tuple[float, ...]:
 
 def _outcome(fooled: torch.Tensor, labels: np.ndarray, classes: Sequence[str]) -> TargetedOutcome:
     fooled_np = fooled.cpu().numpy()
-    return TargetedOutcome({c: Share.of(fooled_np[labels == i]) for i, c in enumerate(classes)})
+    return TargetedOutcome({c: Proportion.of(fooled_np[labels == i]) for i, c in enumerate(classes)})
 
 
 def to_8bit(adv: torch.Tensor, clean: torch.Tensor, eps: float | None) -> torch.Tensor:
@@ -242,7 +242,7 @@ def evaluate_transforms(
             row = TransformRow(
                 str(spec) if spec is not None else "none",
                 e,
-                Share.of(torch.cat(correct)),
+                Proportion.of(torch.cat(correct)),
                 _outcome(torch.cat(plain), labels, classes),
                 _outcome(torch.cat(adaptive), labels, classes) if adaptive else None,
             )
@@ -288,8 +288,8 @@ def certify_split(cfg: CertifyConfig) -> CertifyResult:
     result = CertifyResult(
         certified_accuracy(certificate, labels, radii=(0.0, *radii)),
         cfg.n0,
-        Share.of(base == labels),
-        Share.of(certificate.prediction < 0),
+        Proportion.of(base == labels),
+        Proportion.of(certificate.prediction < 0),
     )
     classes = sample.meta.classes
     rows = [
@@ -367,8 +367,8 @@ def detect_split(cfg: DetectConfig) -> DetectResult:
         DetectionOutcome(
             f"{attack.method} ({Path(cfg.attack_folder).name})",
             detection_scores(clean_scores, adv_scores),
-            Share.of(attack.fooled),
-            Share.of(attack.fooled & (adv_scores <= threshold)),
+            Proportion.of(attack.fooled),
+            Proportion.of(attack.fooled & (adv_scores <= threshold)),
         )
     ]
     with run.stage("aware attack"):
@@ -387,8 +387,8 @@ def detect_split(cfg: DetectConfig) -> DetectResult:
         DetectionOutcome(
             f"detector-aware PGD-{cfg.steps} at {format_eps(eps)}",
             detection_scores(clean_scores, aware_scores),
-            Share.of(fooled),
-            Share.of(fooled & (aware_scores <= threshold)),
+            Proportion.of(fooled),
+            Proportion.of(fooled & (aware_scores <= threshold)),
         )
     )
     result = DetectResult(cfg.detector, fit_images, threshold, tuple(outcomes))

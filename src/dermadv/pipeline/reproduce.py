@@ -30,6 +30,7 @@ from dermadv.pipeline.train import STATE as TRAIN_STATE
 from dermadv.pipeline.train import fit
 from dermadv.presets import preset_attack_config, preset_train_config
 from dermadv.report.build import build_report, collect
+from dermadv.report.summary import Table, markdown_table, tabulate_measures
 from dermadv.runs import (
     Run,
     atomic_write_text,
@@ -108,18 +109,13 @@ def fit_once(fit: Callable[[C], Path], cfg: C, state: str, *, check: Callable[[C
         check(cfg)
 
 
+def _paper_table(run_dir: Path) -> Table:
+    return tabulate_measures(collect(run_dir).measures, source=True)
+
+
 def paper_table(run_dir: Path) -> list[dict[str, str]]:
     """Rows measure | paper | this run | source: the report's summary table of the run folder."""
-    return [
-        {"measure": m.label, "paper": m.paper, "this_run": m.display, "source": m.link.path if m.link else "."}
-        for m in collect(run_dir).measures
-    ]
-
-
-def _markdown(rows: list[dict[str, str]]) -> str:
-    lines = ["| measure | paper | this run | source |", "|---|---|---|---|"]
-    lines += [f"| {r['measure']} | {r['paper']} | {r['this_run']} | `{r['source']}` |" for r in rows]
-    return "\n".join(lines) + "\n"
+    return _paper_table(run_dir).records()
 
 
 def reproduce(cfg: ReproduceConfig) -> Path:
@@ -228,9 +224,9 @@ def reproduce(cfg: ReproduceConfig) -> Path:
             if not (out / "observer" / "study.json").exists():
                 n = min(cfg.observer_n, len(list((adv_dir / "images" / "adv").glob("*.png"))))
                 create_study(adv_dir, out / "observer", n=n, perturbed_share=0.6, seed=cfg.seed)
-        rows = paper_table(out)
-        write_json(out / "paper_table.json", rows)
-        atomic_write_text(out / "paper_table.md", _markdown(rows))
+        table = _paper_table(out)
+        write_json(out / "paper_table.json", table.records())
+        atomic_write_text(out / "paper_table.md", markdown_table(table, code=("source",)))
         if cfg.report:
             with run.stage("report"):
                 build_report(out, last_stage=True)

@@ -25,7 +25,7 @@ from dermadv.report.data import (
 )
 from dermadv.report.defences import defences_context
 from dermadv.report.format import eps_text, interval_text, num, percent
-from dermadv.report.summary import inmem_statement, split_method
+from dermadv.report.summary import inmem_statement, split_method, tabulate_measures
 
 Row = dict[str, Any]
 
@@ -394,10 +394,9 @@ def report_context(data: ReportData) -> dict[str, Any]:
         "run_dir": str(data.run_dir),
         "kind": data.kind,
         "summary": data.summary,
-        "measures": data.measures,
+        "measures": tabulate_measures(data.measures, paper_column=f"paper ({CITATION})"),
         "paper": {
             "reference": REFERENCE,
-            "column": f"paper ({CITATION})",
             "observer": f"sensitivity {OBSERVER_SENSITIVITY}, specificity {OBSERVER_SPECIFICITY}",
         },
         "notes": data.notes,

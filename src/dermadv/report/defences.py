@@ -15,7 +15,7 @@ from dermadv.defences.results import (
     from_dict,
 )
 from dermadv.evaluation.stats import format_interval, proportion_ci
-from dermadv.proportions import Share
+from dermadv.proportions import Proportion
 from dermadv.report.data import READ_ERRORS, DefencesPart, Sources
 from dermadv.report.readers import read_json_dict
 
@@ -58,11 +58,11 @@ def read_defences(files: dict[str, Path], sources: Sources) -> DefencesPart | No
     return DefencesPart(**results, links=links, notes=notes)
 
 
-def share_text(share: Share | None) -> str:
+def share_text(share: Proportion | None) -> str:
     """``70.0% (48.1–85.5) 14/20``: Wilson intervals, as the samples here are small."""
-    if share is None or not share.n:
+    if share is None or share.counts is None or not share.n:
         return "n/a"
-    return format_interval(proportion_ci(share.k, share.n, method="wilson"), counts=(share.k, share.n))
+    return format_interval(proportion_ci(*share.counts, method="wilson"), counts=share.counts)
 
 
 def _worst(outcome: TargetedOutcome | None) -> str:
@@ -125,7 +125,7 @@ def certify_context(result: CertifyResult) -> dict[str, Any]:
         f"α = {c.alpha:g}, {c.n_images} images"
     )
     rows = [
-        {"radius": f"{r:g}", "accuracy": share_text(Share(round(a * c.n_images), c.n_images))}
+        {"radius": f"{r:g}", "accuracy": share_text(Proportion.counted(round(a * c.n_images), c.n_images))}
         for r, a in zip(c.radii, c.accuracy, strict=True)
     ]
     base, abstained = share_text(result.accuracy_base), share_text(result.abstained)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from dermadv.evaluation.stats import Interval, format_interval, format_p_value
+from dermadv.evaluation.stats import format_interval, format_p_value
+from dermadv.proportions import Proportion
 
 
 def _missing(x: Any) -> bool:
@@ -27,7 +28,7 @@ def interval_text(iv: Any) -> str:
     if not isinstance(iv, dict) or _missing(iv.get("estimate")):
         return "n/a"
     counts = (iv["k"], iv["n"]) if iv.get("k") is not None and iv.get("n") is not None else None
-    return format_interval(Interval.from_dict(iv), counts=counts)
+    return format_interval(Proportion.from_dict(iv), counts=counts)
 
 
 def eps_text(eps_255: Any) -> str:

@@ -21,7 +21,8 @@ from dermadv.evaluation.attack_run import (
     read_attack_metrics,
     read_predictions,
 )
-from dermadv.evaluation.stats import Interval, format_interval
+from dermadv.evaluation.stats import format_interval
+from dermadv.proportions import Proportion
 from dermadv.report.data import READ_ERRORS
 from dermadv.report.readers import read_json_dict, read_table
 from dermadv.runs import atomic_write_text, read_manifest
@@ -129,7 +130,7 @@ def machine(hardware: Any) -> str:
 
 
 def _interval(value: Any) -> str:
-    return format_interval(Interval.from_dict(value)) if isinstance(value, dict) else NA
+    return format_interval(Proportion.from_dict(value)) if isinstance(value, dict) else NA
 
 
 def _number(value: Any, fmt: str = ".3f") -> str:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from dermadv.data.classes import CLASS_NAMES
@@ -10,7 +11,7 @@ from dermadv.evaluation.attack_metrics import AttackMetrics
 from dermadv.evaluation.stats import format_interval, format_p_value
 from dermadv.paper import FOOLING_RATIO_EVERY_CLASS, OBSERVER_SENSITIVITY, OBSERVER_SPECIFICITY, PAPER, paper_value
 from dermadv.report.data import AttackPart, ClassifierPart, DataPart, Link, ObserverPart, PaperRow, SweepPart
-from dermadv.report.format import eps_text, interval_text, num, percent
+from dermadv.report.format import eps_text, interval_text, md_cell, num, percent
 
 Display = Callable[[Any], str]
 Spec = tuple[str, str, tuple[str, ...], Display]  # key, label, pointer into the JSON file, display
@@ -272,3 +273,60 @@ def summary_paragraphs(
     if observer is not None:
         parts.append(_observer_text(observer))
     return parts
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell of a table as text, with the file its value was read from (``None``: a label or the paper's)."""
+
+    text: str
+    link: Link | None = None
+
+
+@dataclass(frozen=True)
+class TableRow:
+    cells: tuple[Cell, ...]
+    heading: str | None = None  # the name of a group of rows, on the group's first row ("settings")
+
+
+@dataclass(frozen=True)
+class Table:
+    """A table as text: what the HTML and Markdown reports, ``paper_table.md`` and the CLI's table all draw."""
+
+    header: tuple[str, ...]
+    rows: tuple[TableRow, ...]
+
+    def records(self) -> list[dict[str, str]]:
+        """One dict per row, keyed by the header with ``_`` for spaces (``paper_table.json``)."""
+        keys = [h.replace(" ", "_") for h in self.header]
+        return [{k: c.text for k, c in zip(keys, row.cells, strict=True)} for row in self.rows]
+
+    @classmethod
+    def from_records(cls, records: Sequence[Mapping[str, str]], keys: Sequence[str]) -> Table:
+        """The columns ``keys`` of :meth:`records`' output (no links, no headings)."""
+        rows = tuple(TableRow(tuple(Cell(r[k]) for k in keys)) for r in records)
+        return cls(tuple(k.replace("_", " ") for k in keys), rows)
+
+
+def tabulate_measures(rows: Sequence[PaperRow], *, paper_column: str = "paper", source: bool = False) -> Table:
+    """The table measure | paper | this run (``source``: and the file each value was read from, ``.`` for none);
+    the settings rows open with the heading ``settings``."""
+    header = ("measure", paper_column, "this run", *(("source",) if source else ()))
+    table = []
+    for i, m in enumerate(rows):
+        starts_settings = m.group == "setting" and (i == 0 or rows[i - 1].group != "setting")
+        cells: tuple[Cell, ...] = (Cell(m.label), Cell(m.paper), Cell(m.display, m.link))
+        if source:
+            cells += (Cell(m.link.path if m.link else "."),)
+        table.append(TableRow(cells, "settings" if starts_settings else None))
+    return Table(header, tuple(table))
+
+
+def markdown_table(table: Table, *, code: Sequence[str] = ()) -> str:
+    """``table`` as a Markdown table of plain text (the columns ``code`` as inline code), without headings."""
+    quoted = [h in code for h in table.header]
+    lines = ["| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
+    for row in table.rows:
+        texts = [f"`{md_cell(c.text)}`" if q else md_cell(c.text) for c, q in zip(row.cells, quoted, strict=True)]
+        lines.append("| " + " | ".join(texts) + " |")
+    return "\n".join(lines) + "\n"
