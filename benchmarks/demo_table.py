@@ -18,7 +18,7 @@ from dermadv.evaluation.attack_metrics import AttackMetrics
 def main(out: Path) -> None:
     print("| condition | wall time | status | accuracy clean → adversarial | worst class | every class ≥ 99% |")
     print("|---|---|---|---|---|---|")
-    for run in sorted(p for p in out.iterdir() if p.is_dir()):
+    for run in sorted(p for p in out.iterdir() if p.is_dir() and (out / f"{p.name}.seconds").exists()):
         seconds = (run.parent / f"{run.name}.seconds").read_text().strip()
         manifest = json.loads((run / "manifest.json").read_text())
         metrics_file = run / "adv-test" / "attack_metrics.json"
