@@ -45,7 +45,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             patience=5,
             select="sum",
         ),
-        "attack": _gradient_generator(eps="8/255", epochs=30, sweep_eps="2/255,4/255,8/255"),
+        # 45 epochs: at 30 the generator left 1-3 of the 213 test images unmoved on some thread counts (94.1% worst
+        # class with 2 threads); 45 moved all of them (benchmarks/demo_conditions.sh)
+        "attack": _gradient_generator(eps="8/255", epochs=45, sweep_eps="2/255,4/255,8/255"),
     },
     "cpu": {
         # recipes/ham10000-cpu.yaml: pretrained EfficientNet-Lite0 at 96 px, under an hour on 2 cores
