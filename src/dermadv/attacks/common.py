@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from fractions import Fraction
 from typing import Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -74,3 +75,18 @@ def is_success(logits: torch.Tensor, classes: torch.Tensor, *, targeted: bool) -
     """Per image: predicted as ``classes`` (targeted) or as anything else (untargeted)."""
     pred = logits.argmax(1)
     return pred == classes if targeted else pred != classes
+
+
+@contextmanager
+def numpy_seed(seed: int | None) -> Iterator[None]:
+    """Seed numpy's global generator (ART draws its random starts and directions there) and restore its state
+    afterwards; ``None`` leaves it alone."""
+    if seed is None:
+        yield
+        return
+    state = np.random.get_state()
+    np.random.seed(seed)
+    try:
+        yield
+    finally:
+        np.random.set_state(state)

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import ClassVar
 
 import numpy as np
@@ -19,7 +17,7 @@ import torch
 from torch import nn
 
 from dermadv.attacks.base import Attack, Needs
-from dermadv.attacks.common import class_tensor, parse_budget
+from dermadv.attacks.common import class_tensor, numpy_seed, parse_budget
 from dermadv.attacks.registry import register_attack
 from dermadv.errors import ConfigError
 
@@ -82,20 +80,6 @@ class LabelOracle:
         if len(labels) < len(batch) or self.done:
             raise _SearchOver
         return np.eye(self.num_classes, dtype=np.float32)[labels.cpu().numpy()]
-
-
-@contextmanager
-def _numpy_seed(seed: int | None) -> Iterator[None]:
-    """Seed numpy's global generator (ART draws its directions from it) and restore its state afterwards."""
-    if seed is None:
-        yield
-        return
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
 
 
 @register_attack("hopskipjump")
@@ -175,7 +159,7 @@ class HopSkipJump(Attack):
         targeted = pool is not None
         oracle = LabelOracle(model, clean, goal, targeted=targeted, budget=self.queries, eps=self.eps)
         x = clean[None].cpu().numpy().astype(np.float32)
-        with _numpy_seed(self._image_seed(clean)):
+        with numpy_seed(self._image_seed(clean)):
             try:
                 oracle.known[x[0].tobytes()] = int(oracle.classify(clean[None])[0])
                 start = self._start(oracle, clean, pool)

@@ -10,16 +10,14 @@ images the earlier ones left unfooled — and keeps per image the first success.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from torch import nn
 
 from dermadv.attacks.base import Attack, AttackResult
-from dermadv.attacks.common import attack_gain, class_tensor, parse_budget
+from dermadv.attacks.common import attack_gain, class_tensor, numpy_seed, parse_budget
 from dermadv.attacks.registry import register_attack
 from dermadv.errors import ConfigError
 
@@ -32,17 +30,6 @@ def _budget(eps: float | str, norm: str, **counts: int) -> float:
         if value < 1:
             raise ConfigError(f"{name} must be a whole number of at least 1; got {value}")
     return parse_budget(eps, norm)
-
-
-@contextmanager
-def _numpy_seed(seed: int) -> Iterator[None]:
-    """Seed numpy's global generator (ART draws its random starts there) and restore it afterwards."""
-    state = np.random.get_state()
-    np.random.seed(seed)
-    try:
-        yield
-    finally:
-        np.random.set_state(state)
 
 
 @register_attack("apgd-ce")
@@ -72,7 +59,7 @@ class APGD(Attack):
             nb_random_init=self.restarts,
             loss_type=self.loss_type,
         )
-        with _numpy_seed(self.seed):
+        with numpy_seed(self.seed):
             return art.perturb(model, images, labels=labels, target=target)
 
 
