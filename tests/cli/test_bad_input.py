@@ -131,6 +131,9 @@ BAD_INPUT: dict[str, Case] = {
     ),
     "attack fit --eps 1e-9": Case("attack fit --checkpoint {ckpt} --out {tmp}/out --eps 1e-9", "8-bit step"),
     "attack fit --lr -1": Case("attack fit --checkpoint {ckpt} --out {tmp}/out --lr -1", "lr must be greater than 0"),
+    "attack fit --stop-at 1.5": Case(
+        "attack fit --checkpoint {ckpt} --out {tmp}/out --stop-at 1.5", "stop_at is a share of images in (0, 1]"
+    ),
     "attack fit --epochs 0": Case("attack fit --checkpoint {ckpt} --out {tmp}/out --epochs 0", "epochs must be at"),
     "attack fit --checkpoint of a killed train": Case(
         "attack fit --checkpoint {killed_train}/model.safetensors --data {data} --out {tmp}/out", "unfinished run"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -100,3 +101,56 @@ def test_unknown_target_class_is_refused(pipeline, tmp_path: Path) -> None:
             AttackRunConfig(checkpoint=pipeline.checkpoint, out=tmp_path / "adv", method="pgd", target="melanoma")
         )
     assert not (tmp_path / "gen").exists() and not (tmp_path / "adv").exists()
+
+
+# --- stop_at ---
+
+
+def test_stop_at_ends_the_fit_once_the_saved_attack_moves_every_class(pipeline, tmp_path: Path) -> None:
+    """The fit stops at the first epoch whose 8-bit check meets stop_at, and that check is what `attack run`
+    then measures with the saved generator on the same images (the paper protocol: fit on the test split); a
+    stop_at never met runs every epoch."""
+    cfg = GeneratorConfig(
+        checkpoint=pipeline.checkpoint,
+        out=tmp_path / "gen",
+        data=str(pipeline.data),
+        target="mel",
+        eps="32/255",
+        fit_on="test",
+        epochs=8,
+        batch_size=8,
+        lr=1e-2,
+        gan_weight=0.0,
+        hinge_weight=0.0,
+        channels=8,
+        res_blocks=1,
+        stop_at=0.5,
+        progress=False,
+    )
+    path = fit_generator(cfg)
+    history = pd.read_csv(cfg.out / "history.csv")
+    checked = history["worst_class_rate_8bit"].dropna()
+    manifest = json.loads((cfg.out / "manifest.json").read_text())
+    assert manifest["stopped_early"] is True and manifest["epochs_run"] == len(history) < cfg.epochs
+    assert checked.index[-1] == len(history) - 1 and checked.iloc[-1] >= 0.5  # the last epoch met it
+    assert (checked.iloc[:-1] < 0.5).all()
+
+    attack_split(
+        AttackRunConfig(
+            checkpoint=pipeline.checkpoint, out=tmp_path / "adv", data=str(pipeline.data), generator=path, target="mel"
+        )
+    )
+    metrics = json.loads((tmp_path / "adv" / "attack_metrics.json").read_text())
+    assert metrics["worst_class_fooling_ratio"]["estimate"] == pytest.approx(checked.iloc[-1])
+
+    unmet = replace(cfg, out=tmp_path / "unmet", stop_at=0.75)
+    fit_generator(unmet)
+    history = pd.read_csv(unmet.out / "history.csv")
+    manifest = json.loads((unmet.out / "manifest.json").read_text())
+    assert manifest["stopped_early"] is False and manifest["epochs_run"] == len(history) == unmet.epochs
+    assert (history["worst_class_rate_8bit"].dropna() < 0.75).all()
+
+
+def test_stop_at_outside_0_1_is_refused(pipeline, tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"stop_at is a share of images in \(0, 1\]"):
+        GeneratorConfig(checkpoint=pipeline.checkpoint, out=tmp_path / "gen", stop_at=1.5)

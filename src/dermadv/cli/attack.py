@@ -72,6 +72,12 @@ def fit(
         help="Generator applications per attack, each on a fresh gradient (gradient conditions; 2 generalises "
         "better to unseen images, at twice the cost).",
     ),
+    stop_at: float | None = typer.Option(
+        None,
+        "--stop-at",
+        help="Stop before --epochs once every class of the fit images is called --target at this share (e.g. 1.0), "
+        "judged on 8-bit outputs as an attack saves them.",
+    ),
     seed: int = typer.Option(0),
     split_file: str | None = typer.Option(None, "--split-file"),
     resume: bool = typer.Option(False, "--resume/--no-resume", help="Continue an interrupted fit in --out."),

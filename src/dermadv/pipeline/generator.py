@@ -28,6 +28,7 @@ from dermadv.runs import Run, atomic_path, check_same_run, require_complete, wri
 from dermadv.training.classifier import check_finite
 from dermadv.training.data import device_images, epoch_order, epoch_sampler
 from dermadv.training.generator import (
+    STOP_CHECK_MARGIN,
     GeneratorConfig,
     attacked_model,
     build_generator,
@@ -35,6 +36,7 @@ from dermadv.training.generator import (
     build_scheduler,
     epoch_row,
     fit_indices,
+    fooled_by_class,
     generator_spec,
     image_weights,
     train_one_epoch,
@@ -100,7 +102,7 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
         fingerprints=fingerprints,
         write=dd.is_main(),
     )
-    history: list[dict[str, float]] = []
+    history: list[dict[str, float | None]] = []
     start = 0
     if state is not None:
         gen.load_state_dict(state["gen"])
@@ -112,8 +114,11 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
     ds = prep.dataset
     weights = image_weights(ds.labels, idx, ds.num_classes, class_balance=cfg.class_balance, device=images.device)
 
+    labels = torch.as_tensor(ds.labels, device=images.device)
+    check_idx = torch.as_tensor(idx[dd.shard_indices(len(idx))], device=images.device)  # this rank's share
+    stopped = _reached(cfg, history)  # an interrupted fit that had already met stop_at
     with run.stage("fit"):
-        for epoch in range(start, cfg.epochs):
+        for epoch in range(start, start if stopped else cfg.epochs):
             t0 = time.time()
             order = epoch_order(sampler, idx, epoch, images.device)
             sums = train_one_epoch(
@@ -135,14 +140,24 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
             totals = dd.all_reduce_sum(sums).tolist()
             check_finite(gen, totals[0] / max(1, totals[4]), epoch=epoch, what="the generator fit", fix="lower --lr")
             row = epoch_row(epoch, totals, time.time() - t0)
+            rate = totals[3] / max(1, totals[4])
+            if cfg.stop_at is not None and rate >= cfg.stop_at - STOP_CHECK_MARGIN:
+                fooled, n = dd.all_reduce_sum(
+                    fooled_by_class(
+                        gen, attacked, images, check_idx, labels, cfg, device,
+                        target=target, eps=eps, num_classes=ds.num_classes,
+                    )
+                ).tolist()  # fmt: skip
+                row["worst_class_rate_8bit"] = min(f / m for f, m in zip(fooled, n, strict=True) if m)
             history.append(row)
+            stopped = _reached(cfg, history)
             if dd.is_main():
                 log.info(
                     "generator epoch %d: margin loss %.3f, predicted %s on %.1f%% of fit images (%.0f img/s)",
                     epoch,
                     row["loss_adv"],
                     cfg.target,
-                    100 * row["train_target_rate"],
+                    100 * rate,
                     row["images_per_s"],
                 )
                 save_generator(out / "generator.safetensors", gen, spec)
@@ -159,10 +174,26 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
                         "history": history,
                     },
                 )
+                if stopped:
+                    log.info(
+                        "generator epoch %d: every class of the fit images is called %s at >= %.1f%% from 8-bit "
+                        "outputs: the fit stops here (stop_at)",
+                        epoch,
+                        cfg.target,
+                        100 * float(cfg.stop_at or 0),
+                    )
+            if stopped:
+                break
     if dd.is_main():
-        run.finish(epochs_run=len(history))
+        run.finish(epochs_run=len(history), stopped_early=stopped and len(history) < cfg.epochs)
     dd.barrier()
     return out / "generator.safetensors"
+
+
+def _reached(cfg: GeneratorConfig, history: list[dict[str, float | None]]) -> bool:
+    """Whether the last epoch's 8-bit check met ``cfg.stop_at`` (never without one)."""
+    worst = history[-1].get("worst_class_rate_8bit") if history and cfg.stop_at is not None else None
+    return worst is not None and float(worst) >= float(cfg.stop_at or 0)
 
 
 def _open_classifier(cfg: GeneratorConfig, device: torch.device) -> SourceModel:

@@ -126,6 +126,9 @@ class GeneratorConfig:
     channels: int = 16
     res_blocks: int = 3
     steps: int = 1  # generator applications per attack, each on a fresh gradient (gradient conditions only)
+    # stop once every class of the fit images is moved to the target at this share, judged on 8-bit outputs as an
+    # attack saves them (checked after each epoch whose running rate came within STOP_CHECK_MARGIN of it)
+    stop_at: float | None = None
     seed: int = 0
     split_file: str | None = None
     amp: Literal["auto", "bf16", "off"] = "auto"
@@ -150,6 +153,8 @@ class GeneratorConfig:
             )
         check_at_least(self, 0, "seed", "res_blocks", "kappa", "gan_weight", "hinge_weight")
         check_positive(self, "lr", "hinge_ratio")
+        if self.stop_at is not None and not 0 < self.stop_at <= 1:
+            raise ConfigError(f"stop_at is a share of images in (0, 1], e.g. 1.0; got {self.stop_at}")
 
 
 def loss_weights(cfg: GeneratorConfig) -> LossWeights:
@@ -295,7 +300,45 @@ def train_one_epoch(
     return torch.cat([sums, torch.tensor([float(n_seen)], device=device)])
 
 
-def epoch_row(epoch: int, totals: list[float], seconds: float) -> dict[str, float]:
+#: The early-stop check (``stop_at``) runs after an epoch whose running rate came this close to ``stop_at``: the
+#: rate is averaged while the generator still learns, so it trails the generator at the epoch's end.
+STOP_CHECK_MARGIN = 0.02
+
+
+@torch.no_grad()
+def fooled_by_class(
+    generator: nn.Module,
+    attacked: nn.Module,
+    images: torch.Tensor,
+    indices: torch.Tensor,
+    labels: torch.Tensor,
+    cfg: GeneratorConfig,
+    device: torch.device,
+    *,
+    target: int,
+    eps: float,
+    num_classes: int,
+) -> torch.Tensor:
+    """This rank's [2, num_classes] counts over ``indices``: images of each class the classifier calls ``target``
+    after the generator, rounded to 8 bits as an attack saves them; images of each class. ``labels`` is indexed by
+    image, on the images' device."""
+    module = getattr(generator, "module", generator)
+    module.eval()
+    counts = torch.zeros(2, num_classes, device=device)
+    try:
+        for b in indices.split(cfg.batch_size):
+            x = to_float(images[b].to(device, non_blocking=True))
+            adv = generate(module, attacked, x, target=target, eps=eps, steps=cfg.steps)
+            called = attacked(torch.round(adv * 255) / 255).argmax(1) == target
+            y = labels[b].to(device)
+            counts[0] += torch.bincount(y[called], minlength=num_classes).float()
+            counts[1] += torch.bincount(y, minlength=num_classes).float()
+    finally:
+        module.train()
+    return counts
+
+
+def epoch_row(epoch: int, totals: list[float], seconds: float) -> dict[str, float | None]:
     """The history row of an epoch from the sums of :func:`train_one_epoch` over all ranks."""
     n_all = totals[4]
     return {
@@ -306,7 +349,16 @@ def epoch_row(epoch: int, totals: list[float], seconds: float) -> dict[str, floa
         "train_target_rate": totals[3] / n_all,
         "seconds": round(seconds, 2),
         "images_per_s": round(n_all / seconds, 1),
+        "worst_class_rate_8bit": None,  # filled where the stop_at check ran
     }
 
 
-__all__ = ["GeneratorConfig", "LossWeights", "gan_step", "targeted_margin_loss", "train_one_epoch"]
+__all__ = [
+    "STOP_CHECK_MARGIN",
+    "GeneratorConfig",
+    "LossWeights",
+    "fooled_by_class",
+    "gan_step",
+    "targeted_margin_loss",
+    "train_one_epoch",
+]
