@@ -1,9 +1,9 @@
 """Bad input through the ``dermadv`` entry point: checked before any work, told in one ``error:`` line.
 
 Each case of ``BAD_INPUT`` is a command line, as a user would type it, that must exit 1 with exactly one
-``error:`` line naming the problem (no traceback) and write nothing where the work would have gone. The cases come
-from issue 12 (parts C and D): tracebacks, input accepted silently, misleading messages, options checked only after
-minutes of work, and outputs of unfinished runs used as if complete. All cases run in one fresh interpreter that
+``error:`` line naming the problem (no traceback) and write nothing where the work would have gone. The cases cover
+tracebacks, input accepted silently, misleading messages, options checked only after minutes of work, and outputs
+of unfinished runs used as if complete. All cases run in one fresh interpreter that
 calls the console script's ``main()`` once per case (a process per case would spend minutes importing torch);
 tests/cli/test_exit_codes.py runs the installed script itself for every command.
 """
@@ -172,7 +172,7 @@ BAD_INPUT: dict[str, Case] = {
     "reproduce --seed -1": Case("reproduce --data {data} --out {tmp}/out --seed -1", "seed must be at least 0"),
     "reproduce --eps 1e-9": Case("reproduce --data {data} --out {tmp}/out --eps 1e-9", "8-bit step"),
     "reproduce --sweep-limit 0": Case("reproduce --data {data} --out {tmp}/out --sweep-limit 0", "sweep_limit must"),
-    # --- options that would be ignored or contradict another (issue "Integrity", §1 and §5)
+    # --- options that would be ignored or contradict another
     "attack run --generator with another --eps": Case(
         "attack run --checkpoint {ckpt} --generator {finished_fit}/generator.safetensors --data {data} "
         "--out {tmp}/out --eps 2/255",
@@ -214,7 +214,7 @@ BAD_INPUT: dict[str, Case] = {
     "defend card --limit -5": Case(
         "defend card --checkpoint {ckpt} --data {data} --out {tmp}/out --limit -5", "limit must be at least 1"
     ),
-    # --- operating-system faults (issue "Integrity", §4; the full disk, the read-only --out and the busy port are in
+    # --- operating-system faults (the full disk, the read-only --out and the busy port are in
     # tests/cli/test_faults.py): each file named in the one line
     "a 200-megapixel JPEG": Case(
         "evaluate --checkpoint {ckpt} --data {bomb_jpeg} --split all --out {tmp}/out",
@@ -272,7 +272,7 @@ BAD_INPUT: dict[str, Case] = {
     "observer create --seed -1": Case(
         "observer create {adv} --out {tmp}/out --n 4 --seed -1", "seed must be at least 0"
     ),
-    # --- issue "Integrity": no score on training images, no model of one class, no empty sweep, no partial output
+    # --- no score on training images, no model of one class, no empty sweep, no partial output
     "evaluate on a split whose test images trained the checkpoint": Case(
         "evaluate --checkpoint {ckpt} --data {data} --split-file {leaky_split} --out {tmp}/out",
         "test images were in the classifier's training split; pass the split the checkpoint was trained with",
@@ -440,7 +440,7 @@ class Workspace:
         (folder / "manifest.json").write_text(json.dumps(manifest))
         return folder
 
-    # --- files the operating system or a decoder refuses (issue "Integrity", §4)
+    # --- files the operating system or a decoder refuses
 
     def _damaged_jpeg(self, name: str, prefix: str, damage: Callable[[bytes], bytes]) -> Path:
         """A HAM10000-layout copy (3 images per class, renamed ``<prefix>00000``…) whose fifth JPEG is damaged."""

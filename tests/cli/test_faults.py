@@ -1,4 +1,4 @@
-"""Operating-system faults through the ``dermadv`` entry point (issue "Integrity", §4): a full disk or quota, a
+"""Operating-system faults through the ``dermadv`` entry point: a full disk or quota, a
 read-only ``--out`` and a port already taken are each told in one ``error:`` line naming the path or port and the
 fix, exit 1, no traceback, and leave no temporary file behind. (Faults that need no patching, such as a decompression
 bomb, a truncated JPEG, a checkpoint with broken metadata or a port out of range, are cases of

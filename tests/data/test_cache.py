@@ -128,7 +128,7 @@ def test_a_truncated_cache_is_rebuilt_with_a_warning(
 
 
 def test_a_replaced_image_is_decoded_again(synthetic_root: Path, tmp_path: Path, dermadv_cache: Path) -> None:
-    """Same file names and sizes, other bytes: the cache must not hand back the old pixels (issue 12, C5)."""
+    """Same file names and sizes, other bytes: the cache must not hand back the old pixels."""
     import shutil
 
     root = tmp_path / "set"

@@ -287,7 +287,7 @@ def test_app_needs_a_study(tmp_path: Path, study) -> None:
         create_app(study.path)
 
 
-# --- nothing but the pixels, and hardening (issue 12) ---
+# --- nothing but the pixels, and hardening ---
 
 
 @pytest.mark.parametrize("design", ["single", "2afc"])
@@ -389,7 +389,7 @@ def test_symlinks_are_never_followed(make_study, what: str) -> None:
 
 @pytest.mark.parametrize("what", ["key in place of an image", "image with a second name", "not a png"])
 def test_only_the_files_the_study_wrote_are_served(make_study, what: str) -> None:
-    """Issue "Integrity" §6: a hard link to the answer key in images/ was served as an image."""
+    """A hard link to the answer key in images/ is not served as an image."""
     study = make_study(n=2)
     token = invite_observer(study.path, "Observer A").token
     item_id = study.item_ids[0]

@@ -156,7 +156,7 @@ def test_rating_page_fits_the_window(fake_attack_dir, live_server, tmp_path: Pat
                 assert box["x"] + box["width"] <= width and box["y"] + box["height"] <= height, (name, box)
             assert len(boxes) == (3 if design == "single" else 4)
             expect(page.locator("#scroll-hint")).to_be_hidden()
-            page.keyboard.press("0")  # actual pixels: 600 px per image no longer fit
+            page.keyboard.press("0")  # actual pixels: 600 px per image do not fit
             expect(page.locator("#zoom-level")).to_have_text("×1")
             expect(page.locator("#scroll-hint")).to_be_visible()
         finally:

@@ -6,7 +6,7 @@ zlib header), its response time (the fastest of three fetches) and its position 
 2AFC design the image with the larger such record is the altered one; in the one-image design the half
 with the larger records is called perturbed. The studies are built from an attack folder written by
 ``attack_split`` (FGSM on the synthetic set), where every adversarial PNG is larger than its clean twin.
-The same cheater is run on the same studies with their images written as before issue 12 (compressed PNG),
+The same cheater is run on the same studies with their images written naively (compressed PNG, size leaking),
 where it must win: so the test can fail.
 """
 
@@ -150,7 +150,7 @@ def cheat(study: Study, url: str, name: str) -> Score:
 
 
 def write_as_before(study: Study) -> None:
-    """Re-encode the study's images as ``observer create`` did before issue 12 (compressed PNG)."""
+    """Re-encode the study's images naively (compressed PNG, so file sizes leak)."""
     for path in (study.path / "images").glob("*.png"):
         with Image.open(path) as im:
             rgb = im.convert("RGB")

@@ -64,7 +64,7 @@ def test_public_files_hide_the_plan(make_study) -> None:
 
 @pytest.mark.parametrize("design", ["single", "2afc"])
 def test_the_study_lists_the_images_it_wrote(make_study, design: str) -> None:
-    """The app serves only these names (issue "Integrity" §6); a study without the list falls back to its ids."""
+    """The app serves only these names; a study without the list falls back to its ids."""
     study = make_study(n=4, design=design)
     written = {p.name for p in (study.path / "images").iterdir()}
     assert study.image_names == written == set(read_json(study.path / "study.json")["images"])

@@ -1,4 +1,4 @@
-"""``evaluate`` and ``attack run`` on images a checkpoint was trained on (issue "Integrity" §1): refused by default,
+"""``evaluate`` and ``attack run`` on images a checkpoint was trained on: refused by default,
 counted when allowed, not checked for a checkpoint without the record."""
 
 from __future__ import annotations

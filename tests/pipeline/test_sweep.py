@@ -68,7 +68,7 @@ def test_attack_sweep_is_a_run_folder_of_one_classifier(pipeline, tmp_path: Path
 
 
 def test_a_sweep_with_nothing_to_run_is_refused(tmp_path: Path, caplog) -> None:
-    """Issue "Integrity" §4: advgan without a generator used to run nothing and exit 0."""
+    """advgan without a generator must fail, not run nothing and exit 0."""
     with pytest.raises(ConfigError, match="--methods advgan has no generator to run .no --generators folder given."):
         plan_sweep(["advgan"], ["2/255"], None)
     with pytest.raises(ConfigError, match=f"has no generator to run in {tmp_path}"):

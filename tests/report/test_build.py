@@ -221,7 +221,7 @@ def test_a_bare_defence_folder_reports_its_defences(run_dir: Path, tmp_path: Pat
 
 
 def test_an_interrupted_attack_is_refused_or_reported_as_interrupted(run_dir: Path, tmp_path: Path) -> None:
-    """Issue "Integrity" §5: the report of an interrupted attack said it was applied to all its images."""
+    """The report of an interrupted attack must not say it was applied to all its images."""
     folder = shutil.copytree(run_dir / "adv-test", tmp_path / "adv")
     write_json(folder / "manifest.json", {**read_json(folder / "manifest.json"), "status": "interrupted"})
     for png in sorted((folder / "images" / "adv").glob("*.png"))[::2]:

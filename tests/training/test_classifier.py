@@ -225,7 +225,7 @@ def test_an_image_size_the_architecture_cannot_take_is_one_clear_error(
 
 
 def test_the_checkpoint_records_its_training_images(straight: Path, prepared: Prepared) -> None:
-    """Issue "Integrity" §1: the ids of the train split, sorted, with their fingerprint, in the checkpoint's header."""
+    """The ids of the train split, sorted, with their fingerprint, in the checkpoint's header."""
     from dermadv.data.dataset import fingerprint_of
     from dermadv.models.checkpoints import read_training_images
 
@@ -239,7 +239,7 @@ def test_the_checkpoint_records_its_training_images(straight: Path, prepared: Pr
 def test_a_last_batch_of_one_image_is_merged_into_the_one_before(
     workdir: Path, synthetic_root: Path, prepared: Prepared
 ) -> None:
-    """Issue "Integrity" §2: 49 images at batch 16 left one image for batch norm, which cannot train on it."""
+    """49 images at batch 16 leave one image for batch norm, which cannot train on it: it is merged."""
     assert training.batch_sizes(49, 16) == [16, 16, 17]
     assert training.batch_sizes(56, 55) == [56]
     assert training.batch_sizes(48, 16) == [16, 16, 16] and training.batch_sizes(50, 16) == [16, 16, 16, 2]
@@ -252,7 +252,7 @@ def test_a_last_batch_of_one_image_is_merged_into_the_one_before(
 def test_a_training_split_of_one_class_is_refused_before_training(
     synthetic_root: Path, prepared: Prepared, tmp_path: Path
 ) -> None:
-    """Issue "Integrity" §3: a split whose train part is one class would train a model that only answers it."""
+    """A split whose train part is one class would train a model that only answers it."""
     frame = prepared.frame.copy()
     frame.loc[(frame["split"] == "train") & (frame["dx"] != "nv"), "split"] = "val"
     one_class = Prepared(prepared.dataset, frame, prepared.images, prepared.size)

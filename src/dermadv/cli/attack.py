@@ -54,6 +54,9 @@ def fit(
     target: str = typer.Option("nv", help="Class every image should be called (dx code)."),
     eps: str = typer.Option("8/255", help="L∞ budget on [0,1] images, e.g. 2/255; must be in (0, 1]."),
     fit_on: str = typer.Option("train", "--fit-on", help="train (judge on unseen test images) or test (the paper)."),
+    max_fit_images: int | None = typer.Option(
+        None, "--max-fit-images", help="Fit on a class-stratified sample of this many images of --fit-on."
+    ),
     attack_size: str = typer.Option("model", "--attack-size", help="model (classifier input) or stored (file size)."),
     epochs: int = typer.Option(6),
     batch_size: int = typer.Option(64, "--batch-size"),

@@ -83,7 +83,7 @@ def save_png(path: Path, array: np.ndarray) -> None:
 
 def clear_attack_folder(out: Path, *, keep: Sequence[str] = ()) -> None:
     """Empty a used attack folder before a new run writes into it, so no PNG or table of the earlier run stays
-    beside the new ones (a rerun with fewer images used to keep the others' PNGs); a folder that holds anything
+    beside the new ones (a rerun on fewer images would otherwise leave the others' PNGs); a folder that holds anything
     else is refused. Entries named in ``keep`` (a resumed run's query journal) stay."""
     if not out.exists():
         return

@@ -80,7 +80,7 @@ class AttackRunConfig:
     allow_training_images: bool = False  # attack a split holding images the checkpoint was trained on (warned)
 
     def __post_init__(self) -> None:
-        # Every option checked before any work (a sweep used to stop at its first bad budget).
+        # Every option checked before any work, so a sweep does not stop at its first bad budget.
         check_types(self)
         get_attack_class(self.method)
         check_budgets(self, "eps")

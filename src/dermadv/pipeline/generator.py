@@ -28,7 +28,6 @@ from dermadv.runs import Run, atomic_path, check_same_run, require_complete, wri
 from dermadv.training.classifier import check_finite
 from dermadv.training.data import device_images, epoch_order, epoch_sampler
 from dermadv.training.generator import (
-    STOP_CHECK_MARGIN,
     GeneratorConfig,
     attacked_model,
     build_generator,
@@ -141,7 +140,7 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
             check_finite(gen, totals[0] / max(1, totals[4]), epoch=epoch, what="the generator fit", fix="lower --lr")
             row = epoch_row(epoch, totals, time.time() - t0)
             rate = totals[3] / max(1, totals[4])
-            if cfg.stop_at is not None and rate >= cfg.stop_at - STOP_CHECK_MARGIN:
+            if cfg.stop_at is not None and rate >= cfg.stop_at:  # the running rate first, then the 8-bit check
                 fooled, n = dd.all_reduce_sum(
                     fooled_by_class(
                         gen, attacked, images, check_idx, labels, cfg, device,

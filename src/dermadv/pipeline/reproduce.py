@@ -69,7 +69,7 @@ class ReproduceConfig:
     allow_incomplete: bool = False  # accept a --checkpoint from an unfinished training run (with a warning)
 
     def __post_init__(self) -> None:
-        # Every option checked before the first stage: a bad --sweep-eps used to fail after training (171 s).
+        # Every option checked before the first stage, so a bad --sweep-eps fails in seconds, not after training.
         check_types(self)
         preset_train_config(self.preset)
         check_budgets(self, "eps")

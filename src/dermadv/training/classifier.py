@@ -83,7 +83,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         # Checked here, before any work: a wrong value would otherwise fail minutes later, or train silently
-        # with something else (an unknown optimizer used to mean SGD).
+        # with something else (an unknown optimizer would otherwise fall back to SGD silently).
         check_types(self)
         check_at_least(self, 1, "epochs", "batch_size", "max_train_images")
         check_at_least(self, 8, "image_size")
@@ -173,7 +173,7 @@ def lr_lambda(step: int, *, total: int, warmup: int) -> float:
 
 def batch_sizes(n: int, batch_size: int) -> list[int]:
     """Sizes of the batches of ``n`` images: ``batch_size`` each, a last batch of one image merged into the one
-    before it (batch norm cannot normalise a single image in training mode: 49 images at batch 16 used to crash)."""
+    before it (batch norm cannot normalise a single image in training mode: 49 images at batch 16 would crash)."""
     sizes = [batch_size] * (n // batch_size) + ([n % batch_size] if n % batch_size else [])
     if len(sizes) > 1 and sizes[-1] == 1:
         sizes[-2:] = [sizes[-2] + 1]

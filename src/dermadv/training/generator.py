@@ -127,7 +127,7 @@ class GeneratorConfig:
     res_blocks: int = 3
     steps: int = 1  # generator applications per attack, each on a fresh gradient (gradient conditions only)
     # stop once every class of the fit images is moved to the target at this share, judged on 8-bit outputs as an
-    # attack saves them (checked after each epoch whose running rate came within STOP_CHECK_MARGIN of it)
+    # attack saves them; checked after each epoch whose running rate (over the epoch's batches) reached it
     stop_at: float | None = None
     seed: int = 0
     split_file: str | None = None
@@ -300,11 +300,6 @@ def train_one_epoch(
     return torch.cat([sums, torch.tensor([float(n_seen)], device=device)])
 
 
-#: The early-stop check (``stop_at``) runs after an epoch whose running rate came this close to ``stop_at``: the
-#: rate is averaged while the generator still learns, so it trails the generator at the epoch's end.
-STOP_CHECK_MARGIN = 0.02
-
-
 @torch.no_grad()
 def fooled_by_class(
     generator: nn.Module,
@@ -354,7 +349,6 @@ def epoch_row(epoch: int, totals: list[float], seconds: float) -> dict[str, floa
 
 
 __all__ = [
-    "STOP_CHECK_MARGIN",
     "GeneratorConfig",
     "LossWeights",
     "fooled_by_class",
