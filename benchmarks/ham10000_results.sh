@@ -48,11 +48,14 @@ queue_b() {
   held_out 4/255 eps4_255
 }
 
-queue_a > "$OUT/results-a.log" 2>&1 &
-a=$!
-queue_b > "$OUT/results-b.log" 2>&1 &
-b=$!
+# QUEUES="a" or "b" runs one queue (e.g. the other core busy with something else)
+pids=()
+for q in ${QUEUES:-a b}; do
+  "queue_$q" > "$OUT/results-$q.log" 2>&1 &
+  pids+=("$q:$!")
+done
 status=0
-wait $a || { echo "error: queue A failed; see $OUT/results-a.log" >&2; status=1; }
-wait $b || { echo "error: queue B failed; see $OUT/results-b.log" >&2; status=1; }
+for p in "${pids[@]}"; do
+  wait "${p#*:}" || { echo "error: queue ${p%%:*} failed; see $OUT/results-${p%%:*}.log" >&2; status=1; }
+done
 exit $status
