@@ -11,11 +11,11 @@ def _gradient_generator(
     *, generator: dict[str, Any] | None = None, held_out: dict[str, Any] | None = None, **attack: Any
 ) -> dict[str, Any]:
     """Attack settings with a generator conditioned on the classifier's input gradient, fitted on the test images
-    it attacks (the paper's protocol); the image-only AdvGAN generator stays far weaker on CPU budgets (README).
+    it attacks (the paper's protocol); the image-only AdvGAN generator stays far weaker on CPU budgets (benchmarks/generator_ablation.py).
     ``generator``: settings of the study's generator over the defaults below. The sweep fits a gradient-conditioned
     generator per budget and protocol (``sweep_generator``): 30 epochs on the attacked images (paper), and on train
     images (held-out) with ``held_out``'s settings, e.g. two steps, each on a fresh gradient: on unseen images one
-    gradient is not enough at small budgets (README, ablation)."""
+    gradient is not enough at small budgets (benchmarks/generator_ablation.py)."""
     reference = dict(condition="gradient", channels=16)
     return dict(
         fit_on="test",
@@ -68,8 +68,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             patience=10,
             select="sum",
         ),
-        # The study's generator takes the gradient at half resolution with 8 channels: >= 10x torchattacks PGD-10
-        # (README, speed); the sweep's held-out generator takes two full-resolution steps (README, ablation).
+        # The study's generator takes the gradient at half resolution with 8 channels, for speed
+        # (benchmarks/attack_throughput.py); the sweep's held-out generator takes two full-resolution steps
+        # (benchmarks/generator_ablation.py).
         "attack": _gradient_generator(
             generator=dict(condition="gradient-half", channels=8),
             held_out=dict(epochs=8, steps=2),
@@ -79,7 +80,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         ),
     },
     "cpu-64": {
-        # the earlier from-scratch baseline (recipes/ham10000-scratch.yaml), kept for comparison
+        # the from-scratch baseline (recipes/ham10000-scratch.yaml), for comparison
         "train": dict(
             arch="resnet18",
             image_size=64,

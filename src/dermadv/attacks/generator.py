@@ -139,7 +139,7 @@ def generate(
     gradient (a learned optimiser unrolled ``steps`` times), projected onto the ``eps`` ball around ``images``.
 
     One step is AdvGAN's ``clamp(images + G(images))``; two cost two backward passes of the classifier and
-    generalise better to unseen images where one gradient is not enough (README, ablation)."""
+    generalise better to unseen images where one gradient is not enough (benchmarks/generator_ablation.py)."""
     condition = str(getattr(generator, "module", generator).condition)
     adv = images
     for _ in range(steps):
