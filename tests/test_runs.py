@@ -19,12 +19,14 @@ from dermadv.errors import RunError
 from dermadv.runs import (
     LOCK_NAME,
     Run,
+    RunManifest,
     abandon_runs,
     atomic_path,
     atomic_write_text,
     check_same_run,
     package_versions,
     read_json,
+    read_run_manifest,
     require_complete,
     run_complete,
     watch_runs,
@@ -178,7 +180,7 @@ def test_unfinished_runs_are_marked_not_left_running(tmp_path: Path) -> None:
     assert outside.manifest["status"] == "running"
 
 
-# --- a run folder is one run (issue 12, part C) ---
+# --- a run folder is one run ---
 
 
 def _finished(folder: Path, command: str = "train", **config: object) -> dict[str, object]:
@@ -298,3 +300,43 @@ def test_a_folder_of_another_kind_of_run_is_refused(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(RunError, match="is a file"):
         Run(tmp_path / "file", command="train", config={})
+
+
+# --- the manifest, typed ---
+
+
+def test_run_manifest_reads_what_run_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["dermadv", "train", "--out", str(tmp_path / "run")])
+    config = {"lr": 0.1, "size": (32, 32)}
+    fingerprints = {"classifier": "clf-a"}
+    run = Run(
+        tmp_path / "run", command="train", config=config, seed=3, data_fingerprint="fp", fingerprints=fingerprints
+    )
+    with run.stage("fit"):
+        pass
+    run.finish(epochs_run=4)
+    written = read_json(tmp_path / "run" / "manifest.json")
+    manifest = RunManifest.from_dict(written)
+    named = ("command", "argv", "status", "seed", "data_fingerprint", "git_commit", "started", "finished")
+    assert {k: getattr(manifest, k) for k in named} == {k: written[k] for k in named}
+    for key in ("config", "versions", "hardware", "timings_s"):
+        assert getattr(manifest, key) == written[key], key
+    assert manifest.config == {"lr": 0.1, "size": [32, 32]} and set(manifest.timings_s) == {"fit", "total"}
+    assert manifest.extra == {"classifier_fingerprint": "clf-a", "epochs_run": 4}
+    assert manifest.complete and manifest.reason is None and manifest.rerun is None
+    assert read_run_manifest(tmp_path / "run") == manifest and read_run_manifest(tmp_path / "none") is None
+
+
+def test_run_manifest_of_an_unfinished_rerun_and_of_odd_files(tmp_path: Path) -> None:
+    _finished(tmp_path, command="reproduce", preset="demo")
+    with watch_runs() as opened:
+        Run(tmp_path, command="reproduce", config={"preset": "demo"}, keep_complete=True)
+    abandon_runs(opened, "interrupted", "stopped by Ctrl-C (SIGINT)")
+    manifest = read_run_manifest(tmp_path)
+    assert manifest is not None and manifest.complete and manifest.rerun is not None
+    assert (manifest.rerun.status, manifest.rerun.reason) == ("interrupted", "stopped by Ctrl-C (SIGINT)")
+    assert manifest.rerun.command is None and manifest.rerun.ended is not None
+    # an older or hand-edited manifest: what is missing or of the wrong type reads as absent
+    assert RunManifest.from_dict({}) == RunManifest()
+    odd = RunManifest.from_dict({"argv": "dermadv train", "seed": True, "config": None, "timings_s": {"a": "x"}})
+    assert (odd.argv, odd.seed, odd.config, odd.timings_s, odd.extra) == ([], None, {}, {}, {})

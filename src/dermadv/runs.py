@@ -429,9 +429,83 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
     """The ``manifest.json`` of a run folder; None when there is none (or it cannot be read as a JSON object)."""
     try:
         manifest = read_json(Path(folder) / "manifest.json")
-    except (OSError, json.JSONDecodeError):
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8 text
         return None
     return manifest if isinstance(manifest, dict) else None
+
+
+@dataclasses.dataclass(frozen=True)
+class RunManifest:
+    """A run folder's ``manifest.json`` as :class:`Run` writes it, typed for readers.
+
+    Every field may be absent (an older version wrote fewer keys); a value of the wrong type reads as absent.
+    The keys this class does not name (``epochs_run``, ``classifier_fingerprint``, whatever a command's
+    :meth:`Run.finish` adds) are kept in ``extra``.
+    """
+
+    command: str | None = None
+    argv: list[str] = dataclasses.field(default_factory=list)  # redacted (:func:`redacted_argv`)
+    status: str | None = None  # running, complete, interrupted or failed
+    reason: str | None = None  # why an unfinished run stopped
+    seed: int | None = None
+    data_fingerprint: str | None = None
+    git_commit: str | None = None
+    started: str | None = None
+    finished: str | None = None
+    ended: str | None = None  # when an unfinished run stopped
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)  # the resolved settings, as the command has them
+    versions: dict[str, str] = dataclasses.field(default_factory=dict)
+    hardware: dict[str, Any] = dataclasses.field(default_factory=dict)
+    timings_s: dict[str, float] = dataclasses.field(default_factory=dict)
+    rerun: RunManifest | None = None  # a rerun into this complete folder that has not finished
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> RunManifest:
+        """Read a manifest as :func:`read_manifest` returns it."""
+
+        def text(key: str) -> str | None:
+            value = d.get(key)
+            return None if value is None else str(value)
+
+        def mapping(key: str) -> dict[str, Any]:
+            value = d.get(key)
+            return dict(value) if isinstance(value, Mapping) else {}
+
+        argv, seed, rerun = d.get("argv"), d.get("seed"), d.get("rerun")
+        named = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        return cls(
+            command=text("command"),
+            argv=[str(a) for a in argv] if isinstance(argv, list) else [],
+            status=text("status"),
+            reason=text("reason"),
+            seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+            data_fingerprint=text("data_fingerprint"),
+            git_commit=text("git_commit"),
+            started=text("started"),
+            finished=text("finished"),
+            ended=text("ended"),
+            config=mapping("config"),
+            versions={str(k): str(v) for k, v in mapping("versions").items()},
+            hardware=mapping("hardware"),
+            timings_s={
+                str(k): float(v)
+                for k, v in mapping("timings_s").items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+            },
+            rerun=cls.from_dict(rerun) if isinstance(rerun, Mapping) else None,
+            extra={k: v for k, v in d.items() if k not in named},
+        )
+
+
+def read_run_manifest(folder: str | os.PathLike[str]) -> RunManifest | None:
+    """:func:`read_manifest`, typed."""
+    manifest = read_manifest(folder)
+    return None if manifest is None else RunManifest.from_dict(manifest)
 
 
 def run_complete(folder: str | os.PathLike[str]) -> bool:

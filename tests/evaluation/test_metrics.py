@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -19,12 +21,13 @@ from statsmodels.stats.proportion import proportion_confint
 from dermadv.data.classes import CLASSES
 from dermadv.errors import DataError
 from dermadv.evaluation.metrics import (
+    ClassificationReport,
     classification_metrics,
     format_classification_table,
     roc_curves,
     write_classification_outputs,
 )
-from dermadv.runs import read_json
+from dermadv.runs import read_json, write_json
 
 
 def _random_case(seed: int, n: int = 400, num_classes: int = 7) -> tuple[np.ndarray, np.ndarray]:
@@ -147,3 +150,21 @@ def test_table_shows_every_class_and_the_accuracy():
         assert c in text
     assert f"{report.accuracy.estimate * 100:.1f}%" in text
     assert "macro" in text
+
+
+@pytest.mark.parametrize("absent", [None, "df"])
+def test_from_dict_reads_back_what_as_dict_wrote(tmp_path, absent):
+    """Through a JSON file, where NaN (the absent class's AUC, PPV and sensitivity) is written as null."""
+    labels, probs = _random_case(8)
+    if absent is not None:
+        keep = labels != CLASSES.index(absent)
+        labels, probs = labels[keep], probs[keep]
+    report = classification_metrics(labels, probs, classes=CLASSES)
+    write_json(tmp_path / "metrics.json", report.as_dict())
+    back = ClassificationReport.from_dict(read_json(tmp_path / "metrics.json"))
+    for f in fields(ClassificationReport):
+        np.testing.assert_equal(getattr(back, f.name), getattr(report, f.name), err_msg=f.name)  # NaN equals NaN
+    assert isinstance(back.confusion, np.ndarray) and back.confusion.dtype.kind == "i"
+    assert back.accuracy == report.accuracy and back.as_dict().keys() == report.as_dict().keys()
+    if absent is not None:
+        assert np.isnan(back.auc[absent]) and np.isnan(back.sensitivity[absent]) and back.support[absent] == 0

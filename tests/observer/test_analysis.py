@@ -5,7 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import math
+from dataclasses import fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from statsmodels.stats.proportion import proportion_confint
 
 from dermadv.errors import ConfigError, RunError
 from dermadv.observer.analysis import (
+    StudyAnalysis,
     analysis_tables,
     analyze_study,
     cohen_kappa,
@@ -246,3 +249,42 @@ def test_no_answers_and_bad_method(make_study) -> None:
         analyze_study(study.path)
     with pytest.raises(ConfigError, match="CI method"):
         analyze_study(study.path, ci_method="bootstrap")
+
+
+def _assert_same(back: Any, original: Any, where: str = "analysis") -> None:
+    """Field by field, down through the nested dataclasses; NaN equals NaN."""
+    assert type(back) is type(original), where
+    if is_dataclass(original):
+        for f in fields(original):
+            _assert_same(getattr(back, f.name), getattr(original, f.name), f"{where}.{f.name}")
+    elif isinstance(original, (list, tuple)):
+        assert len(back) == len(original), where
+        for i, (b, o) in enumerate(zip(back, original, strict=True)):
+            _assert_same(b, o, f"{where}[{i}]")
+    elif isinstance(original, dict):
+        assert list(back) == list(original), where
+        for key in original:
+            _assert_same(back[key], original[key], f"{where}[{key!r}]")
+    else:
+        np.testing.assert_equal(back, original, err_msg=where)
+
+
+@pytest.mark.parametrize(
+    ("design", "observers", "decide"),
+    [
+        ("single", ("A", "B"), lambda: _counted(7, 4)),  # diagnoses on clean items only: altered n = 0, NaN
+        ("single", ("A", "B"), lambda: lambda entry, i: ("yes", None)),  # all "yes": kappa undefined, no interval
+        ("single", ("A", "B", "C"), lambda: lambda entry, i: ("yes" if i % 3 else "no", None)),  # Fleiss
+        ("2afc", ("A",), lambda: lambda entry, i: ("left", None)),  # forced choice, no agreement
+    ],
+    ids=["diagnosis", "degenerate-kappa", "fleiss", "2afc"],
+)
+def test_from_dict_reads_back_the_written_analysis(make_study, tmp_path: Path, design, observers, decide) -> None:
+    study = make_study(n=20, perturbed_share=0.6, design=design)
+    for name in observers:
+        _answer_all(study, name, decide())
+    analysis = analyze_study(study.path)
+    out = write_analysis(study.path, tmp_path / "analysis", analysis)
+    back = StudyAnalysis.from_dict(json.loads((out / "analysis.json").read_text()))
+    _assert_same(back, analysis)
+    assert back.as_dict().keys() == analysis.as_dict().keys()

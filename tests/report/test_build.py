@@ -148,7 +148,7 @@ def test_malformed_files_are_reported_not_raised(run_copy) -> None:
     html = page.read_text(encoding="utf-8")
     assert "attack measures left out: cannot read attack_metrics.json" in html
     assert "training curves left out" in html
-    assert "figure confusion left out" in html
+    assert "test-set evaluation left out: cannot read metrics.json (KeyError" in html  # read typed, or not at all
 
 
 def test_bare_attack_folder(run_dir: Path, tmp_path: Path) -> None:

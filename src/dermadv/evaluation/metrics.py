@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,35 @@ class ClassificationReport:
             },
             "notes": list(self.notes),
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ClassificationReport:
+        """Read :meth:`as_dict` back (``metrics.json``): null becomes NaN, the confusion matrix an array again."""
+        classes = tuple(str(c) for c in d["classes"])
+        per_class = d["per_class"]
+
+        def rates(key: str) -> dict[str, float]:
+            return {c: _number(per_class[c][key]) for c in classes}
+
+        return cls(
+            classes=classes,
+            n=int(d["n"]),
+            accuracy=Proportion.from_dict(d["accuracy"]),
+            balanced_accuracy=_number(d["balanced_accuracy"]),
+            sensitivity=rates("sensitivity"),
+            specificity=rates("specificity"),
+            ppv=rates("ppv"),
+            support={c: int(per_class[c]["support"]) for c in classes},
+            auc=rates("auc"),
+            macro_auc=_number(d["macro_auc"]),
+            confusion=np.array(d["confusion"]["matrix"], dtype=np.int64).reshape(len(classes), len(classes)),
+            notes=[str(note) for note in d.get("notes") or []],
+        )
+
+
+def _number(value: Any) -> float:
+    """A float read from JSON, where an undefined value (NaN) was written as null."""
+    return math.nan if value is None else float(value)
 
 
 def _check_inputs(labels: np.ndarray, probs: np.ndarray, classes: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

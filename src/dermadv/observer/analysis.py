@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -59,6 +59,11 @@ def detection_rates(altered: Any, called_altered: Any, *, ci_method: CIMethod = 
     )
 
 
+def _number(value: Any) -> float:
+    """A float read from JSON, where an undefined value (NaN) was written as null."""
+    return math.nan if value is None else float(value)
+
+
 @dataclass(frozen=True)
 class Agreement:
     """Chance-corrected agreement between raters; ``low``/``high`` only for Cohen's kappa."""
@@ -72,6 +77,15 @@ class Agreement:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in ("method", "kappa", "low", "high", "n_items", "n_raters")}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Agreement:
+        """Read :meth:`as_dict` back from JSON (an undefined kappa, NaN, was written as null)."""
+        method = d["method"]
+        if method not in ("cohen", "fleiss"):
+            raise ValueError(f"agreement method must be cohen or fleiss; got {method!r}")
+        low, high = (None if d[k] is None else float(d[k]) for k in ("low", "high"))
+        return cls(method, _number(d["kappa"]), low, high, int(d["n_items"]), int(d["n_raters"]))
 
     def __str__(self) -> str:
         name = "Cohen's kappa" if self.method == "cohen" else "Fleiss' kappa"
@@ -213,6 +227,9 @@ def load_ratings(study_dir: str | os.PathLike[str]) -> list[Rating]:
     return ratings
 
 
+_DETECTION = ("sensitivity", "specificity", "accuracy")
+
+
 @dataclass(frozen=True)
 class ObserverResult:
     observer: str  # "combined" for the pooled row
@@ -221,6 +238,38 @@ class ObserverResult:
     detection: DetectionRates | None  # single design
     forced_choice: ForcedChoice | None  # 2AFC design
     diagnosis: dict[str, Proportion] | None  # single design, when diagnoses and labels exist
+
+    def as_dict(self) -> dict[str, Any]:
+        """One observer's row of ``analysis.json``: only the measures of the study's design."""
+        out: dict[str, Any] = {
+            "observer": self.observer,
+            "n_ratings": self.n_ratings,
+            "mean_confidence": self.mean_confidence,
+        }
+        if self.detection is not None:
+            out.update({k: getattr(self.detection, k).to_dict(form="both") for k in _DETECTION})
+        if self.forced_choice is not None:
+            out["altered_chosen"] = self.forced_choice.correct.to_dict(form="both")
+            out["binomial_p_value"] = self.forced_choice.p_value
+        if self.diagnosis is not None:
+            out["diagnosis_accuracy"] = {k: v.to_dict(form="both") for k, v in self.diagnosis.items()}
+        return out
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ObserverResult:
+        """Read :meth:`as_dict` back from JSON; a measure the row lacks is one the design does not have."""
+        detection = None
+        if "sensitivity" in d:
+            detection = DetectionRates(*(Proportion.from_dict(d[k]) for k in _DETECTION))
+        forced_choice = None
+        if "altered_chosen" in d:
+            forced_choice = ForcedChoice(Proportion.from_dict(d["altered_chosen"]), _number(d["binomial_p_value"]))
+        diagnosis = None
+        if "diagnosis_accuracy" in d:
+            diagnosis = {str(k): Proportion.from_dict(v) for k, v in d["diagnosis_accuracy"].items()}
+        return cls(
+            str(d["observer"]), int(d["n_ratings"]), _number(d["mean_confidence"]), detection, forced_choice, diagnosis
+        )
 
 
 @dataclass(frozen=True)
@@ -234,35 +283,30 @@ class StudyAnalysis:
     agreement: Agreement | None
 
     def as_dict(self) -> dict[str, Any]:
-        def result(r: ObserverResult) -> dict[str, Any]:
-            out: dict[str, Any] = {
-                "observer": r.observer,
-                "n_ratings": r.n_ratings,
-                "mean_confidence": r.mean_confidence,
-            }
-            if r.detection is not None:
-                out.update(
-                    {
-                        k: getattr(r.detection, k).to_dict(form="both")
-                        for k in ("sensitivity", "specificity", "accuracy")
-                    }
-                )
-            if r.forced_choice is not None:
-                out["altered_chosen"] = r.forced_choice.correct.to_dict(form="both")
-                out["binomial_p_value"] = r.forced_choice.p_value
-            if r.diagnosis is not None:
-                out["diagnosis_accuracy"] = {k: v.to_dict(form="both") for k, v in r.diagnosis.items()}
-            return out
-
+        """The JSON form (``analysis.json``; NaN becomes null through :func:`dermadv.runs.write_json`)."""
         return {
             "study_id": self.study_id,
             "design": self.design,
             "ci_method": self.ci_method,
             "n_items": self.n_items,
-            "observers": [result(r) for r in self.observers],
-            "combined": result(self.combined),
+            "observers": [r.as_dict() for r in self.observers],
+            "combined": self.combined.as_dict(),
             "agreement": None if self.agreement is None else self.agreement.as_dict(),
         }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> StudyAnalysis:
+        """Read :meth:`as_dict` back (``analysis.json``)."""
+        agreement = d["agreement"]
+        return cls(
+            study_id=str(d["study_id"]),
+            design=str(d["design"]),
+            ci_method=str(d["ci_method"]),
+            n_items=int(d["n_items"]),
+            observers=[ObserverResult.from_dict(r) for r in d["observers"]],
+            combined=ObserverResult.from_dict(d["combined"]),
+            agreement=None if agreement is None else Agreement.from_dict(agreement),
+        )
 
 
 def _observer_result(name: str, ratings: Sequence[Rating], design: str, ci_method: CIMethod) -> ObserverResult:

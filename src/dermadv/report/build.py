@@ -31,7 +31,7 @@ from dermadv.report.readers import (
     read_sweep,
 )
 from dermadv.report.summary import setting_rows, split_method, summary_measures, summary_paragraphs
-from dermadv.runs import atomic_write_text, require_complete, write_json
+from dermadv.runs import atomic_write_text, read_run_manifest, require_complete, write_json
 
 log = logging.getLogger(__name__)
 
@@ -79,11 +79,8 @@ class Layout:
 def _is_classifier_dir(folder: Path) -> bool:
     if (folder / "history.csv").is_file() and (folder / "model.safetensors").is_file():
         return True
-    try:
-        command = read_json_dict(folder / "manifest.json").get("command")
-    except READ_ERRORS:
-        return False
-    return command in ("train", "evaluate")
+    manifest = read_run_manifest(folder)
+    return manifest is not None and manifest.command in ("train", "evaluate")
 
 
 def _first(*candidates: Path, marker: str = "") -> Path | None:
@@ -143,9 +140,11 @@ def collect(run_dir: str | Path, *, last_stage: bool = False) -> ReportData:
     sources = Sources(run_dir)
     stages = [s for name, folder in layout.stage_folders() if (s := read_stage(name, folder, sources)) is not None]
     if last_stage and stages and stages[0].folder == ".":
-        manifest = {k: v for k, v in stages[0].manifest.items() if k != "rerun"} | {"status": "complete"}
-        stages[0] = replace(stages[0], manifest=manifest)
-        sources.generated[unquote(stages[0].link.href)] = manifest  # the cited copy says the same
+        root_stage = stages[0]
+        stages[0] = replace(root_stage, manifest=replace(root_stage.manifest, status="complete", rerun=None))
+        written = read_json_dict(run_dir / "manifest.json")  # the cited copy says the same, key for key
+        completed = {k: v for k, v in written.items() if k != "rerun"} | {"status": "complete"}
+        sources.generated[unquote(root_stage.link.href)] = completed
     notes: list[str] = []
     parts: dict[str, Any] = {"classifier": None, "attack": None, "sweep": None, "observer": None}
     readers: list[tuple[str, str, Path | None, Callable[[Path], Any]]] = [
@@ -175,20 +174,20 @@ def collect(run_dir: str | Path, *, last_stage: bool = False) -> ReportData:
     notes += _missing_notes(layout, parts, notes)
     notes += [
         f"Unfinished run: {'this folder' if s.folder == '.' else s.folder} ({s.name}) stopped before it finished "
-        f"(its manifest.json says {s.manifest.get('status')}); what this report shows of it is partial."
+        f"(its manifest.json says {s.manifest.status}); what this report shows of it is partial."
         for s in stages
-        if s.manifest.get("status") != "complete" and not (last_stage and s.folder == ".")
+        if not s.manifest.complete and not (last_stage and s.folder == ".")
     ]
     classes = tuple((attack.attack.get("classes") if attack else None) or ())
-    if not classes and classifier is not None:
-        classes = tuple((classifier.metrics or {}).get("classes") or ())
+    if not classes and classifier is not None and classifier.metrics is not None:
+        classes = classifier.metrics.classes
     paper_table = sources.cite_if(run_dir / "paper_table.json")  # before the copies are listed below
-    root = stages[0].manifest if stages and stages[0].folder == "." else {}
+    root = stages[0].manifest if stages and stages[0].folder == "." else None
     grid_copies = {cell.href: cell.src for row in (attack.grid if attack else []) for cell in row.cells}
     return ReportData(
         run_dir=run_dir,
         title=f"dermadv report: {run_dir.name}",
-        kind="reproduce" if root.get("command") == "reproduce" else layout.kind,
+        kind="reproduce" if root is not None and root.command == "reproduce" else layout.kind,
         generated=time.strftime("%Y-%m-%d %H:%M %Z"),
         classes=classes or CLASSES,
         summary=summary_paragraphs(data_part.source, classifier, attack, sweep, observer),

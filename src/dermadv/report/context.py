@@ -12,6 +12,7 @@ import pandas as pd
 from dermadv.data.classes import CLASS_COLOURS, CLASS_NAMES
 from dermadv.evaluation.attack_metrics import definitions
 from dermadv.evaluation.stats import format_interval, format_p_value
+from dermadv.observer.analysis import Agreement, ObserverResult
 from dermadv.paper import CITATION, OBSERVER_KAPPA, OBSERVER_SENSITIVITY, OBSERVER_SPECIFICITY, REFERENCE
 from dermadv.report.data import (
     AttackPart,
@@ -90,8 +91,8 @@ def _classifier(part: ClassifierPart) -> Row:
             if key == "weights" and not value:
                 value = "random (trained from scratch)"
             settings.append(_fact(label, value))
-    if "epochs_run" in part.manifest:
-        settings.append(_fact("epochs run", part.manifest["epochs_run"]))
+    if part.manifest is not None and "epochs_run" in part.manifest.extra:
+        settings.append(_fact("epochs run", part.manifest.extra["epochs_run"]))
     best = None
     if part.history is not None and "val_balanced_acc" in part.history.columns and len(part.history):
         k = int(part.history["val_balanced_acc"].idxmax())
@@ -102,26 +103,24 @@ def _classifier(part: ClassifierPart) -> Row:
     metrics, per_class = [], []
     m = part.metrics
     if m is not None:
-        ci_method = str((m.get("accuracy") or {}).get("method", ""))
         metrics = [
-            _fact(f"accuracy (95% CI, {ci_method.capitalize()})", interval_text(m.get("accuracy"))),
-            _fact("balanced accuracy (mean sensitivity)", percent(m.get("balanced_accuracy"))),
-            _fact("macro ROC AUC (one vs rest)", num(m.get("macro_auc"), ".3f")),
-            _fact("test images", m.get("n")),
+            _fact(f"accuracy (95% CI, {(m.accuracy.method or '').capitalize()})", interval_text(m.accuracy)),
+            _fact("balanced accuracy (mean sensitivity)", percent(m.balanced_accuracy)),
+            _fact("macro ROC AUC (one vs rest)", num(m.macro_auc, ".3f")),
+            _fact("test images", m.n),
         ]
-        for cls in m.get("classes") or []:
-            pc = (m.get("per_class") or {}).get(cls) or {}
-            per_class.append(
-                {
-                    **_class_row(cls),
-                    "support": pc.get("support"),
-                    "sensitivity": percent(pc.get("sensitivity")),
-                    "specificity": percent(pc.get("specificity")),
-                    "ppv": percent(pc.get("ppv")),
-                    "auc": num(pc.get("auc"), ".3f"),
-                }
-            )
-    notes = [*part.notes, *((m or {}).get("notes") or [])]
+        per_class = [
+            {
+                **_class_row(cls),
+                "support": m.support[cls],
+                "sensitivity": percent(m.sensitivity[cls]),
+                "specificity": percent(m.specificity[cls]),
+                "ppv": percent(m.ppv[cls]),
+                "auc": num(m.auc[cls], ".3f"),
+            }
+            for cls in m.classes
+        ]
+    notes = [*part.notes, *(m.notes if m is not None else [])]
     return {
         "folder": part.folder,
         "settings": settings,
@@ -276,9 +275,30 @@ _DESIGNS = {
 }
 
 
+def _observer_row(r: ObserverResult) -> Row:
+    detection, forced_choice = r.detection, r.forced_choice
+    return {
+        "observer": r.observer,
+        "n": r.n_ratings,
+        "sensitivity": interval_text(detection.sensitivity if detection else None),
+        "specificity": interval_text(detection.specificity if detection else None),
+        "accuracy": interval_text(detection.accuracy if detection else None),
+        "altered_chosen": interval_text(forced_choice.correct if forced_choice else None),
+        "p": format_p_value(forced_choice.p_value if forced_choice else None),
+        "confidence": num(r.mean_confidence, ".1f"),
+        "combined": r.observer == "combined",
+    }
+
+
+def _kappa_text(ag: Agreement) -> str:
+    name = "Cohen's kappa" if ag.method == "cohen" else "Fleiss' kappa"
+    ci = f" (95% CI {num(ag.low, '.2f')} to {num(ag.high, '.2f')})" if ag.low is not None else ""
+    return f"{name} {num(ag.kappa, '.2f')}{ci}, {ag.n_raters} observers × {ag.n_items} items; paper: {OBSERVER_KAPPA}"
+
+
 def _observer(part: ObserverPart) -> Row:
     s = part.study
-    a = part.analysis or {}
+    a = part.analysis
     facts = [
         _fact("study", s.get("study_id")),
         _fact("design", _DESIGNS.get(str(s.get("design")), s.get("design"))),
@@ -286,34 +306,8 @@ def _observer(part: ObserverPart) -> Row:
     ]
     if part.perturbed_share is not None:
         facts.append(_fact("share of items shown perturbed", percent(part.perturbed_share, 0)))
-    rows = []
-    for r in [*(a.get("observers") or []), *([a["combined"]] if a.get("combined") else [])]:
-        rows.append(
-            {
-                "observer": r.get("observer"),
-                "n": r.get("n_ratings"),
-                "sensitivity": interval_text(r.get("sensitivity")),
-                "specificity": interval_text(r.get("specificity")),
-                "accuracy": interval_text(r.get("accuracy")),
-                "altered_chosen": interval_text(r.get("altered_chosen")),
-                "p": format_p_value(r.get("binomial_p_value")),
-                "confidence": num(r.get("mean_confidence"), ".1f"),
-                "combined": r.get("observer") == "combined",
-            }
-        )
-    ag = a.get("agreement")
-    kappa = None
-    if ag:
-        name = "Cohen's kappa" if ag.get("method") == "cohen" else "Fleiss' kappa"
-        ci = (
-            f" (95% CI {num(ag.get('low'), '.2f')} to {num(ag.get('high'), '.2f')})"
-            if ag.get("low") is not None
-            else ""
-        )
-        kappa = (
-            f"{name} {num(ag.get('kappa'), '.2f')}{ci}, {ag.get('n_raters')} observers × {ag.get('n_items')} items; "
-            f"paper: {OBSERVER_KAPPA}"
-        )
+    rows = [_observer_row(r) for r in [*a.observers, a.combined]] if a is not None else []
+    kappa = _kappa_text(a.agreement) if a is not None and a.agreement is not None else None
     return {
         "folder": part.folder,
         "facts": facts,
@@ -325,8 +319,8 @@ def _observer(part: ObserverPart) -> Row:
     }
 
 
-def _command_line(argv: Any) -> str:
-    if not isinstance(argv, list) or not argv:
+def _command_line(argv: list[str]) -> str:
+    if not argv:
         return "n/a"
     head = "dermadv" if str(argv[0]).endswith(("dermadv", "__main__.py")) else str(argv[0])
     return shlex.join([head, *map(str, argv[1:])])
@@ -338,26 +332,25 @@ def _repro(stages: list[Stage], paper_table: Link | None) -> Row:
     hardware: dict[str, list[str]] = {}
     for s in stages:
         m = s.manifest
-        timings = m.get("timings_s") or {}
         rows.append(
             {
                 "name": s.name,
                 "folder": s.folder,
-                "command": _command_line(m.get("argv")),
-                "status": m.get("status", "n/a"),
-                "seed": m.get("seed"),
-                "fingerprint": m.get("data_fingerprint"),
-                "git": m.get("git_commit"),
-                "started": m.get("started"),
-                "finished": m.get("finished"),
-                "timings": ", ".join(f"{k} {float(v):.1f} s" for k, v in timings.items()) or "n/a",
+                "command": _command_line(m.argv),
+                "status": m.status if m.status is not None else "n/a",
+                "seed": m.seed,
+                "fingerprint": m.data_fingerprint,
+                "git": m.git_commit,
+                "started": m.started,
+                "finished": m.finished,
+                "timings": ", ".join(f"{k} {v:.1f} s" for k, v in m.timings_s.items()) or "n/a",
                 "link": s.link,
-                "config": json.dumps(m.get("config"), indent=2, sort_keys=True, default=str),
+                "config": json.dumps(m.config, indent=2, sort_keys=True, default=str),
             }
         )
-        for pkg, version in (m.get("versions") or {}).items():
-            versions.setdefault(pkg, set()).add(str(version))
-        hw = json.dumps(m.get("hardware") or {}, sort_keys=True)
+        for pkg, version in m.versions.items():
+            versions.setdefault(pkg, set()).add(version)
+        hw = json.dumps(m.hardware, sort_keys=True)
         hardware.setdefault(hw, []).append(s.name)
     return {
         "stages": rows,

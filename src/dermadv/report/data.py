@@ -13,6 +13,9 @@ import pandas as pd
 from dermadv.defences.results import CardResult, CertifyResult, DetectResult, TransformsResult
 from dermadv.errors import RunError
 from dermadv.evaluation.attack_metrics import AttackMetrics
+from dermadv.evaluation.metrics import ClassificationReport
+from dermadv.observer.analysis import StudyAnalysis
+from dermadv.runs import RunManifest
 
 #: Errors that turn a part into a note instead of a crash: unreadable, malformed or truncated files (RunError: a file
 #: the attack folder's reader refuses).
@@ -65,7 +68,7 @@ class Stage:
 
     name: str
     folder: str
-    manifest: dict[str, Any]
+    manifest: RunManifest
     link: Link
 
 
@@ -86,11 +89,11 @@ class DataPart:
 class ClassifierPart:
     folder: str
     config: dict[str, Any]
-    manifest: dict[str, Any]
+    manifest: RunManifest | None  # None: the folder has no readable manifest.json
     manifest_link: Link | None
     history: pd.DataFrame | None
     history_link: Link | None
-    metrics: dict[str, Any] | None
+    metrics: ClassificationReport | None
     metrics_link: Link | None
     per_class_link: Link | None
     predictions: pd.DataFrame | None
@@ -158,7 +161,7 @@ class ObserverPart:
     study: dict[str, Any]
     study_link: Link
     perturbed_share: float | None
-    analysis: dict[str, Any] | None
+    analysis: StudyAnalysis | None
     analysis_link: Link | None
     notes: list[str] = field(default_factory=list)
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,9 +24,10 @@ from dermadv.defences.results import CardResult
 from dermadv.errors import DataError
 from dermadv.evaluation.attack_metrics import AttackMetrics
 from dermadv.evaluation.attack_run import fooled, read_attack_info, read_predictions
+from dermadv.evaluation.metrics import ClassificationReport
 from dermadv.paper import FOOLING_RATIO_EVERY_CLASS
 from dermadv.report.data import READ_ERRORS, FigureFile, ReportData
-from dermadv.report.readers import read_json_dict
+from dermadv.runs import read_run_manifest
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +142,11 @@ def training_curves_figure(history: pd.DataFrame) -> Figure:
 
 
 def confusion_figure(
-    matrix: Sequence[Sequence[float]], classes: Sequence[str], *, prediction: str, target: str | None = None
+    matrix: np.ndarray | Sequence[Sequence[float]],
+    classes: Sequence[str],
+    *,
+    prediction: str,
+    target: str | None = None,
 ) -> Figure:
     """Counts and row-normalised shares (rows: true class); the target's column is outlined."""
     counts = np.asarray(matrix, dtype=float)
@@ -180,14 +186,14 @@ def confusion_figure(
     return fig
 
 
-def per_class_rates_figure(per_class: dict[str, dict[str, Any]], classes: Sequence[str]) -> Figure:
-    """Sensitivity (solid) and specificity (hatched) per class, one vs rest."""
+def per_class_rates_figure(metrics: ClassificationReport, classes: Sequence[str]) -> Figure:
+    """Sensitivity (solid) and specificity (hatched) per class, one vs rest; ``n/a`` where undefined."""
     fig = Figure(figsize=(7.0, 2.8))
     ax = fig.subplots()
     x = np.arange(len(classes))
-    for offset, key, hatch in ((-0.2, "sensitivity", ""), (0.2, "specificity", "///")):
-        values = [per_class.get(c, {}).get(key) for c in classes]
-        heights = [100 * v if v is not None else 0.0 for v in values]
+    for offset, rates, hatch in ((-0.2, metrics.sensitivity, ""), (0.2, metrics.specificity, "///")):
+        values = [rates.get(c, math.nan) for c in classes]
+        heights = [0.0 if math.isnan(v) else 100 * v for v in values]
         ax.bar(
             x + offset,
             heights,
@@ -198,7 +204,7 @@ def per_class_rates_figure(per_class: dict[str, dict[str, Any]], classes: Sequen
             hatch=hatch,
         )
         for xi, v in zip(x + offset, values, strict=True):
-            if v is None:
+            if math.isnan(v):
                 ax.text(xi, 2, "n/a", ha="center", va="bottom", fontsize=7, rotation=90)
     _percent_axis(ax, "test split (%)")
     ax.set_xticks(x, list(classes))
@@ -214,7 +220,7 @@ def per_class_rates_figure(per_class: dict[str, dict[str, Any]], classes: Sequen
     return fig
 
 
-def roc_figure(predictions: pd.DataFrame, classes: Sequence[str], auc: dict[str, Any]) -> Figure | None:
+def roc_figure(predictions: pd.DataFrame, classes: Sequence[str], auc: Mapping[str, float]) -> Figure | None:
     """One-vs-rest ROC curve per class from ``predictions.csv`` (``prob_<class>`` columns)."""
     from sklearn.metrics import roc_curve
 
@@ -231,8 +237,9 @@ def roc_figure(predictions: pd.DataFrame, classes: Sequence[str], auc: dict[str,
         if positives.all() or not positives.any():
             continue
         fpr, tpr, _ = roc_curve(positives, predictions[col].to_numpy(dtype=float))
-        value = auc.get(cls)
-        ax.plot(fpr, tpr, color=class_colour(cls), linewidth=1.6, label=f"{cls}, AUC {value:.3f}" if value else cls)
+        value = auc.get(cls, math.nan)
+        label = f"{cls}, AUC {value:.3f}" if value and not math.isnan(value) else cls
+        ax.plot(fpr, tpr, color=class_colour(cls), linewidth=1.6, label=label)
         drawn += 1
     if not drawn:
         return None
@@ -507,10 +514,8 @@ def query_curves(
 
 def _attack_budget(attack_dir: Path, attack: dict[str, Any]) -> int | None:
     """The per-image query budget: the run's ``--queries``, else the attack's repr (``Square(…, queries=1000, …)``)."""
-    try:
-        queries = (read_json_dict(attack_dir / "manifest.json").get("config") or {}).get("queries")
-    except READ_ERRORS:
-        queries = None
+    manifest = read_run_manifest(attack_dir)
+    queries = manifest.config.get("queries") if manifest is not None else None
     if isinstance(queries, int) and queries > 0:
         return queries
     found = re.search(r"\bqueries=(\d+)", str(attack.get("params") or ""))
@@ -599,17 +604,12 @@ def _figures_to_draw(data: ReportData) -> Iterator[tuple[str, Any]]:
             yield "training_curves", lambda: training_curves_figure(history)
         if clf.metrics is not None:
             metrics = clf.metrics
-            mclasses = tuple(metrics.get("classes") or classes)
-            yield "confusion", lambda: confusion_figure(metrics["confusion"]["matrix"], mclasses, prediction="clean")
-            yield "per_class_rates", lambda: per_class_rates_figure(metrics["per_class"], mclasses)
+            mclasses = metrics.classes or classes
+            yield "confusion", lambda: confusion_figure(metrics.confusion, mclasses, prediction="clean")
+            yield "per_class_rates", lambda: per_class_rates_figure(metrics, mclasses)
             if clf.predictions is not None:
                 predictions = clf.predictions
-                yield (
-                    "roc",
-                    lambda: roc_figure(
-                        predictions, mclasses, {c: v.get("auc") for c, v in metrics["per_class"].items()}
-                    ),
-                )
+                yield "roc", lambda: roc_figure(predictions, mclasses, metrics.auc)
     attack = data.attack
     if attack is not None:
         if attack.generator_history is not None:

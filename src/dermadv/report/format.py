@@ -24,7 +24,10 @@ def num(x: Any, fmt: str = "g", suffix: str = "") -> str:
 
 
 def interval_text(iv: Any) -> str:
-    """An interval as read from JSON (estimate, low, high on [0, 1]; ``k`` of ``n``) as ``84.0% (82.1–85.9) 42/50``."""
+    """An interval (a :class:`Proportion`, or its JSON form: estimate, low, high on [0, 1]; ``k`` of ``n``) as
+    ``84.0% (82.1–85.9) 42/50``; ``n/a`` for anything else or an undefined estimate."""
+    if isinstance(iv, Proportion):
+        return "n/a" if _missing(iv.estimate) else format_interval(iv, counts=iv.counts)
     if not isinstance(iv, dict) or _missing(iv.get("estimate")):
         return "n/a"
     counts = (iv["k"], iv["n"]) if iv.get("k") is not None and iv.get("n") is not None else None

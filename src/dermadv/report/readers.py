@@ -13,6 +13,7 @@ from urllib.parse import quote
 import pandas as pd
 
 from dermadv.data.classes import CLASSES
+from dermadv.errors import DermadvError
 from dermadv.evaluation.attack_run import (
     IMAGE_KINDS,
     INFO_FILE,
@@ -24,6 +25,8 @@ from dermadv.evaluation.attack_run import (
     read_predictions,
     saved_images,
 )
+from dermadv.evaluation.metrics import ClassificationReport
+from dermadv.observer.analysis import StudyAnalysis, analyze_study
 from dermadv.report.data import (
     READ_ERRORS,
     AttackPart,
@@ -37,7 +40,7 @@ from dermadv.report.data import (
     Stage,
     SweepPart,
 )
-from dermadv.runs import read_manifest
+from dermadv.runs import RunManifest, read_run_manifest
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +70,7 @@ def read_stage(name: str, folder: Path, sources: Sources) -> Stage | None:
     if not path.is_file():
         return None
     try:
-        manifest = read_json_dict(path)
+        manifest = RunManifest.from_dict(read_json_dict(path))
     except READ_ERRORS as exc:
         log.warning("cannot read %s: %s", path, exc)
         return None
@@ -83,11 +86,11 @@ def _eval_dir(clf_dir: Path) -> Path | None:
 def read_classifier(clf_dir: Path, sources: Sources) -> ClassifierPart:
     """Training history and manifest of a ``dermadv train`` folder, with its test-set evaluation if present."""
     notes: list[str] = []
-    manifest: dict[str, Any] = {}
+    manifest = None
     manifest_path = clf_dir / "manifest.json"
     if manifest_path.is_file():
         try:
-            manifest = read_json_dict(manifest_path)
+            manifest = RunManifest.from_dict(read_json_dict(manifest_path))
         except READ_ERRORS as exc:
             notes.append(f"cannot read {manifest_path.name}: {_short(exc)}")
     rel = clf_dir.relative_to(sources.run_dir).as_posix()
@@ -99,7 +102,7 @@ def read_classifier(clf_dir: Path, sources: Sources) -> ClassifierPart:
             history_link = sources.cite(clf_dir / "history.csv")
         except READ_ERRORS as exc:
             notes.append(f"training curves left out: cannot read {prefix}history.csv ({_short(exc)})")
-    elif manifest.get("command") != "evaluate":
+    elif manifest is None or manifest.command != "evaluate":
         notes.append(f"training curves left out: no {prefix}history.csv")
     metrics = metrics_link = predictions = predictions_link = per_class_link = None
     eval_dir = _eval_dir(clf_dir)
@@ -110,7 +113,7 @@ def read_classifier(clf_dir: Path, sources: Sources) -> ClassifierPart:
         )
     else:
         try:
-            metrics = read_json_dict(eval_dir / "metrics.json")
+            metrics = ClassificationReport.from_dict(read_json_dict(eval_dir / "metrics.json"))
             metrics_link = sources.cite(eval_dir / "metrics.json")
         except READ_ERRORS as exc:
             notes.append(f"test-set evaluation left out: cannot read metrics.json ({_short(exc)})")
@@ -123,10 +126,9 @@ def read_classifier(clf_dir: Path, sources: Sources) -> ClassifierPart:
                 notes.append(f"ROC curves left out: cannot read predictions.csv ({_short(exc)})")
         else:
             notes.append("ROC curves left out: no predictions.csv beside metrics.json")
-    config = manifest.get("config") if isinstance(manifest.get("config"), dict) else {}
     return ClassifierPart(
         folder="." if rel == "." else rel,
-        config=config or {},
+        config=manifest.config if manifest is not None else {},
         manifest=manifest,
         manifest_link=sources.cite_if(manifest_path),
         history=history,
@@ -217,8 +219,7 @@ def read_attack(attack_dir: Path, sources: Sources, *, generator_dir: Path | Non
     generator = generator_link = generator_history = generator_history_link = None
     if generator_dir is not None:
         try:
-            gen_manifest = read_json_dict(generator_dir / "manifest.json")
-            generator = gen_manifest.get("config") or {}
+            generator = RunManifest.from_dict(read_json_dict(generator_dir / "manifest.json")).config
             generator_link = sources.cite(generator_dir / "manifest.json")
         except READ_ERRORS as exc:
             notes.append(f"generator settings left out: cannot read generator/manifest.json ({_short(exc)})")
@@ -230,8 +231,8 @@ def read_attack(attack_dir: Path, sources: Sources, *, generator_dir: Path | Non
                 notes.append(f"generator curves left out: cannot read generator/history.csv ({_short(exc)})")
     elif attack.get("method") == "advgan":
         notes.append("generator settings left out: the generator's fit folder is not in this run folder")
-    manifest = read_manifest(attack_dir)
-    status = str(manifest.get("status")) if manifest is not None else None
+    manifest = read_run_manifest(attack_dir)
+    status = str(manifest.status) if manifest is not None else None
     if status not in (None, "complete"):
         notes.append(f"the attack run did not finish ({prefix}manifest.json says {status}): its outputs are partial")
     return AttackPart(
@@ -283,21 +284,19 @@ def read_observer(study_dir: Path, sources: Sources) -> ObserverPart:
     if (study_dir / "answer_key.json").is_file():
         with contextlib.suppress(*READ_ERRORS):  # the share is a detail; the study reads without it
             perturbed_share = read_json_dict(study_dir / "answer_key.json").get("perturbed_share")
-    analysis = analysis_link = None
+    analysis: StudyAnalysis | None = None
+    analysis_link = None
     saved = _analysis_file(study_dir)
     if saved is not None:
         try:
-            analysis = read_json_dict(saved)
+            analysis = StudyAnalysis.from_dict(read_json_dict(saved))
             analysis_link = sources.cite(saved)
         except READ_ERRORS as exc:
             notes.append(f"cannot read {saved.name}: {_short(exc)}")
     if analysis is None and (study_dir / "answers.sqlite").is_file():
         try:
-            from dermadv.errors import DermadvError
-            from dermadv.observer.analysis import analyze_study
-
-            analysis = analyze_study(study_dir).as_dict()
-            analysis_link = sources.generate("observer_analysis.json", analysis)
+            analysis = analyze_study(study_dir)
+            analysis_link = sources.generate("observer_analysis.json", analysis.as_dict())
         except DermadvError as exc:
             notes.append(f"no results yet: {exc}")
         except (ImportError, sqlite3.Error, *READ_ERRORS) as exc:  # e.g. a read-only copy of the study
@@ -325,7 +324,7 @@ def read_data(
 ) -> DataPart:
     """Source, size, split counts per class and fingerprints, from ``split.csv`` and the manifests."""
     notes: list[str] = []
-    fingerprints = {s.folder: str(s.manifest["data_fingerprint"]) for s in stages if s.manifest.get("data_fingerprint")}
+    fingerprints = {s.folder: s.manifest.data_fingerprint for s in stages if s.manifest.data_fingerprint}
     distinct = sorted(set(fingerprints.values()))
     if len(distinct) > 1:
         listing = "; ".join(f"{folder}: {fp}" for folder, fp in fingerprints.items())
@@ -338,10 +337,10 @@ def read_data(
         if image_size:
             size = " × ".join(str(v) for v in image_size) + " px"
     for stage in stages:
-        config = stage.manifest.get("config") or {}
-        if source is None and isinstance(config, dict) and "data" in config:
+        config = stage.manifest.config
+        if source is None and "data" in config:
             source = config.get("data") or "synthetic (built-in)"
-        if size is None and isinstance(config, dict) and config.get("image_size"):
+        if size is None and config.get("image_size"):
             size = f"{config['image_size']} × {config['image_size']} px"
     counts = n_images = n_lesions = shared = None
     split_link = None

@@ -7,7 +7,7 @@ provenance from its ``manifest.json`` (command line, commit, data fingerprint, m
 from __future__ import annotations
 
 import shlex
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,11 +21,11 @@ from dermadv.evaluation.attack_run import (
     read_attack_metrics,
     read_predictions,
 )
+from dermadv.evaluation.metrics import ClassificationReport
 from dermadv.evaluation.stats import format_interval
-from dermadv.proportions import Proportion
 from dermadv.report.data import READ_ERRORS
 from dermadv.report.readers import read_json_dict, read_table
-from dermadv.runs import atomic_write_text, read_manifest
+from dermadv.runs import RunManifest, atomic_write_text, read_run_manifest
 
 #: each kind of run, in page order: the commands it gathers and its section title
 KINDS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -63,24 +63,22 @@ class Provenance:
         return self.status == "complete"
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any], *, data_fingerprint: str | None = None) -> Provenance:
-        command = str(manifest.get("command") or "?")
-        status, reason = str(manifest.get("status") or "unknown"), manifest.get("reason")
-        rerun = manifest.get("rerun")
-        if status == "complete" and isinstance(rerun, dict) and rerun.get("status") != "complete":
+    def from_manifest(cls, manifest: RunManifest, *, data_fingerprint: str | None = None) -> Provenance:
+        command = manifest.command or "?"
+        status, reason = manifest.status or "unknown", manifest.reason
+        rerun = manifest.rerun
+        if status == "complete" and rerun is not None and not rerun.complete:
             # a rerun into a complete folder: the figures are the earlier run's, the rerun has not replaced them
-            reason = f"a later rerun is {rerun.get('status')}; these figures are from the earlier, complete run"
-        timings = manifest.get("timings_s")
-        seconds = timings.get("total") if isinstance(timings, dict) else None
+            reason = f"a later rerun is {rerun.status}; these figures are from the earlier, complete run"
         return cls(
             command=command,
-            command_line=command_line(manifest.get("argv"), command),
-            commit=manifest.get("git_commit"),
-            data_fingerprint=manifest.get("data_fingerprint") or data_fingerprint,
-            machine=machine(manifest.get("hardware")),
+            command_line=command_line(manifest.argv, command),
+            commit=manifest.git_commit,
+            data_fingerprint=manifest.data_fingerprint or data_fingerprint,
+            machine=machine(manifest.hardware),
             status=status,
-            reason=str(reason) if reason else None,
-            seconds=float(seconds) if isinstance(seconds, (int, float)) else None,
+            reason=reason or None,
+            seconds=manifest.timings_s.get("total"),
         )
 
 
@@ -96,9 +94,9 @@ class RunResult:
     notes: tuple[str, ...] = ()
 
 
-def command_line(argv: Any, command: str) -> str:
+def command_line(argv: Sequence[str] | None, command: str) -> str:
     """``dermadv train --data …`` from a manifest's (redacted) argv; a run made by a library call says so."""
-    if not isinstance(argv, list) or not argv:
+    if not argv:
         return f"dermadv {command} (command line not recorded)"
     args = [str(a) for a in argv]
     program = Path(args[0])
@@ -107,9 +105,9 @@ def command_line(argv: Any, command: str) -> str:
     return f"dermadv {command} as a library call from: {shlex.join([program.name, *args[1:]])}"
 
 
-def machine(hardware: Any) -> str:
+def machine(hardware: Mapping[str, Any] | None) -> str:
     """``NVIDIA H100 80GB HBM3 ×1; 16 CPU cores, 16 torch threads; Linux`` from a manifest's ``hardware``."""
-    if not isinstance(hardware, dict):
+    if not hardware:
         return "not recorded"
     parts = []
     gpus = hardware.get("cuda_devices") or []
@@ -129,10 +127,6 @@ def machine(hardware: Any) -> str:
     return "; ".join(parts)
 
 
-def _interval(value: Any) -> str:
-    return format_interval(Proportion.from_dict(value)) if isinstance(value, dict) else NA
-
-
 def _number(value: Any, fmt: str = ".3f") -> str:
     return format(value, fmt) if isinstance(value, (int, float)) and value == value else NA
 
@@ -141,17 +135,24 @@ def _eps(value: Any) -> str:
     return format_eps(float(value)) if isinstance(value, (int, float)) else (str(value) if value else NA)
 
 
-def _config(manifest: dict[str, Any]) -> dict[str, Any]:
-    config = manifest.get("config")
-    return config if isinstance(config, dict) else {}
-
-
 def _try_json(path: Path, notes: list[str]) -> dict[str, Any] | None:
     if not path.is_file():
         notes.append(f"no {path.name}")
         return None
     try:
         return read_json_dict(path)
+    except READ_ERRORS as exc:
+        notes.append(f"cannot read {path.name} ({type(exc).__name__}: {exc})")
+        return None
+
+
+def _try_classification(path: Path, notes: list[str]) -> ClassificationReport | None:
+    """The classification metrics in ``path`` (``metrics.json``); None, with a note, where missing or unreadable."""
+    metrics = _try_json(path, notes)
+    if metrics is None:
+        return None
+    try:
+        return ClassificationReport.from_dict(metrics)
     except READ_ERRORS as exc:
         notes.append(f"cannot read {path.name} ({type(exc).__name__}: {exc})")
         return None
@@ -226,57 +227,65 @@ def _accuracy(folder: Path, notes: list[str]) -> tuple[str, str]:
     if found is None:
         notes.append("no test-set metrics.json")
         return NA, NA
-    metrics = _try_json(found / "metrics.json", notes) or {}
-    return _interval(metrics.get("accuracy")), str(metrics.get("n", NA))
+    metrics = _try_classification(found / "metrics.json", notes)
+    return (format_interval(metrics.accuracy), str(metrics.n)) if metrics is not None else (NA, NA)
 
 
-def _train(folder: Path, manifest: dict[str, Any], notes: list[str]) -> dict[str, str]:
-    config = _config(manifest)
+def _train(folder: Path, manifest: RunManifest, notes: list[str]) -> dict[str, str]:
+    config = manifest.config
     trained = _try_json(folder / "train_metrics.json", notes) or {}
     accuracy, n = _accuracy(folder, notes)
     best, select = trained.get("best_validation_score"), trained.get("select")
     return {
         "model": f"{config.get('arch', NA)} at {config.get('image_size', NA)} px",
-        "epochs": str(trained.get("epochs_run", manifest.get("epochs_run", NA))),
+        "epochs": str(trained.get("epochs_run", manifest.extra.get("epochs_run", NA))),
         "best validation": f"{_number(best)} ({select})" if select else _number(best),
         "test accuracy (95% CI)": accuracy,
         "n test": n,
     }
 
 
-def _evaluate(folder: Path, manifest: dict[str, Any], notes: list[str]) -> dict[str, str]:
-    config = _config(manifest)
-    metrics = _try_json(folder / "metrics.json", notes) or {}
+def _evaluate(folder: Path, manifest: RunManifest, notes: list[str]) -> dict[str, str]:
+    split = str(manifest.config.get("split", NA))
+    metrics = _try_classification(folder / "metrics.json", notes)
+    if metrics is None:
+        return {"split": split} | dict.fromkeys(("n", "accuracy (95% CI)", "balanced accuracy", "macro AUC"), NA)
     return {
-        "split": str(config.get("split", NA)),
-        "n": str(metrics.get("n", NA)),
-        "accuracy (95% CI)": _interval(metrics.get("accuracy")),
-        "balanced accuracy": _number(metrics.get("balanced_accuracy")),
-        "macro AUC": _number(metrics.get("macro_auc")),
+        "split": split,
+        "n": str(metrics.n),
+        "accuracy (95% CI)": format_interval(metrics.accuracy),
+        "balanced accuracy": _number(metrics.balanced_accuracy),
+        "macro AUC": _number(metrics.macro_auc),
     }
 
 
-def _audit(folder: Path, manifest: dict[str, Any], notes: list[str]) -> dict[str, str]:
+def _audit(folder: Path, manifest: RunManifest, notes: list[str]) -> dict[str, str]:
     audit = _try_json(folder / "audit.json", notes) or {}
-    model, clean = audit.get("model") or {}, audit.get("clean") or {}
+    model = audit.get("model") or {}
+    clean = None
+    if "clean" in audit:  # the clean evaluation's metrics.json, as the audit ran it
+        try:
+            clean = ClassificationReport.from_dict(audit["clean"])
+        except READ_ERRORS as exc:
+            notes.append(f"cannot read the clean evaluation in audit.json ({type(exc).__name__}: {exc})")
     figures = {
         "model": f"{model.get('spec', NA)} ({model.get('kind', NA)})",
         "threat model": str(audit.get("threat_model", NA)),
-        "clean accuracy (95% CI)": _interval(clean.get("accuracy")),
+        "clean accuracy (95% CI)": format_interval(clean.accuracy) if clean is not None else NA,
     }
     attack = attack_figures(folder / "attack", notes)
     return figures | {k: v for k, v in attack.items() if k != "accuracy clean → adversarial"}
 
 
-def _reproduce(folder: Path, manifest: dict[str, Any], notes: list[str]) -> dict[str, str]:
+def _reproduce(folder: Path, manifest: RunManifest, notes: list[str]) -> dict[str, str]:
     accuracy, _ = _accuracy(folder / "classifier", notes)
     attack = attack_figures(folder / "adv-test", notes)
     keep = ("method", "ε", "target", "n", "all → target", "worst-class fooling ratio")
     return {"test accuracy (95% CI)": accuracy} | {k: attack[k] for k in keep}
 
 
-def _generator(folder: Path, manifest: dict[str, Any], notes: list[str]) -> dict[str, str]:
-    config = _config(manifest)
+def _generator(folder: Path, manifest: RunManifest, notes: list[str]) -> dict[str, str]:
+    config = manifest.config
     rate = NA
     if (folder / "history.csv").is_file():
         try:
@@ -287,12 +296,12 @@ def _generator(folder: Path, manifest: dict[str, Any], notes: list[str]) -> dict
     return {
         "target": str(config.get("target", NA)),
         "ε": str(config.get("eps", NA)),
-        "epochs": str(manifest.get("epochs_run", NA)),
+        "epochs": str(manifest.extra.get("epochs_run", NA)),
         "train target rate, last epoch": rate,
     }
 
 
-def _files(folder: Path, manifest: dict[str, Any], notes: list[str]) -> dict[str, str]:
+def _files(folder: Path, manifest: RunManifest, notes: list[str]) -> dict[str, str]:
     names = sorted(p.name for p in folder.glob("*.json") if p.name != "manifest.json")
     return {"result files": ", ".join(names) or NA}
 
@@ -345,9 +354,9 @@ def run_kind(command: str) -> str:
 def _subfolder_fingerprint(folder: Path) -> str | None:
     """The one data fingerprint the run's stages (subfolders) record, for a run that records none itself."""
     found = {
-        str(m["data_fingerprint"])
+        m.data_fingerprint
         for sub in sorted(folder.iterdir())
-        if sub.is_dir() and (m := read_manifest(sub)) is not None and m.get("data_fingerprint")
+        if sub.is_dir() and (m := read_run_manifest(sub)) is not None and m.data_fingerprint
     }
     return found.pop() if len(found) == 1 else None
 
@@ -357,13 +366,13 @@ def read_run(folder: str | Path) -> RunResult:
     path = Path(folder)
     if not path.is_dir():
         raise RunError(f"{path} is not a folder; pass run folders a dermadv command wrote")
-    manifest = read_manifest(path)
+    manifest = read_run_manifest(path)
     if manifest is None:
         raise RunError(
             f"{path} has no readable manifest.json, so its figures cannot be traced to a command, commit and data; "
             "pass a folder a dermadv command wrote (train, evaluate, attack run, attack sweep, audit, reproduce, …)"
         )
-    fingerprint = None if manifest.get("data_fingerprint") else _subfolder_fingerprint(path)
+    fingerprint = None if manifest.data_fingerprint else _subfolder_fingerprint(path)
     provenance = Provenance.from_manifest(manifest, data_fingerprint=fingerprint)
     kind = run_kind(provenance.command)
     notes: list[str] = []

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from dermadv.data.classes import CLASS_NAMES
 from dermadv.evaluation.attack_metrics import AttackMetrics
+from dermadv.evaluation.metrics import ClassificationReport
 from dermadv.evaluation.stats import format_interval, format_p_value
+from dermadv.observer.analysis import StudyAnalysis
 from dermadv.paper import FOOLING_RATIO_EVERY_CLASS, OBSERVER_SENSITIVITY, OBSERVER_SPECIFICITY, PAPER, paper_value
+from dermadv.proportions import Proportion
 from dermadv.report.data import AttackPart, ClassifierPart, DataPart, Link, ObserverPart, PaperRow, SweepPart
 from dermadv.report.format import eps_text, interval_text, md_cell, num, percent
 
@@ -32,30 +36,11 @@ def _signed(fmt: str) -> Display:
     return lambda v: num(v, fmt).replace("-", "−")
 
 
-_CLASSIFIER: tuple[Spec, ...] = (
-    ("balanced_accuracy", "balanced accuracy, clean test images", ("balanced_accuracy",), percent),
-    ("macro_auc", "macro ROC AUC, one vs rest", ("macro_auc",), lambda v: num(v, ".3f")),
-)
-_OBSERVER: tuple[Spec, ...] = (
-    (
-        "observer_sensitivity",
-        "observers' sensitivity (perturbed called perturbed), combined",
-        ("combined", "sensitivity"),
-        interval_text,
-    ),
-    (
-        "observer_specificity",
-        "observers' specificity (clean called clean), combined",
-        ("combined", "specificity"),
-        interval_text,
-    ),
-    (
-        "observer_altered_chosen",
-        "observers chose the altered image (2AFC), combined",
-        ("combined", "altered_chosen"),
-        interval_text,
-    ),
-    ("observer_kappa", "agreement between observers (kappa)", ("agreement", "kappa"), _signed(".2f")),
+#: the observers' combined shares the paper's table shows: key, label, and the share's key in ``analysis.json``
+_OBSERVER_SHARES = (
+    ("observer_sensitivity", "observers' sensitivity (perturbed called perturbed), combined", "sensitivity"),
+    ("observer_specificity", "observers' specificity (clean called clean), combined", "specificity"),
+    ("observer_altered_chosen", "observers chose the altered image (2AFC), combined", "altered_chosen"),
 )
 
 
@@ -73,6 +58,67 @@ def _rows(specs: Sequence[Spec], source: dict[str, Any], link: Link | None, grou
         value = _value_at(source, pointer)
         if value is not None:
             rows.append(PaperRow(key, label, paper_value(key), display(value), value, link, pointer, group))
+    return rows
+
+
+def _classifier_rows(metrics: ClassificationReport, link: Link | None, *, accuracy: bool) -> list[PaperRow]:
+    """Balanced accuracy and macro AUC (``accuracy``: and accuracy first), each where defined, as ``metrics.json``
+    holds it."""
+    rows = []
+    if accuracy:
+        ci = (metrics.accuracy.method or "wald").capitalize()
+        rows.append(
+            PaperRow(
+                "accuracy_clean",
+                f"accuracy, clean test images (95% CI, {ci})",
+                paper_value("accuracy_clean"),
+                interval_text(metrics.accuracy),
+                metrics.accuracy.to_dict(form="interval"),
+                link,
+                ("accuracy",),
+            )
+        )
+    rates: tuple[tuple[str, str, float, Display], ...] = (
+        ("balanced_accuracy", "balanced accuracy, clean test images", metrics.balanced_accuracy, percent),
+        ("macro_auc", "macro ROC AUC, one vs rest", metrics.macro_auc, lambda v: num(v, ".3f")),
+    )
+    for key, label, rate, display in rates:
+        if not math.isnan(rate):
+            rows.append(PaperRow(key, label, paper_value(key), display(rate), rate, link, (key,)))
+    return rows
+
+
+def _kappa(analysis: StudyAnalysis) -> float | None:
+    """The observers' agreement; None with one observer, or where it is undefined."""
+    agreement = analysis.agreement
+    return None if agreement is None or math.isnan(agreement.kappa) else agreement.kappa
+
+
+def _combined_shares(analysis: StudyAnalysis) -> dict[str, Proportion]:
+    """The combined row's shares by their key in ``analysis.json``: detection rates (single design) or the share
+    of altered images chosen (2AFC)."""
+    combined = analysis.combined
+    shares: dict[str, Proportion] = {}
+    if combined.detection is not None:
+        shares |= {"sensitivity": combined.detection.sensitivity, "specificity": combined.detection.specificity}
+    if combined.forced_choice is not None:
+        shares["altered_chosen"] = combined.forced_choice.correct
+    return shares
+
+
+def _observer_rows(analysis: StudyAnalysis, link: Link | None) -> list[PaperRow]:
+    """The combined shares and the agreement, each as ``analysis.json`` holds it."""
+    shares = _combined_shares(analysis)
+    rows = []
+    for key, label, name in _OBSERVER_SHARES:
+        if name in shares:
+            share = shares[name]
+            value = share.to_dict(form="both")
+            rows.append(PaperRow(key, label, paper_value(key), interval_text(share), value, link, ("combined", name)))
+    kappa = _kappa(analysis)
+    if kappa is not None:
+        key, label, display = "observer_kappa", "agreement between observers (kappa)", _signed(".2f")(kappa)
+        rows.append(PaperRow(key, label, paper_value(key), display, kappa, link, ("agreement", "kappa")))
     return rows
 
 
@@ -110,7 +156,7 @@ def setting_rows(
             ("arch", "architecture", ("config", "arch"), lambda v: f"{v} ({init})"),
             ("image_size", "image size", ("config", "image_size"), lambda v: f"{v} px"),
         ]
-        rows += _rows(specs, classifier.manifest, classifier.manifest_link, "setting")
+        rows += _rows(specs, {"config": classifier.config}, classifier.manifest_link, "setting")
     if split_method is not None:
         rows.append(PaperRow("split", "split", PAPER["split"], split_method, None, split_link, (), "setting"))
     if attack is not None:
@@ -154,17 +200,10 @@ def summary_measures(
     cm = classifier.metrics if classifier else None
     if am is not None and attack is not None:
         rows += _attack_rows(am, attack.metrics_link)
-    elif cm is not None and classifier is not None:
-        ci = str((cm.get("accuracy") or {}).get("method", "wald")).capitalize()
-        rows += _rows(
-            [("accuracy_clean", f"accuracy, clean test images (95% CI, {ci})", ("accuracy",), interval_text)],
-            cm,
-            classifier.metrics_link,
-        )
     if cm is not None and classifier is not None:
-        rows += _rows(_CLASSIFIER, cm, classifier.metrics_link)
+        rows += _classifier_rows(cm, classifier.metrics_link, accuracy=am is None)
     if observer is not None and observer.analysis is not None:
-        rows += _rows(_OBSERVER, observer.analysis, observer.analysis_link)
+        rows += _observer_rows(observer.analysis, observer.analysis_link)
     elif observer is not None:
         label = "observers' sensitivity / specificity / kappa"
         text = "study kit ready, no answers yet"
@@ -188,8 +227,8 @@ def _classifier_text(clf: ClassifierPart, data_source: str | None) -> str:
     cm = clf.metrics
     if cm is not None:
         text += (
-            f" and evaluated on {cm.get('n')} held-out test images: accuracy {interval_text(cm.get('accuracy'))}, "
-            f"balanced accuracy {percent(cm.get('balanced_accuracy'))}, macro AUC {num(cm.get('macro_auc'), '.3f')}"
+            f" and evaluated on {cm.n} held-out test images: accuracy {interval_text(cm.accuracy)}, "
+            f"balanced accuracy {percent(cm.balanced_accuracy)}, macro AUC {num(cm.macro_auc, '.3f')}"
         )
     return text.replace("A  classifier", "A classifier") + "."
 
@@ -239,19 +278,21 @@ def _sweep_text(sweep: SweepPart) -> str:
 
 
 def _observer_text(observer: ObserverPart) -> str:
-    a = observer.analysis or {}
-    comb = a.get("combined") or {}
-    who = f"{len(a.get('observers') or [])} observers rated {a.get('n_items', '?')} items"
-    if comb.get("sensitivity"):
-        kappa = _value_at(a, ("agreement", "kappa"))
+    a = observer.analysis
+    shares = _combined_shares(a) if a is not None else {}
+    who = f"{len(a.observers)} observers rated {a.n_items} items" if a is not None else ""
+    if a is not None and "sensitivity" in shares:
+        kappa = _kappa(a)
         return (
             f"In the observer study, {who}: combined sensitivity for spotting perturbed images "
-            f"{interval_text(comb['sensitivity'])}, specificity {interval_text(comb['specificity'])}"
+            f"{interval_text(shares['sensitivity'])}, specificity {interval_text(shares['specificity'])}"
             + (f", kappa {_signed('.2f')(kappa)}." if kappa is not None else ".")
             + f" The paper found {OBSERVER_SENSITIVITY.estimate} and {OBSERVER_SPECIFICITY.estimate}: detection at chance."
         )
-    if comb.get("altered_chosen"):
-        return f"In the observer study, {who}: the altered image was chosen in {interval_text(comb['altered_chosen'])}."
+    if "altered_chosen" in shares:
+        return (
+            f"In the observer study, {who}: the altered image was chosen in {interval_text(shares['altered_chosen'])}."
+        )
     return "An observer-study kit is ready in the run folder; it has no answers yet."
 
 
