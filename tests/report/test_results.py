@@ -221,3 +221,21 @@ def test_render_is_pure_and_escapes_pipes(folders: dict[str, Path]) -> None:
     assert text == render_results([result], generated_by="dermadv results a|b --out x.md")
     row = rows(text, folders["evaluate"])[0]
     assert json.dumps(row).count(" | ") >= 10
+
+
+def test_defence_table_is_transforms_json(page: str, folders: dict[str, Path]) -> None:
+    """A `defend transforms` run: per defence and budget, the clean accuracy and the worst class of the plain and
+    the adaptive attack, as transforms.json counts them."""
+    from dermadv.config import format_eps
+    from dermadv.defences.results import TransformsResult, from_dict
+
+    result = from_dict(TransformsResult, read_json(folders["defend"] / "transforms.json"))
+    assert len(rows(page, folders["defend"])) == 1
+    section = page.split(f"### `{folders['defend']}`")[1].split("\n## ")[0]
+    for r in result.rows:
+        clean = r.accuracy_clean
+        adaptive = r.adaptive.worst_class if r.adaptive is not None else None
+        line = next(x for x in section.splitlines() if x.startswith(f"| {r.defence} | {format_eps(r.eps)} |"))
+        assert f"| {100 * clean.estimate:.1f}% ({clean.k}/{clean.n}) |" in line
+        assert f"| {r.plain.worst_class} " in line
+        assert (f"| {adaptive} " in line) if adaptive else line.endswith("| – |")

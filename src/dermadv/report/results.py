@@ -13,6 +13,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from dermadv.config import format_eps
+from dermadv.defences.results import (
+    CardResult,
+    CertifyResult,
+    DetectResult,
+    TargetedOutcome,
+    TransformsResult,
+    from_dict,
+)
 from dermadv.errors import DermadvError, RunError
 from dermadv.evaluation.attack_run import (
     INFO_FILE,
@@ -23,6 +31,7 @@ from dermadv.evaluation.attack_run import (
 )
 from dermadv.evaluation.metrics import ClassificationReport
 from dermadv.evaluation.stats import format_interval
+from dermadv.proportions import Proportion
 from dermadv.report.data import READ_ERRORS
 from dermadv.report.readers import read_json_dict, read_table
 from dermadv.runs import RunManifest, atomic_write_text, read_run_manifest
@@ -306,6 +315,105 @@ def _files(folder: Path, manifest: RunManifest, notes: list[str]) -> dict[str, s
     return {"result files": ", ".join(names) or NA}
 
 
+def _share(p: Proportion | None) -> str:
+    """``85.0% (17/20)``: a share with its counts (the defence results store counts)."""
+    if p is None or not p.n:
+        return NA
+    return f"{100 * p.estimate:.1f}% ({p.k}/{p.n})" if p.counts else f"{100 * p.estimate:.1f}%"
+
+
+def _worst(outcome: TargetedOutcome | None) -> str:
+    if outcome is None or outcome.worst_class is None:
+        return NA
+    return f"{outcome.worst_class} {_share(outcome.worst_class_fooling)}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> tuple[str, ...]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return (*lines, *("| " + " | ".join(_cell(c) for c in row) + " |" for row in rows))
+
+
+def _defend_rows(folder: Path, command: str, notes: list[str]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """A defence run's headline and its table, from the result file its ``dermadv defend`` command wrote."""
+    name = command.removeprefix("defend ")
+    path = folder / f"{name}.json"
+    try:
+        data = read_json_dict(path)
+        if name == "transforms":
+            tr = from_dict(TransformsResult, data)
+            largest = max(r.eps for r in tr.rows)
+            adaptive = [r for r in tr.rows if r.eps == largest and r.adaptive is not None]
+            headline = f"adaptive attack at {format_eps(largest)}, worst class: " + ", ".join(
+                f"{r.defence} {_share(r.adaptive.worst_class_fooling if r.adaptive else None)}" for r in adaptive
+            )
+            rows = [
+                [r.defence, format_eps(r.eps), _share(r.accuracy_clean), _worst(r.plain), _worst(r.adaptive)]
+                for r in tr.rows
+            ]
+            header = ["defence", "ε", "clean accuracy", "worst class, plain attack", "worst class, adaptive attack"]
+            figures = {"images": str(tr.n_images), "attack": tr.attack, "result": headline}
+            return figures, (f"Targeted to `{tr.target}`; EOT samples {tr.eot_samples}.", "", *_table(header, rows))
+        if name == "certify":
+            ce = from_dict(CertifyResult, data)
+            c = ce.certified
+            radii = ", ".join(f"r = {r:g}: {100 * a:.1f}%" for r, a in zip(c.radii, c.accuracy, strict=True))
+            figures = {
+                "images": str(c.n_images),
+                "attack": "none (certified L2 radius)",
+                "result": f"certified accuracy (σ = {c.sigma:g}, {c.n_samples} noise samples): {radii}; "
+                f"base classifier {_share(ce.accuracy_base)}, abstained {_share(ce.abstained)}",
+            }
+            return figures, ()
+        if name == "detect":
+            de = from_dict(DetectResult, data)
+            rows = [
+                [
+                    o.attack,
+                    f"{o.scores.auc:.3f}",
+                    f"{100 * o.scores.tpr_at_5_fpr:.1f}%",
+                    _share(o.fooled),
+                    _share(o.fooled_undetected),
+                ]
+                for o in de.outcomes
+            ]
+            header = ["attack", "ROC AUC", "flagged at 5% false positives", "fooled", "fooled and undetected"]
+            headline = "; ".join(
+                f"{o.attack}: fooled and undetected {_share(o.fooled_undetected)}" for o in de.outcomes
+            )
+            figures = {"images": str(de.outcomes[0].scores.n_clean) if de.outcomes else NA, "result": headline}
+            return figures | {"attack": de.detector}, _table(header, rows)
+        if name == "card":
+            ca = from_dict(CardResult, data)
+            lines: list[str] = []
+            for dc in ca.cards:
+                card = dc.card
+                title = f"{dc.defence}" + (", adaptive attack" if dc.adaptive else ", plain attack")
+                header = [
+                    "class",
+                    "images",
+                    *(f"→ {card.target} at {format_eps(e)}" for e in card.eps),
+                    "ε ≥ 50%",
+                    "ε ≥ 99%",
+                ]
+                rows = [
+                    [
+                        c.label,
+                        str(c.n_images),
+                        *(f"{100 * f:.0f}%" for f in c.fooling),
+                        format_eps(c.eps_50) if c.eps_50 is not None else f"> {format_eps(card.eps[-1])}",
+                        format_eps(c.eps_99) if c.eps_99 is not None else f"> {format_eps(card.eps[-1])}",
+                    ]
+                    for c in card.classes
+                ]
+                lines += [f"{title} ({card.attack}):", "", *_table(header, rows), ""]
+            figures = {"attack": ca.cards[0].card.attack if ca.cards else NA, "result": "robustness card per class"}
+            return figures, tuple(lines[:-1])
+    except (*READ_ERRORS, KeyError, TypeError) as exc:
+        notes.append(f"cannot read {path.name} ({type(exc).__name__}: {exc})")
+        return {"result": NA}, ()
+    return _files(folder, RunManifest(), notes), ()
+
+
 def _sweep_rows(folder: Path, notes: list[str]) -> tuple[dict[str, str], tuple[str, ...]]:
     """The sweep's summary figures and its table, one row per method × budget × protocol of ``sweep.csv``."""
     try:
@@ -339,7 +447,6 @@ _READERS = {
     "audit": _audit,
     "reproduce": _reproduce,
     "generator": _generator,
-    "defend": _files,
     "other": _files,
 }
 
@@ -381,6 +488,8 @@ def read_run(folder: str | Path) -> RunResult:
         figures = attack_figures(path, notes)
     elif kind == "sweep":
         figures, details = _sweep_rows(path, notes)
+    elif kind == "defend":
+        figures, details = _defend_rows(path, provenance.command, notes)
     else:
         figures = _READERS[kind](path, manifest, notes)
     return RunResult(str(folder), kind, figures, provenance, details, tuple(notes))
