@@ -58,6 +58,11 @@ def class_tensor(images: torch.Tensor, *, labels: torch.Tensor | None, target: i
     return labels.to(device=images.device, dtype=torch.long).reshape(n)
 
 
+def attack_goal(images: torch.Tensor, *, labels: torch.Tensor | None, target: int | None) -> tuple[torch.Tensor, bool]:
+    """The :func:`class_tensor` of the images, and whether the attack aims at it (targeted) or away from it."""
+    return class_tensor(images, labels=labels, target=target), target is not None
+
+
 def attack_gain(logits: torch.Tensor, classes: torch.Tensor, *, targeted: bool, loss: LossName) -> torch.Tensor:
     """Per-image quantity an attack maximises: toward ``classes`` if targeted, away from them if not.
 

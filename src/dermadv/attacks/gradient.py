@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dermadv.attacks.base import Attack
-from dermadv.attacks.common import LossName, attack_gain, class_tensor, frozen_parameters, is_success, parse_budget
+from dermadv.attacks.common import LossName, attack_gain, attack_goal, frozen_parameters, is_success, parse_budget
 from dermadv.attacks.registry import register_attack
 from dermadv.config import parse_eps
 from dermadv.errors import ConfigError
@@ -121,8 +121,7 @@ class GradientAttack(Attack):
         labels: torch.Tensor | None,
         target: int | None,
     ) -> torch.Tensor:
-        targeted = target is not None
-        classes = class_tensor(images, labels=labels, target=target)
+        classes, targeted = attack_goal(images, labels=labels, target=target)
         clean = images.detach()
         box = self._box(clean)
         generator = None
@@ -246,8 +245,7 @@ class CarliniWagnerL2(Attack):
         labels: torch.Tensor | None,
         target: int | None,
     ) -> torch.Tensor:
-        targeted = target is not None
-        classes = class_tensor(images, labels=labels, target=target)
+        classes, targeted = attack_goal(images, labels=labels, target=target)
         clean = images.detach()
         n = clean.shape[0]
         w_clean = torch.atanh((clean * 2 - 1) * (1 - 1e-6))
