@@ -187,6 +187,13 @@ def config_options(cls: type, options: Mapping[str, Any], **changed: Any) -> dic
     return {k: v for k, v in options.items() if k in names} | changed
 
 
+def given_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The options a user gave, a repeatable one's values as a tuple; one left unset (``None``, or a repeatable option
+    given no value) is dropped, so the config's default (or a preset's, or a config file's) holds."""
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    return {k: v for k, v in values.items() if v is not None and v != ()}
+
+
 def read_config_file(path: Path) -> dict[str, Any]:
     """The options of a YAML config file (``key: value`` lines), with one-line errors for what is not one."""
     import yaml

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -103,3 +104,34 @@ def test_an_unknown_defence_is_one_error_line(model_options, tmp_path: Path) -> 
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "unknown defence 'blur:3'; write one of jpeg:75" in errors[0], proc.stderr
+
+
+def test_options_left_out_keep_each_configs_default(monkeypatch, tmp_path: Path) -> None:
+    """The config a defence command builds: repeated options as a tuple, an option left out at the default."""
+    from typer.testing import CliRunner
+
+    from dermadv import cli
+    from dermadv.pipeline import defences
+
+    built: list[Any] = []
+
+    def capture(cfg: object) -> None:
+        built.append(cfg)
+        raise SystemExit(0)  # instead of the defence's work
+
+    for name in ("transforms_split", "certify_split", "detect_split", "card_split"):
+        monkeypatch.setattr(defences, name, capture)
+    model = ["--model", tmp_path / "model.safetensors", "--out", tmp_path / "out"]
+    for args in (
+        ["transforms"],
+        ["transforms", "--defence", "bits:5", "--defence", "jpeg:75", "--split", "val", "--limit", "7"],
+        ["detect", "--attack-folder", tmp_path / "adv"],
+        ["card", "--no-adaptive", "--seed", "3"],
+    ):
+        result = CliRunner().invoke(cli.app, ["defend", *map(str, args), *map(str, model)])
+        assert result.exit_code == 0, result.output
+    default, given, detect, card = built
+    assert default == defences.TransformsConfig(tmp_path / "model.safetensors", tmp_path / "out")
+    assert given.defences == ("bits:5", "jpeg:75") and (given.split, given.limit) == ("val", 7)
+    assert (detect.split, detect.limit, detect.attack_folder) == ("val", 350, tmp_path / "adv")
+    assert card.defences == () and card.adaptive is False and card.seed == 3

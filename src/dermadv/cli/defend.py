@@ -3,68 +3,31 @@
 
 from __future__ import annotations
 
-import functools
-import inspect
-import typing
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from dermadv.cli.data import AllowIncompleteOpt
+from dermadv.config import config_options, given_options
 
 app = typer.Typer(
     help="Defences and their honest evaluation: transforms (plain vs BPDA/EOT), smoothing, detection, cards.",
     no_args_is_help=True,
 )
 
-#: the options every defence command takes (the fields of pipeline.defences.DefenceConfig)
-SHARED: tuple[tuple[str, Any, Any], ...] = (
-    (
-        "checkpoint",
-        Path,
-        typer.Option(..., "--model", "--checkpoint", help="Classifier model.safetensors (from `dermadv train`)."),
-    ),
-    ("out", Path, typer.Option(..., "--out", help="Run folder to write.")),
-    ("data", str | None, typer.Option(None, "--data", help="Data the classifier was trained on.")),
-    ("split", str | None, typer.Option(None, help="train, val or test [default: test; detect: val].")),
-    ("split_file", str | None, typer.Option(None, "--split-file", help="Default: the one beside the checkpoint.")),
-    ("limit", int | None, typer.Option(None, help="A class-stratified sample of this many [detect: 350].")),
-    ("seed", int, typer.Option(0)),
-    ("batch_size", int, typer.Option(64, "--batch-size")),
-    ("allow_incomplete", bool, AllowIncompleteOpt),
+# The options every defence command takes: the fields of pipeline.defences.DefenceConfig. A command builds its config
+# from the options given (config.given_options), so one left unset keeps that config's default (detect's --split: val).
+CheckpointOpt = typer.Option(
+    ..., "--model", "--checkpoint", help="Classifier model.safetensors (from `dermadv train`)."
 )
-
-
-def command(name: str, config: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Register ``dermadv defend <name>``: its options and :data:`SHARED` become the fields of ``config``.
-
-    The decorated function declares its own options (named as the config's fields) after a first
-    parameter ``cfg``, and receives the built config (``pipeline.defences.<config>``) there; repeatable
-    options arrive as tuples, and one given no value (None, or no repetition) keeps the config's default.
-    """
-
-    def register(function: Callable[..., None]) -> Callable[..., None]:
-        hints = typing.get_type_hints(function)
-        own = [
-            p.replace(annotation=hints[p.name], kind=inspect.Parameter.KEYWORD_ONLY)
-            for p in list(inspect.signature(function).parameters.values())[1:]
-        ]
-        shared = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=o, annotation=t) for n, t, o in SHARED]
-
-        @functools.wraps(function)
-        def run(**options: Any) -> None:
-            from dermadv.pipeline import defences
-
-            values = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
-            function(getattr(defences, config)(**{k: v for k, v in values.items() if v is not None and v != ()}))
-
-        run.__signature__ = inspect.Signature([*shared, *own])  # type: ignore[attr-defined]
-        run.__annotations__ = {p.name: p.annotation for p in [*shared, *own]}
-        return app.command(name)(run)
-
-    return register
+OutOpt = typer.Option(..., "--out", help="Run folder to write.")
+DataOpt = typer.Option(None, "--data", help="Data the classifier was trained on.")
+SplitOpt = typer.Option(None, help="train, val or test [default: test; detect: val].")
+SplitFileOpt = typer.Option(None, "--split-file", help="Default: the one beside the checkpoint.")
+LimitOpt = typer.Option(None, help="A class-stratified sample of this many [detect: 350].")
+SeedOpt = typer.Option(0)
+BatchSizeOpt = typer.Option(64, "--batch-size")
 
 
 def _print(section: str, context: dict[str, Any], out: Path) -> None:
@@ -83,9 +46,17 @@ def _print(section: str, context: dict[str, Any], out: Path) -> None:
     typer.echo(f"wrote {out}/{section}.json")
 
 
-@command("transforms", "TransformsConfig")
+@app.command("transforms")
 def transforms(
-    cfg: Any,
+    checkpoint: Path = CheckpointOpt,
+    out: Path = OutOpt,
+    data: str | None = DataOpt,
+    split: str | None = SplitOpt,
+    split_file: str | None = SplitFileOpt,
+    limit: int | None = LimitOpt,
+    seed: int = SeedOpt,
+    batch_size: int = BatchSizeOpt,
+    allow_incomplete: bool = AllowIncompleteOpt,
     defences: list[str] = typer.Option(
         [], "--defence", help="jpeg:75, bits:5, median:3 or gauss:0.05 (repeatable; default: all four)."
     ),
@@ -95,15 +66,25 @@ def transforms(
     eot_samples: int = typer.Option(8, "--eot-samples", help="Samples of a randomised defence per EOT gradient."),
 ) -> None:
     """Targeted PGD on each transform defence, plain and adaptive (BPDA, EOT); writes transforms.json."""
-    from dermadv.pipeline.defences import transforms_split
+    options = dict(locals())  # by name, before any other name is bound
+    from dermadv.pipeline.defences import TransformsConfig, transforms_split
     from dermadv.report.defences import transforms_context
 
+    cfg = TransformsConfig(**given_options(config_options(TransformsConfig, options)))
     _print("transforms", transforms_context(transforms_split(cfg)), cfg.out)
 
 
-@command("certify", "CertifyConfig")
+@app.command("certify")
 def certify(
-    cfg: Any,
+    checkpoint: Path = CheckpointOpt,
+    out: Path = OutOpt,
+    data: str | None = DataOpt,
+    split: str | None = SplitOpt,
+    split_file: str | None = SplitFileOpt,
+    limit: int | None = LimitOpt,
+    seed: int = SeedOpt,
+    batch_size: int = BatchSizeOpt,
+    allow_incomplete: bool = AllowIncompleteOpt,
     sigma: float = typer.Option(0.25, help="Noise standard deviation on [0, 1] images."),
     n: int = typer.Option(1000, help="Noise samples that estimate the top class's probability."),
     n0: int = typer.Option(100, help="Noise samples that choose the class."),
@@ -111,17 +92,27 @@ def certify(
     radii: str = typer.Option("0.25,0.5", help="Comma-separated L2 radii."),
 ) -> None:
     """Randomized smoothing (Cohen et al. 2019): certified accuracy at L2 radii; writes certify.json."""
-    from dermadv.pipeline.defences import certify_split
+    options = dict(locals())  # by name, before any other name is bound
+    from dermadv.pipeline.defences import CertifyConfig, certify_split
     from dermadv.report.defences import certify_context
 
+    cfg = CertifyConfig(**given_options(config_options(CertifyConfig, options)))
     context = certify_context(certify_split(cfg))
     _print("certify", context, cfg.out)
     typer.echo(f"base classifier accuracy {context['base']}; abstained {context['abstained']}")
 
 
-@command("detect", "DetectConfig")
+@app.command("detect")
 def detect(
-    cfg: Any,
+    checkpoint: Path = CheckpointOpt,
+    out: Path = OutOpt,
+    data: str | None = DataOpt,
+    split: str | None = SplitOpt,
+    split_file: str | None = SplitFileOpt,
+    limit: int | None = LimitOpt,
+    seed: int = SeedOpt,
+    batch_size: int = BatchSizeOpt,
+    allow_incomplete: bool = AllowIncompleteOpt,
     attack_folder: Path = typer.Option(..., "--attack-folder", help="Output folder of `dermadv attack run`."),
     detector: str = typer.Option("mahalanobis", help="mahalanobis or logistic (fitted on PGD images)."),
     fit_limit: int = typer.Option(700, "--fit-limit", help="Clean training images the detector is fitted on."),
@@ -132,15 +123,25 @@ def detect(
 
     --split and --limit choose the clean images that set the threshold (5% of them flagged).
     """
-    from dermadv.pipeline.defences import detect_split
+    options = dict(locals())  # by name, before any other name is bound
+    from dermadv.pipeline.defences import DetectConfig, detect_split
     from dermadv.report.defences import detect_context
 
+    cfg = DetectConfig(**given_options(config_options(DetectConfig, options)))
     _print("detect", detect_context(detect_split(cfg)), cfg.out)
 
 
-@command("card", "CardConfig")
+@app.command("card")
 def card(
-    cfg: Any,
+    checkpoint: Path = CheckpointOpt,
+    out: Path = OutOpt,
+    data: str | None = DataOpt,
+    split: str | None = SplitOpt,
+    split_file: str | None = SplitFileOpt,
+    limit: int | None = LimitOpt,
+    seed: int = SeedOpt,
+    batch_size: int = BatchSizeOpt,
+    allow_incomplete: bool = AllowIncompleteOpt,
     defences: list[str] = typer.Option([], "--defence", help="A defence to card beside the undefended model."),
     target: str = typer.Option("nv", help="Class every image should be called (dx code)."),
     eps: str = typer.Option("1/255,2/255,4/255,8/255", help="Comma-separated L∞ budgets, ascending."),
@@ -148,7 +149,9 @@ def card(
     adaptive: bool = typer.Option(True, "--adaptive/--no-adaptive", help="BPDA/EOT attack on a defence."),
 ) -> None:
     """Per class, the smallest budget moving ≥ 50% and ≥ 99% to the target; writes card.json and card.csv."""
-    from dermadv.pipeline.defences import card_split
+    options = dict(locals())  # by name, before any other name is bound
+    from dermadv.pipeline.defences import CardConfig, card_split
     from dermadv.report.defences import card_context
 
+    cfg = CardConfig(**given_options(config_options(CardConfig, options)))
     _print("card", card_context(card_split(cfg)), cfg.out)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -10,16 +11,20 @@ import typer
 from dermadv.cli.data import AllowIncompleteOpt, AllowTrainingImagesOpt, DataOpt, ModelCardOpt, ModelOpt, WeightsOpt
 from dermadv.config import config_options
 from dermadv.errors import ConfigError, DermadvError
+from dermadv.training.config import TrainConfig
+
+#: TrainConfig's defaults, shown by --help (dermadv.training.config imports no torch, so neither does --help)
+_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
 
 
 def load_config(path: Path | None, cls: type, overrides: dict[str, Any], *, base: dict[str, Any] | None = None) -> Any:
-    """Defaults < preset (``base``) < YAML config file < command-line options that were given (not None)."""
-    from dermadv.config import config_from_mapping, read_config_file
+    """Defaults < preset (``base``) < YAML config file < the options given (:func:`~dermadv.config.given_options`)."""
+    from dermadv.config import config_from_mapping, given_options, read_config_file
 
     values: dict[str, Any] = dict(base or {})
     if path is not None:
         values.update(read_config_file(path))
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update(given_options(overrides))
     return config_from_mapping(cls, values, where=f"config {path}" if path else "the options")
 
 
@@ -35,24 +40,15 @@ def models(pattern: str | None = typer.Argument(None, help="Glob such as 'resnet
         typer.echo(f"{name}  (ImageNet weights offline)" if offline else name)
 
 
-#: What --help shows for each option left unset: TrainConfig's default (a preset or --config may set another);
-#: tests/cli/test_help.py checks the two agree. Written out here: the CLI imports no torch to print its help.
-TRAIN_DEFAULTS = {
-    "arch": "densenet201",
-    "image_size": "224",
-    "epochs": "30",
-    "batch_size": "64",
-    "lr": "0.001",
-    "optimizer": "adamw",
-    "class_balance": "sqrt",
-    "weights": "none",
-    "seed": "0",
-    "compile": "no-compile",
-}
-
-
 def _help(name: str, text: str = "") -> str:
-    return f"{text}  [default: {TRAIN_DEFAULTS[name]}]".strip()
+    """``text`` and the default of TrainConfig's field ``name`` as --help shows it (a preset or --config may set
+    another); a flag's as its on or off name."""
+    default = _DEFAULTS[name]
+    if isinstance(default, bool):
+        shown = name.replace("_", "-") if default else f"no-{name.replace('_', '-')}"
+    else:
+        shown = "none" if default is None else str(default)
+    return f"{text}  [default: {shown}]".strip()
 
 
 def train(
@@ -116,7 +112,6 @@ def train(
     options = dict(locals())  # by name, before any other name is bound
     from dermadv.pipeline.train import fit
     from dermadv.presets import preset_train_config
-    from dermadv.training.classifier import TrainConfig
 
     base = preset_train_config(preset) if preset else {}
     overrides = config_options(TrainConfig, options, resume=resume or None)

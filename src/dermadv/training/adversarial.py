@@ -13,7 +13,6 @@ model in training mode on the labels of the batch; the weights are frozen while 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 from torch import nn
@@ -22,9 +21,7 @@ from dermadv.attacks.base import Attack
 from dermadv.attacks.gradient import PGD, GradientAttack
 from dermadv.config import format_eps, parse_eps
 from dermadv.errors import ConfigError
-
-AdversarialMethod = Literal["none", "pgd", "fgsm-rs", "generator"]
-ADVERSARIAL_METHODS: tuple[str, ...] = ("none", "pgd", "fgsm-rs", "generator")
+from dermadv.training.config import check_adversarial
 
 
 @dataclass(frozen=True)
@@ -43,19 +40,6 @@ class TrainingAttack:
         if self.generator:
             info["generator"] = self.generator
         return info
-
-
-def check_adversarial(method: str, eps: float | str, steps: int, generator: str | None) -> None:
-    """Refuse inconsistent adversarial-training options with one line each."""
-    if method not in ADVERSARIAL_METHODS:
-        raise ConfigError(f"adversarial must be one of {', '.join(ADVERSARIAL_METHODS)}; got {method!r}")
-    parse_eps(eps)
-    if not isinstance(steps, int) or steps < 1:
-        raise ConfigError(f"adv_steps must be a whole number of at least 1; got {steps!r}")
-    if method == "generator" and not generator:
-        raise ConfigError(
-            "adversarial=generator needs adv_generator: the generator.safetensors of `dermadv attack fit`"
-        )
 
 
 def fgsm_rs(eps: float) -> GradientAttack:

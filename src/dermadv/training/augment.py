@@ -7,22 +7,11 @@ random resized crops and mild colour jitter model zoom and device/illumination d
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    flips: bool = True
-    rotation: float = 180.0  # max degrees
-    scale: tuple[float, float] = (0.7, 1.0)  # area share kept, as in RandomResizedCrop
-    translate: float = 0.05  # share of the image
-    brightness: float = 0.15
-    contrast: float = 0.15
-    saturation: float = 0.15
-    hue_shift: float = 0.0
+from dermadv.training.config import AugmentConfig
 
 
 def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -60,3 +49,6 @@ def augment(images: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator
         grey = 0.299 * out[:, 0:1] + 0.587 * out[:, 1:2] + 0.114 * out[:, 2:3]
         out = (out - grey) * (1 + (rand(n, 1, 1, 1) * 2 - 1) * cfg.saturation) + grey
     return out.clamp_(0, 1)
+
+
+__all__ = ["AugmentConfig", "augment"]
