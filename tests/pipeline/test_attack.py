@@ -17,6 +17,7 @@ from dermadv.attacks.generator import load_generator, save_generator
 from dermadv.data.classes import CLASSES
 from dermadv.data.load import to_float
 from dermadv.errors import CheckpointError, ConfigError, RunError
+from dermadv.evaluation.attack_info import AttackInfo
 from dermadv.evaluation.attack_run import read_png
 from dermadv.models.checkpoints import load_checkpoint
 from dermadv.pipeline.apply import quantise
@@ -24,6 +25,32 @@ from dermadv.pipeline.attack import AttackRunConfig, attack_split, transfer
 from dermadv.pipeline.generator import fit_generator
 from dermadv.runs import read_json, run_complete
 from dermadv.training.generator import GeneratorConfig
+
+ATTACK_JSON_KEYS = (
+    "method",
+    "params",
+    "eps",
+    "eps_255",
+    "target",
+    "target_index",
+    "checkpoint",
+    "model",
+    "threat_model",
+    "generator",
+    "data",
+    "data_source",
+    "split",
+    "classes",
+    "image_size",
+    "classifier_input_size",
+    "attack_size",
+    "n_images",
+    "sampled",
+    "training_images_attacked",
+    "defence",
+    "adaptive",
+    "queries",
+)
 
 
 def _predict(checkpoint: Path, folder: Path, kind: str, ids: list[str]) -> list[str]:
@@ -46,7 +73,11 @@ def test_transfer_scores_saved_images_on_another_model(pipeline, adv_folder: Pat
         assert (out / name).is_file(), name
     for kind in ("clean", "adv", "perturbation"):
         assert sorted(p.stem for p in (out / "images" / kind).glob("*.png")) == sorted(ids)
-    info = read_json(out / "attack.json")
+    info, written = read_json(out / "attack.json"), read_json(adv_folder / "attack.json")
+    assert tuple(written) == ATTACK_JSON_KEYS  # attack run's attack.json, key for key
+    assert list(info) == [*written, "transfer_from", "source_checkpoint"]  # the source's, written on
+    for kept in (info, written):
+        assert AttackInfo.from_dict(kept).to_dict() == kept and AttackInfo.from_dict(kept).extra == {}
     assert info["transfer_from"] == str(adv_folder)
     assert info["checkpoint"] == str(pipeline.other_checkpoint)
     assert info["source_checkpoint"] == str(pipeline.checkpoint)

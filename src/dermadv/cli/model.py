@@ -142,9 +142,9 @@ def audit(
     typer.echo(f"threat model: {result.threat_model} — {result.why}")
     typer.echo(result.check.verdict())
     typer.echo(f"clean accuracy {result.clean.accuracy.estimate:.1%} (n = {result.clean.n})")
-    worst = a.worst_class_fooling_ratio
+    worst, method = a.worst_class_fooling_ratio, a.attack.method if a.attack else None
     typer.echo(
-        f"{a.attack.get('method')} → {a.target} at {a.eps_255:g}/255: all classes {a.fooling_ratio_all.estimate:.1%}, "
+        f"{method} → {a.target} at {a.eps_255:g}/255: all classes {a.fooling_ratio_all.estimate:.1%}, "
         f"worst class {a.worst_class} {worst.estimate if worst else float('nan'):.1%}"
     )
     for c in result.checks:

@@ -12,6 +12,7 @@ import pandas as pd
 from rich.table import Table
 
 from dermadv.errors import RunError
+from dermadv.evaluation.attack_info import AttackInfo
 from dermadv.evaluation.attack_metrics import AttackMetrics, attack_metrics
 from dermadv.evaluation.attack_run import METRICS_FILE, AttackRun, read_png
 from dermadv.evaluation.imperceptibility import MEASURES, PerturbationSizes, measure_perturbations
@@ -100,7 +101,7 @@ def evaluate_attack_folder(
         target=run.target,
         sizes=sizes,
         inmem_adv_preds=indices("inmem_adv_pred") if "inmem_adv_pred" in table.columns else None,
-        eps=run.info.get("eps"),
+        eps=run.eps,
         ci_method=ci_method,
     )
     metrics = replace(metrics, attack=run.info)
@@ -119,9 +120,10 @@ def evaluate_attack_folder(
 def format_attack_table(metrics: AttackMetrics) -> Table:
     """The paper's table for this run: measure | value (95% CI)."""
     eps = metrics.eps_255
-    threat = metrics.attack.get("threat_model")
+    info = metrics.attack or AttackInfo()
+    threat = info.threat_model
     title = (
-        f"{metrics.attack.get('method', 'attack')}{f' ({threat})' if threat else ''}, "
+        f"{info.method or 'attack'}{f' ({threat})' if threat else ''}, "
         f"target {metrics.target or 'none (untargeted)'}"
         f"{f', eps {eps:g}/255' if eps is not None else ''}, n = {metrics.n}"
     )

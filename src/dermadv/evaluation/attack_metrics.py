@@ -7,14 +7,15 @@ the report all print; its JSON form (:meth:`AttackMetrics.as_dict`) is ``attack_
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
 from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 from dermadv.data.classes import CLASSES
+from dermadv.evaluation.attack_info import AttackInfo
 from dermadv.evaluation.imperceptibility import PerturbationSizes, summarise_sizes
 from dermadv.evaluation.stats import (
     DEFAULT_CI,
@@ -156,7 +157,7 @@ class AttackMetrics:
     imperceptibility: dict[str, dict[str, Any]] | None = None  # summaries of linf_255, l2, l0, psnr, ssim
     eps_255: float | None = None
     n_over_budget: int | None = None
-    attack: dict[str, Any] = field(default_factory=dict)  # the folder's attack.json
+    attack: AttackInfo | None = None  # the folder's attack.json
 
     @property
     def worst_class_fooling_ratio(self) -> Proportion | None:
@@ -228,7 +229,7 @@ class AttackMetrics:
             self.worst_class,
             self.inmem_n_differ,
         )
-        out: dict[str, Any] = {"attack": self.attack} if self.attack else {}
+        out: dict[str, Any] = {"attack": self.attack.to_dict()} if self.attack is not None else {}
         out |= {
             "n": self.n,
             "classes": list(self.classes),
@@ -296,7 +297,7 @@ class AttackMetrics:
             confusion_clean=d["confusion_clean"],
             per_class={c: ClassResult.from_dict(r) for c, r in d["per_class"].items()},
             inmem_n_differ=(d.get("inmem_agreement") or {}).get("n_differ"),
-            attack=d.get("attack") or {},
+            attack=AttackInfo.from_dict(d["attack"]) if isinstance(d.get("attack"), Mapping) and d["attack"] else None,
             **{k: d.get(k) for k in ("imperceptibility", "eps_255", "n_over_budget")},
         )
 

@@ -25,6 +25,7 @@ from PIL import Image
 
 from dermadv.data.classes import CLASSES
 from dermadv.errors import DataError, RunError
+from dermadv.evaluation.attack_info import INFO_FILE, AttackInfo
 from dermadv.runs import check_unlocked, read_json, read_manifest, require_complete, write_json
 
 # torch (dermadv.distributed, the metrics' statistics) is imported inside the functions that need it: the observer
@@ -46,7 +47,7 @@ ATTACK_OUTPUTS = (
 )
 #: the query journal of a black-box model's answers in an attack folder (:mod:`dermadv.models.journal`)
 JOURNAL_NAME = "queries.journal"
-INFO_FILE, PREDICTIONS_FILE, METRICS_FILE = "attack.json", "predictions.csv", "attack_metrics.json"
+PREDICTIONS_FILE, METRICS_FILE = "predictions.csv", "attack_metrics.json"
 ImageKind = Literal["clean", "adv", "perturbation"]
 IMAGE_KINDS: tuple[ImageKind, ...] = ("clean", "adv", "perturbation")
 PREDICTION_COLUMNS = ("image_id", "label", "clean_pred", "adv_pred")
@@ -95,7 +96,7 @@ def clear_attack_folder(out: Path, *, keep: Sequence[str] = ()) -> None:
         return
     manifest = read_manifest(out) or {}
     foreign = sorted(e.name for e in entries if e.name not in ATTACK_OUTPUTS)
-    if foreign or not ((out / "attack.json").exists() or str(manifest.get("command", "")).startswith("attack")):
+    if foreign or not ((out / INFO_FILE).exists() or str(manifest.get("command", "")).startswith("attack")):
         shown = ", ".join(foreign[:3]) or ", ".join(sorted(e.name for e in entries)[:3])
         raise RunError(f"{out} holds files of no attack run ({shown}); choose an empty or new --out")
     log.info("removing the outputs of the earlier attack run in %s", out)
@@ -116,16 +117,11 @@ def _read_object(folder: Path, name: str) -> dict[str, Any]:
     return obj
 
 
-def read_attack_info(folder: Path) -> dict[str, Any]:
-    """``attack.json``: what was attacked, how, with which budget and target."""
-    return _read_object(folder, INFO_FILE)
-
-
-def write_attack_info(out: Path, info: dict[str, Any]) -> None:
+def write_attack_info(out: Path, info: AttackInfo) -> None:
     from dermadv import distributed as dd
 
     if dd.is_main():
-        write_json(out / INFO_FILE, info)
+        write_json(out / INFO_FILE, info.to_dict())
 
 
 def read_predictions(folder: Path, classes: Sequence[str] | None = None) -> pd.DataFrame:
@@ -199,7 +195,7 @@ class AttackRun:
     """An attack output folder as read: ``attack.json``, ``predictions.csv`` and the manifest's status."""
 
     folder: Path
-    info: dict[str, Any]  # attack.json as written (kept whole: ``attack transfer`` writes it on)
+    info: AttackInfo  # attack.json, kept whole: ``attack transfer`` writes it on
     predictions: pd.DataFrame
     status: str | None  # the manifest's; None where the folder has no manifest
 
@@ -215,9 +211,9 @@ class AttackRun:
             raise RunError(f"{path} not found: not an attack output folder; {_RUN_FIRST.format(folder=folder)}")
         if not in_run:  # before the predictions are looked for: a half-written folder lacks them
             require_complete(folder, allow_incomplete=allow_incomplete)
-        info = read_attack_info(folder)
-        classes = tuple(info.get("classes") or CLASSES)
-        target = info.get("target")
+        info = AttackInfo.read(folder)
+        classes = info.classes or CLASSES
+        target = info.extra.get("target", info.target)  # a target of the wrong type is refused, not dropped
         if target is not None and target not in classes:
             raise RunError(f"{path} names target {target!r}, not one of {', '.join(classes)}")
         manifest = read_manifest(folder)
@@ -226,30 +222,29 @@ class AttackRun:
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return tuple(self.info.get("classes") or CLASSES)
+        return self.info.classes or CLASSES
 
     @property
     def target(self) -> str | None:
-        target = self.info.get("target")
-        return str(target) if target is not None else None
+        return self.info.target
 
     @property
     def target_index(self) -> int | None:
-        index = self.info.get("target_index")
-        return int(index) if isinstance(index, int) else None
+        return self.info.target_index
 
     @property
     def eps(self) -> float | None:
-        eps = self.info.get("eps")
-        return float(eps) if isinstance(eps, (int, float)) else None
+        return float(self.info.eps) if self.info.eps is not None else None
 
     @property
     def method(self) -> str:
-        return str(self.info.get("method", "attack"))
+        return self.info.method or "attack"
 
     @property
     def image_size(self) -> tuple[int, ...]:
-        return tuple(self.info["image_size"])
+        if self.info.image_size is None:
+            raise RunError(f"{self.folder / INFO_FILE} names no image_size; {_RUN_FIRST.format(folder=self.folder)}")
+        return self.info.image_size
 
     @property
     def complete(self) -> bool:

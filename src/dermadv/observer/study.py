@@ -32,14 +32,8 @@ import numpy as np
 
 from dermadv.data.classes import CLASSES
 from dermadv.errors import ConfigError, DataError, RunError
-from dermadv.evaluation.attack_run import (
-    INFO_FILE,
-    PREDICTIONS_FILE,
-    image_path,
-    read_attack_info,
-    read_predictions,
-    saved_images,
-)
+from dermadv.evaluation.attack_info import INFO_FILE, AttackInfo
+from dermadv.evaluation.attack_run import PREDICTIONS_FILE, image_path, read_predictions, saved_images
 from dermadv.observer.images import PNG_SIGNATURE, check_same_size, write_study_images
 from dermadv.observer.storage import StudyDB
 from dermadv.runs import Run, read_json, require_complete, write_json
@@ -203,7 +197,7 @@ def create_study(
     if n > len(image_ids):
         raise ConfigError(f"n={n} exceeds the {len(image_ids)} image pairs in {attack_dir}; use --n {len(image_ids)}")
     labels = _labels(attack_dir)
-    attack = read_attack_info(attack_dir) if (attack_dir / INFO_FILE).exists() else {}
+    attack = AttackInfo.read(attack_dir) if (attack_dir / INFO_FILE).exists() else AttackInfo()
 
     rng = np.random.default_rng(seed)
     sample = [image_ids[i] for i in rng.choice(len(image_ids), size=n, replace=False)]
@@ -267,7 +261,12 @@ def create_study(
                 "seed": seed,
                 "perturbed_share": perturbed_share if design == "single" else None,
                 "source": str(attack_dir.resolve()),
-                "attack": {k: attack.get(k) for k in ("method", "eps", "target", "image_size")},
+                "attack": {
+                    "method": attack.method,
+                    "eps": attack.eps,
+                    "target": attack.target,
+                    "image_size": list(attack.image_size) if attack.image_size is not None else None,
+                },
                 "items": key,
             },
         )

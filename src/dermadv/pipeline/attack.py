@@ -6,7 +6,7 @@ import inspect
 import logging
 import math
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +24,7 @@ from dermadv.data.splits import SPLITS, stratified_sample
 from dermadv.defences.transforms import attacked_model, parse_defence
 from dermadv.errors import ConfigError
 from dermadv.evaluation.attack_eval import AttackMetrics, evaluate_attack_folder
+from dermadv.evaluation.attack_info import AttackInfo, QueryCount
 from dermadv.evaluation.attack_run import (
     IMAGE_KINDS,
     JOURNAL_NAME,
@@ -237,30 +238,30 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
             attack.fit(attacked, np.asarray(prep.images[fit_idx]), target=target)  # type: ignore[attr-defined]
         # every rank fitted the same way; rank 0's result makes them agree even where GPU sums differ
         dd.broadcast_tensor_attributes(attack)
-    info = {
-        "method": cfg.method,
-        "params": repr(attack),
-        "eps": eps,
-        "eps_255": eps * 255 if eps else None,
-        "target": meta.classes[target] if target is not None else None,
-        "target_index": target,
-        "checkpoint": meta.spec,
-        "model": meta.to_dict(),
-        "threat_model": THREAT_MODEL_OF[attack.needs],
-        "generator": str(cfg.generator) if cfg.generator else None,
-        "data": cfg.data,
-        "data_source": prep.dataset.source,
-        "split": cfg.split,
-        "classes": list(meta.classes),
-        "image_size": list(prep.size),
-        "classifier_input_size": list(meta.image_size) if meta.image_size else None,
-        "attack_size": attack_size,
-        "n_images": int(len(idx)),
-        "sampled": bool(cfg.limit),
-        "training_images_attacked": trained,  # > 0 only for split train or under --allow-training-images
-        "defence": str(defence) if defence is not None else None,
-        "adaptive": cfg.adaptive if defence is not None else None,
-    }
+    info = AttackInfo(
+        method=cfg.method,
+        params=repr(attack),
+        eps=eps,
+        eps_255=eps * 255 if eps else None,
+        target=meta.classes[target] if target is not None else None,
+        target_index=target,
+        checkpoint=meta.spec,
+        model=meta.to_dict(),
+        threat_model=THREAT_MODEL_OF[attack.needs],
+        generator=str(cfg.generator) if cfg.generator else None,
+        data=cfg.data,
+        data_source=prep.dataset.source,
+        split=cfg.split,
+        classes=tuple(meta.classes),
+        image_size=tuple(prep.size),
+        classifier_input_size=tuple(meta.image_size) if meta.image_size else None,
+        attack_size=attack_size,
+        n_images=int(len(idx)),
+        sampled=bool(cfg.limit),
+        training_images_attacked=trained,  # > 0 only for split train or under --allow-training-images
+        defence=str(defence) if defence is not None else None,
+        adaptive=cfg.adaptive if defence is not None else None,
+    )
     write_attack_info(out, info)
     task = AttackTask(
         attack=attack,
@@ -298,7 +299,7 @@ def attack_split(cfg: AttackRunConfig) -> AttackMetrics | None:
             "attack_queries": int(spent.sum()) if spent is not None else None,
             "wall_seconds": round(run.timings["attack"], 4),
         }
-        write_attack_info(out, {**info, "queries": queries})
+        write_attack_info(out, replace(info, queries=QueryCount.from_dict(queries)))
     metrics = None
     if dd.is_main() and cfg.evaluate:
         with run.stage("evaluate"):
@@ -414,14 +415,15 @@ def transfer(
     clean, adv = (np.concatenate(p) if p else np.zeros((0, len(meta.classes))) for p in probs.values())
     rows = prediction_rows(ids, source_run.labels, meta.classes, clean, adv, adv.argmax(1))
     write_csv(out / PREDICTIONS_FILE, rows)
-    source_info = {
-        "transfer_from": str(source),
-        "checkpoint": str(checkpoint),
-        "source_checkpoint": info.get("checkpoint"),
-        "defence": str(spec) if spec else None,
-        "adaptive": False if spec else None,
-    }
-    write_attack_info(out, {**info, **source_info})
+    moved = replace(
+        info,
+        transfer_from=str(source),
+        checkpoint=str(checkpoint),
+        source_checkpoint=info.checkpoint,
+        defence=str(spec) if spec else None,
+        adaptive=False if spec else None,
+    )
+    write_attack_info(out, moved)
     metrics = evaluate_attack_folder(out, in_run=True)
     run.finish()
     return metrics

@@ -26,6 +26,7 @@ from dermadv.data.load import prepare, to_float
 from dermadv.data.splits import stratified_sample
 from dermadv.errors import ConfigError
 from dermadv.evaluation.attack_eval import evaluate_attack_folder
+from dermadv.evaluation.attack_info import AttackInfo
 from dermadv.evaluation.attack_metrics import AttackMetrics
 from dermadv.evaluation.metrics import ClassificationReport
 from dermadv.evaluation.reliability import (
@@ -104,6 +105,7 @@ class AuditResult:
     timing: dict[str, Any]
 
     def to_dict(self) -> dict[str, Any]:
+        info = self.attack.attack or AttackInfo()
         return {
             "model": self.model,
             "threat_model": self.threat_model,
@@ -111,7 +113,7 @@ class AuditResult:
             "check": self.check.to_dict(),
             "clean": self.clean.as_dict(),
             "attack": {
-                "method": self.attack.attack.get("method"),
+                "method": info.method,
                 "eps_255": self.attack.eps_255,
                 "target": self.attack.target,
                 "n": self.attack.n,
@@ -120,7 +122,7 @@ class AuditResult:
                 "accuracy_clean": self.attack.accuracy_clean.to_dict(form="interval"),
                 "accuracy_adv": self.attack.accuracy_adv.to_dict(form="interval"),
                 "mcnemar_p": self.attack.mcnemar.p_value,
-                "queries": self.attack.attack.get("queries"),
+                "queries": info.queries.to_dict() if info.queries is not None else None,
             },
             "checks": [c.to_dict() for c in self.checks],
             "timing": self.timing,
@@ -259,7 +261,7 @@ def audit(cfg: AuditConfig) -> AuditResult:
 
     write_json(out / "audit.json", result.to_dict())
     query_table = None
-    if (metrics.attack.get("queries") or {}).get("attack_queries") is not None:  # a query-based attack
+    if metrics.attack is not None and metrics.attack.attack_queries is not None:  # a query-based attack
         query_table = success_vs_queries(out / "attack", out / QUERIES_FIGURE).table()
     with atomic_path(out / "audit.md") as tmp:
         Path(tmp).write_text(

@@ -18,9 +18,10 @@ from dermadv import distributed as dd
 from dermadv.attacks.generator import GeneratorAttack
 from dermadv.attacks.registry import get_attack_class
 from dermadv.config import format_eps, parse_eps
-from dermadv.errors import ConfigError
+from dermadv.errors import ConfigError, RunError
+from dermadv.evaluation.attack_info import INFO_FILE, AttackInfo
 from dermadv.evaluation.attack_metrics import AttackMetrics
-from dermadv.evaluation.attack_run import METRICS_FILE, read_attack_info, read_attack_metrics
+from dermadv.evaluation.attack_run import METRICS_FILE, read_attack_metrics
 from dermadv.models.checkpoints import load_checkpoint
 from dermadv.pipeline.attack import AttackRunConfig, attack_split
 from dermadv.runs import Run, check_same_run, file_fingerprint, require_complete, run_complete, write_csv
@@ -193,10 +194,14 @@ def write_sweep_csv(base: Path) -> list[dict[str, Any]]:
     # an attack folder still running, or cut short, is left out until it completes
     done = (p for p in base.iterdir() if p.is_dir() and (p / METRICS_FILE).exists() and run_complete(p))
     for folder in sorted(done):
-        info, metrics = read_attack_info(folder), read_attack_metrics(folder)
-        method = info["method"]
+        info, metrics = AttackInfo.read(folder), read_attack_metrics(folder)
+        method, eps = info.method, info.eps
+        if method is None or eps is None:
+            raise RunError(
+                f"{folder / INFO_FILE} names no method or no eps: no attack of a sweep; move it out of {base}"
+            )
         protocol = _protocol(folder.name, method)
-        rows.append(sweep_row(metrics, method=method, eps=float(info["eps"]), protocol=protocol, folder=folder.name))
+        rows.append(sweep_row(metrics, method=method, eps=float(eps), protocol=protocol, folder=folder.name))
     rows.sort(key=lambda r: (r["method"], r["protocol"], r["eps_255"]))
     if rows:
         write_csv(base / "sweep.csv", rows)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from dermadv.evaluation.attack_info import QueryCount
 from dermadv.paper import PAPER
 
 
@@ -54,7 +55,7 @@ def render_audit_markdown(
     """The audit as Markdown: model, threat model, check, clean accuracy, the paper's table, checks, timing; for a
     query-based attack, ``query_table`` (see :func:`render_queries_markdown`) adds success against queries."""
     model, attack, clean, timing = audit["model"], audit["attack"], audit["clean"], audit["timing"]
-    queries = attack.get("queries") or {}
+    queries = QueryCount.from_dict(attack.get("queries") or {})  # attack.json's, as the audit copied it
     lines = [
         f"# Adversarial audit of `{model['spec']}`",
         "",
@@ -78,11 +79,11 @@ def render_audit_markdown(
         f"McNemar exact P = {attack['mcnemar_p']:.2g} (paper: {PAPER['accuracy_clean']} → {PAPER['accuracy_adv']}, "
         f"{PAPER['mcnemar_p']}). Worst class: {attack['worst_class']}.",
     ]
-    if queries.get("attack_queries") is not None:
+    if queries.attack_queries is not None:
         lines.append(
-            f"Queries spent by the attack: {queries['attack_queries']} "
-            f"({queries['attack_queries'] / max(1, attack['n']):.1f} per image); answered by the model in all: "
-            f"{queries.get('queries')}."
+            f"Queries spent by the attack: {queries.attack_queries} "
+            f"({queries.attack_queries / max(1, attack['n']):.1f} per image); answered by the model in all: "
+            f"{queries.queries}."
         )
     if query_table is not None:
         lines += render_queries_markdown(query_table, figure=queries_figure)

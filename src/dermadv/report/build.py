@@ -107,7 +107,7 @@ def _missing_notes(layout: Layout, data: dict[str, Any], notes: list[str]) -> li
     said = " ".join(notes)
     missing = []
     if data["classifier"] is None:
-        checkpoint = (data["attack"].attack.get("checkpoint") if data["attack"] else None) or ""
+        checkpoint = (data["attack"].attack.checkpoint if data["attack"] else None) or ""
         where = f"; the attack used {checkpoint}, outside this folder" if checkpoint else ""
         missing.append(
             f"Classifier: no classifier run here (classifier/ with history.csv and test/metrics.json){where}."
@@ -178,7 +178,7 @@ def collect(run_dir: str | Path, *, last_stage: bool = False) -> ReportData:
         for s in stages
         if not s.manifest.complete and not (last_stage and s.folder == ".")
     ]
-    classes = tuple((attack.attack.get("classes") if attack else None) or ())
+    classes = (attack.attack.classes if attack else None) or ()
     if not classes and classifier is not None and classifier.metrics is not None:
         classes = classifier.metrics.classes
     paper_table = sources.cite_if(run_dir / "paper_table.json")  # before the copies are listed below

@@ -155,31 +155,30 @@ def _fit_on(value: Any) -> str:
 def _attack_settings(part: AttackPart) -> list[Row]:
     a = part.attack
     rows = [
-        _fact("method", a.get("method")),
-        _fact("threat model", a.get("threat_model") or "white-box"),
-        _fact("model", (a.get("model") or {}).get("spec") or a.get("checkpoint")),
-        _fact("hyperparameters", a.get("params")),
+        _fact("method", a.method),
+        _fact("threat model", a.threat_model or "white-box"),
+        _fact("model", a.model_spec),
+        _fact("hyperparameters", a.params),
         _fact("budget ε (L∞, images on [0, 1])", eps_text(part.eps_255) if part.eps_255 else "none"),
         _fact(
             "target class",
-            f"{a['target']} ({CLASS_NAMES.get(a['target'], '')})" if a.get("target") else "none (untargeted)",
+            f"{a.target} ({CLASS_NAMES.get(a.target, '')})" if a.target else "none (untargeted)",
         ),
         _fact(
             "attacked images",
-            f"{a.get('n_images', 'n/a')} of the {a.get('split', '?')} split"
-            + (" (class-stratified sample)" if a.get("sampled") else ""),
+            f"{a.n_images if a.n_images is not None else 'n/a'} of the {a.split or '?'} split"
+            + (" (class-stratified sample)" if a.sampled else ""),
         ),
         _fact(
             "image size attacked (px)",
-            " × ".join(str(v) for v in a.get("image_size") or []) + f" ({a.get('attack_size', 'model')} size)",
+            " × ".join(str(v) for v in a.image_size or ()) + f" ({a.attack_size or 'model'} size)",
         ),
     ]
-    queries = a.get("queries")
-    if queries and queries.get("attack_queries") is not None:
+    if a.attack_queries is not None:
         rows.append(
             _fact(
                 "queries (counted)",
-                f"{queries['attack_queries']} by the attack, {queries.get('queries')} answered by the model in all",
+                f"{a.attack_queries} by the attack, {a.model_queries} answered by the model in all",
             )
         )
     g = part.generator
@@ -221,9 +220,9 @@ def _attack(part: AttackPart) -> Row:
         "mcnemar_table": m.mcnemar.table if m else None,
         "inmem": inmem_statement(m) if m else None,
         "fooling_definition": _sentence(definitions(m.target, m.ci_method)["fooling_ratio"]) if m else "",
-        "target": m.target if m else part.attack.get("target"),
+        "target": m.target if m else part.attack.target,
         "eps_255": part.eps_255,
-        "pixelated": max(part.attack.get("image_size") or [0]) < 180,  # upscaled: show pixels, not blur
+        "pixelated": max(part.attack.image_size or (0,)) < 180,  # upscaled: show pixels, not blur
         "grid": [
             {**_class_row(r.label), "image_id": r.image_id, "cells": [c.__dict__ for c in r.cells]} for r in part.grid
         ],

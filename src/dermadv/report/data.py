@@ -12,6 +12,7 @@ import pandas as pd
 
 from dermadv.defences.results import CardResult, CertifyResult, DetectResult, TransformsResult
 from dermadv.errors import RunError
+from dermadv.evaluation.attack_info import AttackInfo
 from dermadv.evaluation.attack_metrics import AttackMetrics
 from dermadv.evaluation.metrics import ClassificationReport
 from dermadv.observer.analysis import StudyAnalysis
@@ -121,7 +122,7 @@ class GridRow:
 @dataclass(frozen=True)
 class AttackPart:
     folder: str
-    attack: dict[str, Any]
+    attack: AttackInfo
     attack_link: Link
     metrics: AttackMetrics | None
     metrics_link: Link | None
@@ -144,8 +145,8 @@ class AttackPart:
 
     @property
     def eps_255(self) -> float | None:
-        eps = self.attack.get("eps")
-        return float(eps) * 255 if isinstance(eps, (int, float)) else None
+        eps = self.attack.eps
+        return float(eps) * 255 if eps is not None else None
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,9 @@ from matplotlib.ticker import FixedLocator, MaxNLocator, NullLocator, PercentFor
 from dermadv.data.classes import CLASS_COLOURS
 from dermadv.defences.results import CardResult
 from dermadv.errors import DataError
+from dermadv.evaluation.attack_info import AttackInfo
 from dermadv.evaluation.attack_metrics import AttackMetrics
-from dermadv.evaluation.attack_run import fooled, read_attack_info, read_predictions
+from dermadv.evaluation.attack_run import fooled, read_predictions
 from dermadv.evaluation.metrics import ClassificationReport
 from dermadv.paper import FOOLING_RATIO_EVERY_CLASS
 from dermadv.report.data import READ_ERRORS, FigureFile, ReportData
@@ -512,20 +513,20 @@ def query_curves(
     return QueryCurves(curves, target, int(budget))
 
 
-def _attack_budget(attack_dir: Path, attack: dict[str, Any]) -> int | None:
+def _attack_budget(attack_dir: Path, attack: AttackInfo) -> int | None:
     """The per-image query budget: the run's ``--queries``, else the attack's repr (``Square(…, queries=1000, …)``)."""
     manifest = read_run_manifest(attack_dir)
     queries = manifest.config.get("queries") if manifest is not None else None
     if isinstance(queries, int) and queries > 0:
         return queries
-    found = re.search(r"\bqueries=(\d+)", str(attack.get("params") or ""))
+    found = re.search(r"\bqueries=(\d+)", attack.params or "")
     return int(found.group(1)) if found else None
 
 
 def read_query_curves(attack_dir: Path, *, target: str | None = None, budget: int | None = None) -> QueryCurves:
     """:func:`query_curves` of an attack output folder, with its target, classes and budget from its files."""
     attack_dir = Path(attack_dir)
-    attack = read_attack_info(attack_dir)
+    attack = AttackInfo.read(attack_dir)
     predictions = read_predictions(attack_dir)
     if budget is None:
         budget = _attack_budget(attack_dir, attack)
@@ -536,9 +537,9 @@ def read_query_curves(attack_dir: Path, *, target: str | None = None, budget: in
             budget = None
     return query_curves(
         predictions,
-        target=target if target is not None else attack.get("target"),
+        target=target if target is not None else attack.target,
         budget=budget,
-        classes=attack.get("classes"),
+        classes=attack.classes,
     )
 
 
@@ -613,7 +614,7 @@ def _figures_to_draw(data: ReportData) -> Iterator[tuple[str, Any]]:
     attack = data.attack
     if attack is not None:
         if attack.generator_history is not None:
-            ghistory, gtarget = attack.generator_history, attack.attack.get("target")
+            ghistory, gtarget = attack.generator_history, attack.attack.target
             yield "generator_curves", lambda: generator_curves_figure(ghistory, gtarget)
         if attack.metrics is not None:
             am = attack.metrics
@@ -626,8 +627,7 @@ def _figures_to_draw(data: ReportData) -> Iterator[tuple[str, Any]]:
         if attack.per_image is not None:
             per_image, eps_255 = attack.per_image, attack.eps_255
             yield "sizes", lambda: sizes_figure(per_image, eps_255)
-        spent = attack.attack.get("queries")
-        if isinstance(spent, dict) and spent.get("attack_queries") is not None:  # per-image queries were counted
+        if attack.attack.attack_queries is not None:  # per-image queries were counted
             attack_dir = data.run_dir / attack.folder
             yield "success_vs_queries", lambda: success_vs_queries_figure(read_query_curves(attack_dir))
     if data.sweep is not None:

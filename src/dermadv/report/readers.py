@@ -14,13 +14,13 @@ import pandas as pd
 
 from dermadv.data.classes import CLASSES
 from dermadv.errors import DermadvError
+from dermadv.evaluation.attack_info import AttackInfo
 from dermadv.evaluation.attack_run import (
     IMAGE_KINDS,
     INFO_FILE,
     METRICS_FILE,
     PREDICTIONS_FILE,
     image_path,
-    read_attack_info,
     read_attack_metrics,
     read_predictions,
     saved_images,
@@ -183,8 +183,8 @@ def read_attack(attack_dir: Path, sources: Sources, *, generator_dir: Path | Non
     notes: list[str] = []
     rel = attack_dir.relative_to(sources.run_dir).as_posix()
     prefix = "" if rel == "." else f"{rel}/"
-    attack = read_attack_info(attack_dir)
-    classes = tuple(attack.get("classes") or CLASSES)
+    attack = AttackInfo.read(attack_dir)
+    classes = attack.classes or CLASSES
     metrics = metrics_link = None
     if (attack_dir / METRICS_FILE).is_file():
         try:
@@ -208,9 +208,8 @@ def read_attack(attack_dir: Path, sources: Sources, *, generator_dir: Path | Non
     try:
         predictions = read_predictions(attack_dir)
         predictions_link = sources.cite(attack_dir / PREDICTIONS_FILE)
-        eps = attack.get("eps")
         grid = sample_grid(
-            attack_dir, predictions, classes, float(eps) * 255 if isinstance(eps, (int, float)) else None
+            attack_dir, predictions, classes, float(attack.eps) * 255 if attack.eps is not None else None
         )
         if not grid:
             notes.append(f"image grid left out: no PNGs under {prefix}images/")
@@ -229,7 +228,7 @@ def read_attack(attack_dir: Path, sources: Sources, *, generator_dir: Path | Non
                 generator_history_link = sources.cite(generator_dir / "history.csv")
             except READ_ERRORS as exc:
                 notes.append(f"generator curves left out: cannot read generator/history.csv ({_short(exc)})")
-    elif attack.get("method") == "advgan":
+    elif attack.method == "advgan":
         notes.append("generator settings left out: the generator's fit folder is not in this run folder")
     manifest = read_run_manifest(attack_dir)
     status = str(manifest.status) if manifest is not None else None
@@ -320,7 +319,7 @@ def read_data(
     *,
     split_path: Path | None,
     stages: list[Stage],
-    attack: dict[str, Any] | None,
+    attack: AttackInfo | None,
 ) -> DataPart:
     """Source, size, split counts per class and fingerprints, from ``split.csv`` and the manifests."""
     notes: list[str] = []
@@ -331,9 +330,9 @@ def read_data(
         notes.append(f"the stages ran on different data (fingerprints differ: {listing})")
     source = None
     size = None
-    if attack:
-        source = attack.get("data_source") or attack.get("data")
-        image_size = attack.get("classifier_input_size") or attack.get("image_size")
+    if attack is not None:
+        source = attack.data_source or attack.data
+        image_size = attack.classifier_input_size or attack.image_size
         if image_size:
             size = " × ".join(str(v) for v in image_size) + " px"
     for stage in stages:

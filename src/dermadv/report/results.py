@@ -22,10 +22,10 @@ from dermadv.defences.results import (
     from_dict,
 )
 from dermadv.errors import DermadvError, RunError
+from dermadv.evaluation.attack_info import AttackInfo
 from dermadv.evaluation.attack_run import (
     INFO_FILE,
     METRICS_FILE,
-    read_attack_info,
     read_attack_metrics,
     read_predictions,
 )
@@ -199,12 +199,12 @@ def median_queries(attack_dir: Path) -> float | None:
 
 def attack_figures(attack_dir: Path, notes: list[str]) -> dict[str, str]:
     """Method, budget, target, accuracy clean → adversarial, all → target, worst class, median queries."""
-    attack = _try_read(attack_dir, INFO_FILE, read_attack_info, notes) or {}
+    attack = _try_read(attack_dir, INFO_FILE, AttackInfo.read, notes) or AttackInfo()
     metrics = _try_read(attack_dir, METRICS_FILE, read_attack_metrics, notes)
-    target = metrics.target if metrics is not None else attack.get("target")
+    target = metrics.target if metrics is not None else attack.target
     figures = {
-        "method": str(attack.get("method") or NA),
-        "ε": _eps(attack.get("eps")),
+        "method": str(attack.method or NA),
+        "ε": _eps(attack.eps),
         "target": str(target) if target else "none (untargeted)",
         "n": str(metrics.n) if metrics is not None else NA,
         "accuracy clean → adversarial": NA,

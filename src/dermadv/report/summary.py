@@ -164,7 +164,7 @@ def setting_rows(
             ("eps", "perturbation budget (L∞)", ("eps",), lambda v: eps_text(255 * v)),
             ("target", "target class", ("target",), str),
         ]
-        rows += _rows(specs, attack.attack, attack.attack_link, "setting")
+        rows += _rows(specs, attack.attack.to_dict(), attack.attack_link, "setting")
         if attack.generator is not None:
             fit = [("fit_on", "generator fitted on", ("config", "fit_on"), lambda v: f"the {v} split")]
             rows += _rows(fit, {"config": attack.generator}, attack.generator_link, "setting")
@@ -235,19 +235,20 @@ def _classifier_text(clf: ClassifierPart, data_source: str | None) -> str:
 
 def _attack_text(attack: AttackPart) -> str:
     a, am = attack.attack, attack.metrics
-    target = a.get("target")
+    target = a.target
     aim = f"targeted at {target} ({CLASS_NAMES.get(target, target)})" if target else "untargeted"
     eps = f" with an L∞ budget of {eps_text(attack.eps_255)}" if attack.eps_255 else ""
-    text = f"The {a.get('method', 'attack')} attack, {aim}{eps}, was applied to {a.get('n_images', 'the')} test images"
+    method, n_images = a.method or "attack", a.n_images if a.n_images is not None else "the"
+    text = f"The {method} attack, {aim}{eps}, was applied to {n_images} test images"
     if attack.unfinished:
         saved = f"{attack.images_saved} of" if attack.images_saved is not None else "some of"
         text = (
-            f"The {a.get('method', 'attack')} attack, {aim}{eps}, was started on {a.get('n_images', 'the')} test "
+            f"The {method} attack, {aim}{eps}, was started on {n_images} test "
             f"images but its run was {attack.status}: it saved {saved} them, and what is shown of it is partial."
         )
         return text
-    trained = a.get("training_images_attacked")
-    if isinstance(trained, int) and trained > 0:
+    trained = a.training_images_attacked
+    if trained is not None and trained > 0:
         text += f" ({trained} of them were images the classifier was trained on: not a held-out measure)"
     if am is None:
         return text + "; it has not been evaluated yet (`dermadv evaluate-attack`)."
