@@ -139,7 +139,7 @@ def fit_generator(cfg: GeneratorConfig) -> Path:
             totals = dd.all_reduce_sum(sums).tolist()
             check_finite(gen, totals[0] / max(1, totals[4]), epoch=epoch, what="the generator fit", fix="lower --lr")
             row = epoch_row(epoch, totals, time.time() - t0)
-            rate = totals[3] / max(1, totals[4])
+            rate = float(row["train_target_rate"] or 0)
             if cfg.stop_at is not None and rate >= cfg.stop_at:  # the running rate first, then the 8-bit check
                 fooled, n = dd.all_reduce_sum(
                     fooled_by_class(
