@@ -23,6 +23,15 @@ from torch import nn
 from dermadv.data.dataset import ImageSet
 from dermadv.models.classifier import Classifier
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Several pytest-xdist workers share the cores: one torch thread each, also in the commands they start,
+    or the workers' threads spin against each other."""
+    if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 #: Images in the shared synthetic set and their (height, width): small enough to draw in a few seconds.
