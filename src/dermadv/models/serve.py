@@ -26,32 +26,12 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
-from dermadv.errors import ConfigError, ModelError
+from dermadv.errors import ConfigError
+from dermadv.models.onnx_session import NUMPY_DTYPES, V2_DATATYPES, OnnxSession
 
 #: Environment variable read by :func:`make_app` when ``fail`` is not given.
 FAIL_ENV = "DERMADV_SERVE_FAIL"
 FAULT_KINDS = ("html", "nan", "shape", "slow")
-#: onnxruntime's element types and the v2 datatypes they travel as.
-V2_DATATYPES = {
-    "tensor(float)": "FP32",
-    "tensor(double)": "FP64",
-    "tensor(float16)": "FP16",
-    "tensor(uint8)": "UINT8",
-    "tensor(int8)": "INT8",
-    "tensor(int32)": "INT32",
-    "tensor(int64)": "INT64",
-    "tensor(bool)": "BOOL",
-}
-NUMPY_DTYPES = {
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "FP16": np.float16,
-    "UINT8": np.uint8,
-    "INT8": np.int8,
-    "INT32": np.int32,
-    "INT64": np.int64,
-    "BOOL": np.bool_,
-}
 
 
 @dataclass(frozen=True)
@@ -91,22 +71,10 @@ class _Model:
     """An onnxruntime session with the v2 description of its first input and its outputs."""
 
     def __init__(self, path: Path, threads: int) -> None:
-        import onnxruntime as ort
-
-        if not path.is_file():
-            raise ModelError(
-                f"ONNX model {path} does not exist; export one with `dermadv model export` or torch.onnx.export"
-            )
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # onnxruntime raises its own untyped errors for unreadable graphs
-            first = (str(exc).splitlines() or [type(exc).__name__])[0]
-            raise ModelError(f"cannot load ONNX model {path}: {first}; check the file or export it again") from None
-        self.input = self.session.get_inputs()[0]
-        self.datatype = V2_DATATYPES.get(self.input.type, "FP32")
+        self.onnx = OnnxSession(path, threads=threads, inter_op_threads=1)
+        self.session = self.onnx.session
+        self.input = self.onnx.input
+        self.datatype = self.onnx.datatype
 
     def describe(self, name: str) -> dict[str, Any]:
         def tensor(t: Any) -> dict[str, Any]:
@@ -121,9 +89,7 @@ class _Model:
         }
 
     def run(self, images: np.ndarray) -> list[tuple[str, np.ndarray]]:
-        images = images.astype(NUMPY_DTYPES[self.datatype], copy=False)
-        names = [o.name for o in self.session.get_outputs()]
-        return list(zip(names, self.session.run(None, {self.input.name: images}), strict=True))
+        return list(zip(self.onnx.output_names, self.onnx.run(images), strict=True))
 
 
 class _Stats:

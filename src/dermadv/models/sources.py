@@ -489,26 +489,42 @@ def onnx_input_size(session: Any, card: ModelCard) -> tuple[int, int] | None:
 
 
 class OnnxRuntime:
-    """An ONNX file run by onnxruntime on the CPU (one session, threads as torch's)."""
+    """An ONNX file run by onnxruntime on the CPU (one session, threads as torch's): the first output's scores."""
 
     def __init__(self, path: Path) -> None:
-        import onnxruntime as ort
+        from dermadv.models.onnx_session import OnnxSession
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = torch.get_num_threads()
-        options.log_severity_level = 3
-        try:
-            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            raise ModelError(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0][:200]}") from None
-        self.input_name = self.session.get_inputs()[0].name
+        self.onnx = OnnxSession(path, threads=torch.get_num_threads())
+        self.session = self.onnx.session
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: batch.astype(np.float32)})[0]
+        return self.onnx.run(batch)[0]
+
+
+class FixedBatch(nn.Module):
+    """A converted graph whose batch size was fixed at export, run in slices of that size (see
+    :func:`dermadv.models.onnx_session.padded_slices`); gradients flow to the real images only."""
+
+    def __init__(self, net: nn.Module, size: int) -> None:
+        super().__init__()
+        self.net = net
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from dermadv.models.onnx_session import padded_slices
+
+        return torch.cat([self.net(part)[:k] for part, k in padded_slices(x, self.size, torch.cat)])
 
 
 def _load_onnx(path: Path, card: ModelCard) -> SourceModel:
     runtime = OnnxRuntime(path)
+    if runtime.onnx.datatype == "UINT8" and (
+        card.value_range != 255 or card.mean != (0, 0, 0) or card.std != (1, 1, 1)
+    ):
+        raise ConfigError(
+            f"{path.name} takes uint8 pixels: its card must say value_range: 255 with mean 0 and std 1 "
+            "(the graph normalises them itself); fix the card"
+        )
     declared = onnx_input_size(runtime.session, card)
     size = card.input_size or declared
     if size is None:
@@ -527,6 +543,8 @@ def _load_onnx(path: Path, card: ModelCard) -> SourceModel:
         log.warning(note)
         black.info = replace(base, notes=(note,))
         return black
+    if runtime.onnx.fixed_batch is not None:
+        converted = FixedBatch(converted, runtime.onnx.fixed_batch)
     white = _finish(converted, card, replace(base, offers=_offers(card, gradients=True)))
     white.fallback = black
     return white

@@ -1,0 +1,141 @@
+"""ONNX files as others export them: a batch size fixed at export (``torch.onnx.export`` without ``dynamic_axes``),
+uint8 pixels as input, more than one input. Each is a real file written by torch's exporter, run by onnxruntime
+and converted by onnx2torch, and compared with the PyTorch module it came from."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+import yaml
+from torch import nn
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx2torch")
+
+from dermadv.errors import ConfigError, ModelError  # noqa: E402
+from dermadv.models.onnx_session import OnnxSession, padded_slices  # noqa: E402
+from dermadv.models.sources import load_model, verify_onnx  # noqa: E402
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def net() -> nn.Module:
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=7).eval()
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    """11 images in [0, 1] on the 8-bit grid: not a multiple of the fixed batch sizes below."""
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (11, 3, SIZE, SIZE), generator=g).float() / 255
+
+
+def export(model: nn.Module, example: torch.Tensor, path: Path, *, dynamic: bool = False) -> Path:
+    names = [f"input{i}" for i in range(len(example))] if isinstance(example, tuple) else ["input"]
+    axes = {"input": {0: "batch"}, "logits": {0: "batch"}} if dynamic else None
+    torch.onnx.export(
+        model, example if isinstance(example, tuple) else (example,), str(path), input_names=names,
+        output_names=["logits"], dynamic_axes=axes, opset_version=17, dynamo=False, do_constant_folding=False,
+    )  # fmt: skip
+    return path
+
+
+def card(path: Path, **fields: object) -> Path:
+    path.write_text(yaml.safe_dump({"input_size": [SIZE, SIZE], **fields}))
+    return path
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_a_batch_fixed_at_export_is_run_in_slices(
+    net: nn.Module, images: torch.Tensor, tmp_path: Path, batch: int
+) -> None:
+    path = export(net, torch.rand(batch, 3, SIZE, SIZE), tmp_path / "fixed.onnx")
+    assert OnnxSession(path, threads=1).fixed_batch == batch
+    white, black = load_model(path), load_model(path, threat_model="score-based")
+    assert white.info.threat_model == "white-box" and black.info.threat_model == "score-based"
+    checked, diff = verify_onnx(white, images)  # what an audit does before it attacks
+    assert checked is white and diff is not None and diff <= 1e-4
+    with torch.no_grad():
+        reference = net(images)
+        torch.testing.assert_close(white(images), reference, atol=1e-4, rtol=0)
+        torch.testing.assert_close(black(images), reference, atol=1e-4, rtol=0)
+
+    # gradients reach the real images through the slices, as through the module itself
+    x = images.clone().requires_grad_(True)
+    white(x)[:, 3].sum().backward()
+    y = images.clone().requires_grad_(True)
+    net(y)[:, 3].sum().backward()
+    assert x.grad is not None and y.grad is not None
+    torch.testing.assert_close(x.grad, y.grad, atol=1e-4, rtol=1e-3)
+
+
+def test_padded_slices_cover_every_row_once() -> None:
+    x = np.arange(10)
+    parts = list(padded_slices(x, 4, np.concatenate))
+    assert [k for _, k in parts] == [4, 4, 2]
+    assert all(len(part) == 4 for part, _ in parts)
+    assert parts[-1][0].tolist() == [8, 9, 9, 9]
+    assert np.concatenate([part[:k] for part, k in parts]).tolist() == x.tolist()
+
+
+class Uint8Input(nn.Module):
+    """Takes 8-bit pixels N×3×H×W and normalises them itself, as many deployed exports do."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.float() / 255)
+
+
+def test_an_export_that_takes_uint8_pixels(net: nn.Module, images: torch.Tensor, tmp_path: Path) -> None:
+    pixels = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8)
+    path = export(Uint8Input(net).eval(), pixels, tmp_path / "u8.onnx", dynamic=True)
+    assert OnnxSession(path, threads=1).datatype == "UINT8"
+    with pytest.raises(ConfigError, match="value_range: 255") as exc:
+        load_model(path, threat_model="score-based")  # the default card sends [0, 1] floats
+    assert "\n" not in str(exc.value)
+    model = load_model(path, card=card(tmp_path / "u8.yaml", value_range=255), threat_model="score-based")
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), net(images), atol=1e-4, rtol=0)
+        off_grid = model((images + 0.3 / 255).clamp(0, 1))  # a black-box model sees what an 8-bit file holds
+        torch.testing.assert_close(off_grid, model(images), atol=0, rtol=0)
+
+
+class TwoInputs(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor, age: torch.Tensor) -> torch.Tensor:
+        return self.net(x) + age
+
+
+def test_a_model_of_two_inputs_is_one_model_error(net: nn.Module, tmp_path: Path) -> None:
+    path = export(TwoInputs(net).eval(), (torch.rand(1, 3, SIZE, SIZE), torch.zeros(1, 1)), tmp_path / "two.onnx")
+    with pytest.raises(ModelError, match="takes 2 inputs") as exc:
+        load_model(path)
+    assert "\n" not in str(exc.value) and "only input" in str(exc.value)
+
+
+def test_a_fixed_batch_export_served_over_http(net: nn.Module, images: torch.Tensor, tmp_path: Path, serve_app):
+    from dermadv.models.serve import make_app
+
+    path = export(net, torch.rand(1, 3, SIZE, SIZE), tmp_path / "fixed.onnx")
+    http_card = card(tmp_path / "http.yaml", http={"model_name": "fixed", "batch_size": 8})
+    with serve_app(make_app(path, name="fixed")) as root:
+        remote = load_model(root, card=http_card)
+        with torch.no_grad():
+            scores = remote(images)
+        remote.backend.close()
+    with torch.no_grad():
+        torch.testing.assert_close(scores, net(images), atol=1e-4, rtol=0)
