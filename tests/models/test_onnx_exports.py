@@ -1,6 +1,7 @@
-"""ONNX files as others export them: a batch size fixed at export (``torch.onnx.export`` without ``dynamic_axes``),
-uint8 pixels as input, more than one input. Each is a real file written by torch's exporter, run by onnxruntime
-and converted by onnx2torch, and compared with the PyTorch module it came from."""
+"""Model files as others export them. ONNX: a batch size fixed at export (``torch.onnx.export`` without
+``dynamic_axes``), uint8 pixels as input, more than one input, a label output before the scores. TorchScript:
+answers that are a tuple or a dict. Each is a real file written by torch's exporter (run by onnxruntime and
+converted by onnx2torch), compared with the PyTorch module it came from."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ import torchvision
 import yaml
 from torch import nn
 
-pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
+pytestmark = pytest.mark.filterwarnings(
+    "ignore::UserWarning", "ignore::DeprecationWarning", "ignore:`torch.jit:FutureWarning"
+)
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx2torch")
@@ -139,3 +142,75 @@ def test_a_fixed_batch_export_served_over_http(net: nn.Module, images: torch.Ten
         remote.backend.close()
     with torch.no_grad():
         torch.testing.assert_close(scores, net(images), atol=1e-4, rtol=0)
+
+
+class LabelAndLogits(nn.Module):
+    """Answers the predicted label first and the scores second, as some deployed exports do."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.net(x)
+        return logits.argmax(1), logits
+
+
+def test_the_scores_output_of_a_graph_with_several(net: nn.Module, images: torch.Tensor, tmp_path: Path) -> None:
+    path = tmp_path / "two-outputs.onnx"
+    torch.onnx.export(
+        LabelAndLogits(net).eval(), (torch.rand(1, 3, SIZE, SIZE),), str(path), input_names=["input"],
+        output_names=["label", "scores"], dynamic_axes={"input": {0: "batch"}}, opset_version=17, dynamo=False,
+    )  # fmt: skip
+    assert OnnxSession(path, threads=1).scores_at == 1  # the first float output
+    white, black = load_model(path), load_model(path, threat_model="score-based")
+    assert white.gradients
+    with torch.no_grad():
+        reference = net(images)
+        torch.testing.assert_close(white(images), reference, atol=1e-4, rtol=0)
+        torch.testing.assert_close(black(images), reference, atol=1e-4, rtol=0)
+
+
+class Answers(nn.Module):
+    """The same scores in the shapes models answer in: a tuple (scores, features) or a dict."""
+
+    def __init__(self, net: nn.Module, shape: str) -> None:
+        super().__init__()
+        self.net = net
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> object:
+        logits = self.net(x)
+        if self.shape == "tuple":
+            return logits, x.mean((1, 2, 3))
+        if self.shape == "dict":
+            return {"logits": logits, "features": x.mean((1, 2, 3))}
+        return {"probs": logits}
+
+
+@pytest.mark.parametrize("shape", ["tuple", "dict", "dict of one"])
+def test_torchscript_models_that_answer_a_tuple_or_a_dict(
+    net: nn.Module, images: torch.Tensor, tmp_path: Path, shape: str
+) -> None:
+    path = tmp_path / "answers.ts"
+    torch.jit.trace(Answers(net, shape).eval(), torch.rand(1, 3, SIZE, SIZE), strict=False).save(str(path))
+    model = load_model(path, card=card(tmp_path / "card.yaml"))
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), net(images), atol=1e-5, rtol=0)
+
+
+def test_a_dict_answer_without_logits_is_one_model_error(net: nn.Module, images: torch.Tensor, tmp_path: Path):
+    class TwoHeads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = net
+
+        def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+            return {"a": self.net(x), "b": self.net(x.flip(1))}
+
+    path = tmp_path / "heads.ts"
+    torch.jit.trace(TwoHeads().eval(), torch.rand(1, 3, SIZE, SIZE), strict=False).save(str(path))
+    model = load_model(path, card=card(tmp_path / "card.yaml"))
+    with pytest.raises(ModelError, match="none named 'logits'") as exc, torch.no_grad():
+        model(images)
+    assert "\n" not in str(exc.value)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dermadv.data.classes import CLASSES
-from dermadv.errors import ConfigError
+from dermadv.errors import ConfigError, ModelError
 
 Output = Literal["logits", "probabilities", "label"]
 OUTPUTS: tuple[str, ...] = ("logits", "probabilities", "label")
@@ -273,7 +274,31 @@ class CardAdapter(nn.Module):
         return raw
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.scores(self.model(self.prepare(images)))
+        return self.scores(score_tensor(self.model(self.prepare(images))))
+
+
+def score_tensor(answer: Any) -> torch.Tensor:
+    """The scores in a model's answer: the tensor itself; a Hugging Face output's ``.logits``; a dict's
+    ``"logits"`` (or its only tensor); the first element of a tuple or list (models that return features or
+    auxiliary heads beside their scores)."""
+    if isinstance(answer, torch.Tensor):
+        return answer
+    logits = getattr(answer, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    if isinstance(answer, Mapping):
+        if "logits" in answer:
+            return score_tensor(answer["logits"])
+        tensors = [v for v in answer.values() if isinstance(v, torch.Tensor)]
+        if len(tensors) == 1:
+            return tensors[0]
+        raise ModelError(
+            f"the model answered a dict of {', '.join(map(str, answer))}, none named 'logits'; "
+            "wrap it to return its scores as one tensor"
+        )
+    if isinstance(answer, tuple | list) and answer:
+        return score_tensor(answer[0])
+    raise ModelError(f"the model answered a {type(answer).__name__}, not scores; wrap it to return one tensor")
 
 
 def output_order(card: ModelCard) -> list[int] | None:

@@ -100,7 +100,11 @@ class OnnxSession:
             )
         batch = self.input.shape[0] if self.input.shape else None
         self.fixed_batch: int | None = batch if isinstance(batch, int) and batch > 0 else None
-        self.output_names = [o.name for o in self.session.get_outputs()]
+        outputs = self.session.get_outputs()
+        self.output_names = [o.name for o in outputs]
+        #: the output holding the scores: one named "logits", else the first of a float type
+        floats = [i for i, o in enumerate(outputs) if V2_DATATYPES.get(o.type) in ("FP32", "FP64", "FP16")]
+        self.scores_at = self.output_names.index("logits") if "logits" in self.output_names else (floats or [0])[0]
 
     def run(self, images: np.ndarray) -> list[np.ndarray]:
         """Every output of the model for ``images`` (cast to the input's datatype; uint8 rounded and clipped)."""

@@ -489,7 +489,8 @@ def onnx_input_size(session: Any, card: ModelCard) -> tuple[int, int] | None:
 
 
 class OnnxRuntime:
-    """An ONNX file run by onnxruntime on the CPU (one session, threads as torch's): the first output's scores."""
+    """An ONNX file run by onnxruntime on the CPU (one session, threads as torch's): the output that holds the
+    scores (:attr:`OnnxSession.scores_at`)."""
 
     def __init__(self, path: Path) -> None:
         from dermadv.models.onnx_session import OnnxSession
@@ -498,22 +499,30 @@ class OnnxRuntime:
         self.session = self.onnx.session
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        return self.onnx.run(batch)[0]
+        return self.onnx.run(batch)[self.onnx.scores_at]
 
 
-class FixedBatch(nn.Module):
-    """A converted graph whose batch size was fixed at export, run in slices of that size (see
-    :func:`dermadv.models.onnx_session.padded_slices`); gradients flow to the real images only."""
+class ConvertedOnnx(nn.Module):
+    """onnx2torch's module of a graph, answering what :class:`OnnxRuntime` answers: the scores output of a graph
+    with several outputs, and a batch size fixed at export run in slices of that size (see
+    :func:`dermadv.models.onnx_session.padded_slices`; gradients flow to the real images only)."""
 
-    def __init__(self, net: nn.Module, size: int) -> None:
+    def __init__(self, net: nn.Module, *, fixed_batch: int | None, scores_at: int) -> None:
         super().__init__()
         self.net = net
-        self.size = size
+        self.fixed_batch = fixed_batch
+        self.scores_at = scores_at
+
+    def _scores(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(x)
+        return out[self.scores_at] if isinstance(out, tuple | list) else out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from dermadv.models.onnx_session import padded_slices
 
-        return torch.cat([self.net(part)[:k] for part, k in padded_slices(x, self.size, torch.cat)])
+        if self.fixed_batch is None:
+            return self._scores(x)
+        return torch.cat([self._scores(part)[:k] for part, k in padded_slices(x, self.fixed_batch, torch.cat)])
 
 
 def _load_onnx(path: Path, card: ModelCard) -> SourceModel:
@@ -543,8 +552,7 @@ def _load_onnx(path: Path, card: ModelCard) -> SourceModel:
         log.warning(note)
         black.info = replace(base, notes=(note,))
         return black
-    if runtime.onnx.fixed_batch is not None:
-        converted = FixedBatch(converted, runtime.onnx.fixed_batch)
+    converted = ConvertedOnnx(converted, fixed_batch=runtime.onnx.fixed_batch, scores_at=runtime.onnx.scores_at)
     white = _finish(converted, card, replace(base, offers=_offers(card, gradients=True)))
     white.fallback = black
     return white
