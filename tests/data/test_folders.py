@@ -57,6 +57,33 @@ def test_folder_names_codes_or_full_names_in_any_case() -> None:
     assert folder_class("melanomas") is None and folder_class("other") is None
 
 
+#: The class names of the Kaggle copies of HAM10000 (their ``lesion_type_dict``) and ISIC 2019's folder codes.
+KAGGLE = {
+    "Melanocytic nevi": "nv",
+    "Melanoma": "mel",
+    "Benign keratosis-like lesions ": "bkl",
+    "Basal cell carcinoma": "bcc",
+    "Actinic keratoses": "akiec",
+    "Vascular lesions": "vasc",
+    "Dermatofibroma": "df",
+}
+ISIC2019 = {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AK": "akiec", "BKL": "bkl", "DF": "df", "VASC": "vasc"}
+
+
+def test_folder_names_of_published_copies_of_the_classes() -> None:
+    for name, code in {**KAGGLE, **ISIC2019}.items():
+        assert folder_class(name) == code, name
+    assert folder_class("SCC") is None  # ISIC 2019's eighth class is not a HAM10000 class
+
+
+def test_every_alias_names_one_class() -> None:
+    from dermadv.data.classes import CLASS_ALIASES
+
+    for code, aliases in CLASS_ALIASES.items():
+        for alias in aliases:
+            assert folder_class(alias) == code, alias
+
+
 def test_fingerprint_follows_names_and_sizes(tree: Path) -> None:
     first = load_image_folder(tree).fingerprint
     assert load_image_folder(tree).fingerprint == first
@@ -77,7 +104,7 @@ def test_unknown_folders_are_listed_with_the_valid_names(tree: Path) -> None:
     assert "\n" not in message
     assert "'Other', 'moles'" in message
     assert all(code in message for code in CLASSES)
-    assert "melanocytic nevus" in message
+    assert "melanocytic nevus" in message and "move folders of classes HAM10000 does not have" in message
 
 
 def test_missing_or_empty_trees(tmp_path: Path) -> None:

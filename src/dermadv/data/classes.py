@@ -19,6 +19,24 @@ CLASS_NAMES: dict[str, str] = {
     "vasc": "vascular lesion",
 }
 
+#: Other names the classes go by in published data: the HAM10000 paper's plural names (used by the Kaggle
+#: copies of the set), ISIC 2019's ``AK``, and the singular forms.
+CLASS_ALIASES: dict[str, tuple[str, ...]] = {
+    "akiec": (
+        "ak",
+        "actinic keratosis",
+        "actinic keratoses",
+        "actinic keratoses and intraepithelial carcinoma",
+        "actinic keratoses and intraepithelial carcinoma bowen s disease",
+    ),
+    "bcc": ("basal cell carcinomas",),
+    "bkl": ("benign keratosis", "benign keratosis like lesions", "benign keratoses"),
+    "df": ("dermatofibromas",),
+    "mel": (),
+    "nv": ("melanocytic nevi", "melanocytic naevi", "melanocytic naevus", "nevus", "nevi"),
+    "vasc": ("vascular lesions",),
+}
+
 #: MedMNIST DermaMNIST label order (label index -> dx code), from its INFO["dermamnist"]["label"].
 MEDMNIST_ORDER: tuple[str, ...] = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dermadv.data.classes import CLASS_NAMES, CLASSES
+from dermadv.data.classes import CLASS_ALIASES, CLASS_NAMES, CLASSES
 from dermadv.data.dataset import ImageSet, content_fingerprint_of, fingerprint_of
 from dermadv.errors import DataError
 
@@ -23,10 +23,10 @@ def _normalise(name: str) -> str:
 
 
 def folder_class(name: str) -> str | None:
-    """The dx code a folder name stands for (a dx code or a full class name, any case), or None."""
+    """The dx code a folder name stands for (a dx code, a class name or one of its aliases, any case), or None."""
     key = _normalise(name)
     for code in CLASSES:
-        if key in (code, _normalise(CLASS_NAMES[code])):
+        if key in (code, _normalise(CLASS_NAMES[code]), *map(_normalise, CLASS_ALIASES[code])):
             return code
     return None
 
@@ -49,7 +49,8 @@ def load_image_folder(root: Path) -> ImageSet:
         names = ", ".join(repr(n) for n in unknown)
         raise DataError(
             f"unknown class folder(s) {names} in {root}; folder names must be dx codes ({', '.join(CLASSES)}) "
-            f"or class names ({'; '.join(CLASS_NAMES.values())}), in any case"
+            f"or class names ({'; '.join(CLASS_NAMES.values())}), in any case; rename them, or move folders of "
+            "classes HAM10000 does not have (such as ISIC 2019's SCC) out of the folder"
         )
     paths: list[Path] = []
     labels: list[int] = []
