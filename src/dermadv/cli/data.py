@@ -11,7 +11,9 @@ from dermadv.errors import DermadvError
 app = typer.Typer(help="Inspect, split and download data.", no_args_is_help=True, rich_markup_mode=None)
 
 DataOpt = typer.Option(
-    None, "--data", help="HAM10000 folder, DermaMNIST .npz, class-folder tree; default: built-in synthetic set."
+    None,
+    "--data",
+    help="HAM10000 folder, ISIC 2018 Task 3 set, DermaMNIST .npz, class-folder tree; default: synthetic set.",
 )
 AllowIncompleteOpt = typer.Option(
     False,

@@ -33,9 +33,16 @@ def find_metadata(root: Path) -> Path:
 
 
 def index_images(root: Path) -> dict[str, Path]:
-    """Map image stem -> path for every image file under ``root`` (any sub-folder)."""
+    """Map image stem -> path for every image file under ``root`` (any sub-folder, symbolic links to folders
+    followed once each: data is often linked into place)."""
     index: dict[str, Path] = {}
-    for dirpath, _dirnames, filenames in os.walk(root):
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link back up the tree, or a second link to a folder already read
+            dirnames.clear()
+            continue
+        seen.add(real)
         for name in filenames:
             stem, suffix = os.path.splitext(name)
             if suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):

@@ -1,4 +1,4 @@
-"""One entry point for every data source (HAM10000 layout, DermaMNIST npz, image folders, synthetic), and
+"""One entry point for every data source (HAM10000 layout, ISIC 2018, DermaMNIST npz, image folders, synthetic), and
 :func:`prepare`: load, split, decode once, index."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from dermadv.data.cache import Size, decoded_images
-from dermadv.data.classes import CLASS_NAMES, CLASSES
+from dermadv.data.classes import CLASSES
 from dermadv.data.dataset import ImageSet, fingerprint_of
 from dermadv.data.splits import load_splits, make_splits, split_indices, unsplit_frame
 from dermadv.errors import DataError
@@ -26,7 +26,8 @@ def load_dataset(spec: str | os.PathLike[str] | None = None) -> ImageSet:
     """Load data from ``spec``.
 
     ``None`` or ``"synthetic"``: the built-in synthetic set (generated on first use). A folder with a
-    ``HAM10000_metadata.csv``: HAM10000 layout. A ``.npz``: DermaMNIST. A folder of class folders: image folder.
+    ``HAM10000_metadata.csv``: HAM10000 layout. A folder with an ISIC 2018 Task 3 ground-truth CSV: that set. A
+    ``.npz``: DermaMNIST. A folder of class folders: image folder.
     """
     if spec is None or str(spec) == "synthetic":
         from dermadv.data.synthetic import ensure_synthetic
@@ -54,15 +55,17 @@ def load_dataset(spec: str | os.PathLike[str] | None = None) -> ImageSet:
         if any(i.startswith("SYN_") for i in ds.image_ids[:1]):
             return _with_source(ds, "synthetic")
         return ds
-    names = {p.name.lower() for p in path.iterdir() if p.is_dir()}
-    valid = set(CLASSES) | {n.lower() for n in CLASS_NAMES.values()}
-    if names and names <= valid:
-        from dermadv.data.folders import load_image_folder
+    from dermadv.data.isic2018 import find_ground_truth, load_isic2018
 
-        return load_image_folder(path)
+    if find_ground_truth(path) is not None:
+        return load_isic2018(path)
+    from dermadv.data.folders import folder_class, load_image_folder
+
+    if any(folder_class(p.name) is not None for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        return load_image_folder(path)  # names any folder that is not a class
     raise DataError(
-        f"{path} holds neither {METADATA_NAME} nor one folder per class ({', '.join(CLASSES)}); "
-        "pass the HAM10000 folder, a DermaMNIST .npz or a class-folder tree"
+        f"{path} holds neither {METADATA_NAME}, an ISIC 2018 Task 3 ground-truth CSV nor one folder per class "
+        f"({', '.join(CLASSES)}); pass the HAM10000 folder, an ISIC 2018 set, a DermaMNIST .npz or a class-folder tree"
     )
 
 
