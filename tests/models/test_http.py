@@ -20,6 +20,7 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 
 import onnxruntime as ort  # noqa: E402
+from fastapi import FastAPI, Request  # noqa: E402
 
 from dermadv.errors import ConfigError, ModelError  # noqa: E402
 from dermadv.models.card import HttpSettings  # noqa: E402
@@ -288,3 +289,63 @@ def test_requests_fill_every_connection_in_each_round(n: int, batch_size: int, c
     assert got == step
     requests = -(-n // got)
     assert got <= batch_size and (requests <= concurrency or requests % concurrency == 0)
+
+
+# --- endpoints that name classes instead of indexing them ---
+
+NAMES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+
+
+def named_app(reference):
+    """A plain JSON endpoint answering as hand-written and Hugging Face servers do: ``/hf`` a list per image of
+    ``{"label", "score"}`` sorted by score (``?top_k=``), ``/dict`` name -> score per image, ``/label`` names."""
+    app = FastAPI()
+
+    def softmax(batch: list) -> np.ndarray:
+        logits = reference(np.asarray(batch, dtype=np.float32)).astype(np.float64)
+        e = np.exp(logits - logits.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    @app.post("/hf")
+    async def hf(request: Request, top_k: int = NUM_CLASSES) -> list:
+        rows = softmax(await request.json())
+        ranked = [sorted(zip(NAMES, row.tolist(), strict=True), key=lambda p: -p[1])[:top_k] for row in rows]
+        return [[{"label": name, "score": score} for name, score in row] for row in ranked]
+
+    @app.post("/dict")
+    async def as_dict(request: Request) -> list:
+        return [dict(zip(NAMES, row.tolist(), strict=True)) for row in softmax(await request.json())]
+
+    @app.post("/label")
+    async def label(request: Request) -> list:
+        return [NAMES[i] for i in softmax(await request.json()).argmax(1)]
+
+    return app
+
+
+def named(root: str, route: str, output: str = "probabilities", **kw) -> HttpBackend:
+    settings = HttpSettings(protocol="plain", batch_size=4, concurrency=2, **kw)
+    return HttpBackend(f"{root}/{route}", settings, num_classes=NUM_CLASSES, output=output, classes=NAMES)
+
+
+def test_answers_that_name_classes_are_put_in_the_cards_order(reference, serve_app):
+    x = images(10, seed=3)
+    logits = reference(x).astype(np.float64)
+    probabilities = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    with serve_app(named_app(reference)) as root:
+        for route in ("hf", "dict"):
+            with named(root, route) as model:
+                np.testing.assert_allclose(model(x), probabilities, atol=1e-6, err_msg=route)
+                np.testing.assert_allclose(model(x[:1]), probabilities[:1], atol=1e-6, err_msg=route)  # one image
+        with named(root, "label", output="label") as model:
+            assert model(x).tolist() == logits.argmax(1).tolist()
+        with named(root, "hf?top_k=5") as model, pytest.raises(ModelError) as exc:
+            model(x)
+        assert "scores for 5 of 7 classes" in one_line(exc) and "top_k=7" in one_line(exc)
+        renamed = HttpBackend(
+            f"{root}/dict", HttpSettings(protocol="plain"), num_classes=NUM_CLASSES, output="probabilities",
+            classes=("AKIEC", *NAMES[1:]),
+        )  # fmt: skip
+        with renamed as model, pytest.raises(ModelError) as exc:
+            model(x)
+        assert "class 'akiec', not one of the card's classes" in one_line(exc)

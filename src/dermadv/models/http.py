@@ -145,6 +145,8 @@ class HttpBackend:
         settings: the card's ``http`` section.
         num_classes: how many scores the endpoint returns per image.
         output: the card's ``output`` (``logits``, ``probabilities`` or ``label``).
+        classes: the card's class names, in its order: answers may then name classes instead of indexing them
+            (a label ``"mel"``; scores as ``{"mel": 0.1, …}`` or as Hugging Face's ``[{"label", "score"}, …]``).
         backoff: the first retry's delay in seconds; it doubles with each retry (with jitter), up to 30 s.
 
     Counters (thread-safe): ``requests`` (HTTP answers, errors included), ``queries`` (images answered),
@@ -152,7 +154,14 @@ class HttpBackend:
     """
 
     def __init__(
-        self, url: str, settings: HttpSettings, *, num_classes: int, output: str, backoff: float = 0.5
+        self,
+        url: str,
+        settings: HttpSettings,
+        *,
+        num_classes: int,
+        output: str,
+        classes: tuple[str, ...] | None = None,
+        backoff: float = 0.5,
     ) -> None:
         if output not in OUTPUTS:
             raise ConfigError(f"output must be one of {', '.join(OUTPUTS)}; got {output!r}")
@@ -175,6 +184,9 @@ class HttpBackend:
         self.url = display_url(self._endpoint)  # what messages and the repr show: no credentials, no query
         self.settings = settings
         self.num_classes = num_classes
+        self.classes = classes
+        if classes is not None and len(classes) != num_classes:
+            raise ConfigError(f"{len(classes)} class names for {num_classes} classes; name each class once")
         self.output = output
         self.backoff = backoff
         headers = settings.headers()
@@ -425,8 +437,64 @@ class HttpBackend:
             array = array.reshape(shape)
         return array
 
+    def _by_name(self, raw: Any, n: int) -> Any:
+        """Answers that name classes, put in the card's order: a label name (or one per image); per image a dict
+        of name -> score, or Hugging Face's list of ``{"label", "score"}`` (every class, not a top-k)."""
+        if self.classes is None:
+            return raw
+        classes = self.classes
+
+        def index(name: str) -> int:
+            if name not in classes:
+                raise ModelError(
+                    self._scrub(
+                        f"{self.url} answered class {_snippet(name)!r}, not one of the card's classes "
+                        f"({', '.join(classes)}); fix `classes` in the card"
+                    )
+                )
+            return classes.index(name)
+
+        if self.output == "label":
+            names = [raw] if isinstance(raw, str) else raw
+            if isinstance(names, list) and names and all(isinstance(x, str) for x in names):
+                return [index(x) for x in names]
+            return raw
+
+        def scores(item: Any) -> list[float] | None:
+            if (
+                isinstance(item, list)
+                and item
+                and all(isinstance(d, dict) and {"label", "score"} <= set(d) for d in item)
+            ):
+                item = {str(d["label"]): d["score"] for d in item}
+            if not (isinstance(item, dict) and item and all(isinstance(key, str) for key in item)):
+                return None
+            row = [math.nan] * len(classes)
+            for name, score in item.items():
+                row[index(name)] = score
+            missing = [c for c, v in zip(classes, row, strict=True) if isinstance(v, float) and math.isnan(v)]
+            if missing:
+                raise ModelError(
+                    self._scrub(
+                        f"{self.url} answered scores for {len(classes) - len(missing)} of {len(classes)} classes "
+                        f"(none for {', '.join(missing)}); ask the endpoint for every class (Hugging Face: top_k="
+                        f"{len(classes)})"
+                    )
+                )
+            return row
+
+        one = scores(raw) if n == 1 else None
+        if one is not None:
+            return [one]
+        if isinstance(raw, list) and len(raw) == n:
+            rows = [scores(item) for item in raw]
+            if all(row is not None for row in rows):
+                return rows
+        return raw
+
     def _check(self, raw: Any, n: int) -> np.ndarray:
         k = self.num_classes
+        raw = self._by_name(raw, n)
         try:
             array = np.asarray(raw, dtype=np.float64)
         except (TypeError, ValueError):

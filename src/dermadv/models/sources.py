@@ -618,7 +618,7 @@ def _load_http(url: str, card: ModelCard) -> SourceModel:
     settings = card.http or HttpSettings()
     if card.output not in ("logits", "probabilities", "label"):
         raise ConfigError(f"unknown output kind {card.output!r}")
-    backend = HttpBackend(url, settings, num_classes=len(card.classes), output=card.output)
+    backend = HttpBackend(url, settings, num_classes=len(card.classes), output=card.output, classes=card.classes)
     safe = redact_url(url)
     info = _card_info(card, spec=safe, kind="http", fingerprint=_sha256(safe.encode()), gradients=False)
     model = _finish(BlackBox(backend, name=safe), card, info, quantise=True)
