@@ -214,3 +214,28 @@ def test_a_dict_answer_without_logits_is_one_model_error(net: nn.Module, images:
     with pytest.raises(ModelError, match="none named 'logits'") as exc, torch.no_grad():
         model(images)
     assert "\n" not in str(exc.value)
+
+
+ISIC2019 = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC")
+
+
+def test_a_model_with_a_class_ham10000_lacks(images: torch.Tensor, tmp_path: Path) -> None:
+    """ISIC 2019's eight classes: SCC maps to no HAM10000 code, so its column is kept and never a right answer."""
+    from dermadv.data.classes import CLASSES
+    from dermadv.models.sources import label_map
+
+    torch.manual_seed(0)
+    net8 = torchvision.models.resnet18(num_classes=8).eval()
+    with torch.no_grad():
+        net8.fc.bias[7] = 100.0  # it calls everything SCC
+    path = export(net8, torch.rand(1, 3, SIZE, SIZE), tmp_path / "isic2019.onnx", dynamic=True)
+    codes = ("mel", "nv", "bcc", "akiec", "bkl", "df", "vasc")
+    mapping = {name: [code] for name, code in zip(ISIC2019[:7], codes, strict=True)}
+    model = load_model(path, card=card(tmp_path / "card.yaml", classes=list(ISIC2019), mapping={**mapping, "SCC": []}))
+    assert model.info.classes == ISIC2019
+    columns = label_map(model.info, CLASSES)
+    assert [ISIC2019[i] for i in columns] == ["AK", "BCC", "BKL", "DF", "MEL", "NV", "VASC"]
+    with torch.no_grad():
+        scores = model(images)
+    assert scores.shape == (len(images), 8) and set(scores.argmax(1).tolist()) == {7}
+    assert 7 not in columns.tolist()  # an SCC answer is wrong for every HAM10000 image

@@ -44,7 +44,7 @@ def check(
     for note in info["notes"]:
         typer.echo(f"note: {note}")
     for cls, c, n in zip(result.classes, result.correct, result.counts, strict=True):
-        typer.echo(f"  {cls:>10}  {c:4d}/{n:<4d} {c / n if n else float('nan'):6.1%}")
+        typer.echo(f"  {cls:>10}  {c:4d}/{n:<4d} {f'{c / n:6.1%}' if n else '     –  (no images of it)'}")
     for name, acc in result.variants.items():
         typer.echo(f"  tried {name}: balanced accuracy {acc:.1%}")
     typer.echo(result.verdict())
