@@ -94,9 +94,7 @@ def test_some_lesions_have_several_images(full_set: Path) -> None:
     assert all(len(v) == 1 for v in dx_of.values()), "one lesion, one diagnosis"
     lesion = next(lid for lid, n in per_lesion.items() if n == 3)
     views = [
-        np.asarray(Image.open(full_set / "images" / f"{r['image_id']}.jpg"))
-        for r in rows
-        if r["lesion_id"] == lesion
+        np.asarray(Image.open(full_set / "images" / f"{r['image_id']}.jpg")) for r in rows if r["lesion_id"] == lesion
     ]
     assert not np.array_equal(views[0], views[1]) and not np.array_equal(views[1], views[2])
 

@@ -239,3 +239,38 @@ def test_a_model_with_a_class_ham10000_lacks(images: torch.Tensor, tmp_path: Pat
         scores = model(images)
     assert scores.shape == (len(images), 8) and set(scores.argmax(1).tolist()) == {7}
     assert 7 not in columns.tolist()  # an SCC answer is wrong for every HAM10000 image
+
+
+@pytest.mark.parametrize("dynamic", [False, True], ids=["batch fixed at export", "dynamic batch"])
+def test_a_torch_export_program(net: nn.Module, images: torch.Tensor, tmp_path: Path, dynamic: bool) -> None:
+    from dermadv.attacks.registry import create_attack
+
+    shapes = ({0: torch.export.Dim("batch", min=1, max=1024)},) if dynamic else None
+    program = torch.export.export(net, (torch.rand(2, 3, SIZE, SIZE),), dynamic_shapes=shapes)
+    path = tmp_path / "model.pt2"
+    torch.export.save(program, str(path))
+    model = load_model(path)  # the size read from the program: no card
+    assert model.info.kind == "torch.export" and model.info.image_size == (SIZE, SIZE)
+    assert model.info.threat_model == "white-box"
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), net(images), atol=1e-5, rtol=0)
+    x = images.clone().requires_grad_(True)
+    model(x)[:, 5].sum().backward()
+    y = images.clone().requires_grad_(True)
+    net(y)[:, 5].sum().backward()
+    assert x.grad is not None and y.grad is not None
+    torch.testing.assert_close(x.grad, y.grad, atol=1e-5, rtol=1e-4)
+    # an attack runs through it as through the module
+    pgd = create_attack("pgd", eps=8 / 255, steps=3, seed=0)
+    ours, theirs = pgd(model, images, target=5), pgd(net, images, target=5)
+    torch.testing.assert_close(ours.adv_images, theirs.adv_images, atol=1e-4, rtol=0)
+
+
+def test_a_pickled_model_is_refused_with_the_ways_to_save_it(net: nn.Module, tmp_path: Path) -> None:
+    torch.save(net, tmp_path / "whole.pt")  # the whole module, pickled: loading it would run code
+    with pytest.raises(ModelError, match=r"pickled model \(torch.save\(model\)\)") as exc:
+        load_model(tmp_path / "whole.pt")
+    assert "\n" not in str(exc.value) and "state_dict()" in str(exc.value) and ".pt2" in str(exc.value)
+    torch.save({"model": net.state_dict()}, tmp_path / "state.pth")  # a state dict is named as one
+    with pytest.raises(ModelError, match="if it is a state dict, pass --model torchvision:<arch>"):
+        load_model(tmp_path / "state.pth")

@@ -32,7 +32,7 @@ ModelOpt = typer.Option(
     "--model",
     "--checkpoint",
     help="The model: a dermadv .safetensors, torchvision:<arch>|timm:<arch>|python:<module>:<factory> (with "
-    "--weights), a TorchScript or .onnx file, or an http(s):// endpoint.",
+    "--weights), a TorchScript, torch.export .pt2 or .onnx file, or an http(s):// endpoint.",
 )
 WeightsOpt = typer.Option(None, "--weights", help="State dict (.pt/.pth/.safetensors) for an architecture --model.")
 ModelCardOpt = typer.Option(

@@ -14,7 +14,7 @@ app = typer.Typer(help="Check, describe, export and serve a model.", no_args_is_
 ModelArg = typer.Argument(
     ...,
     help="A dermadv .safetensors, torchvision:<arch>|timm:<arch>|python:<module>:<factory> (with --weights), "
-    "a TorchScript or .onnx file, or an http(s):// endpoint.",
+    "a TorchScript, torch.export .pt2 or .onnx file, or an http(s):// endpoint.",
 )
 
 

@@ -9,6 +9,7 @@ what file a model came from.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -45,7 +46,7 @@ DEFAULT_SIZE = (224, 224)
 ONNX_TOLERANCE = 1e-4
 SPEC_HELP = (
     "a dermadv .safetensors, torchvision:<arch> or timm:<arch> or python:<module>:<factory> with --weights FILE, "
-    "a TorchScript file, an .onnx file or an http(s):// URL"
+    "a TorchScript file, a torch.export .pt2 file, an .onnx file or an http(s):// URL"
 )
 
 
@@ -275,6 +276,8 @@ def load_model(
         model = _load_dermadv(path, card_obj, card_given)
     elif path.suffix == ".onnx":
         model = _load_onnx(path, card_obj)
+    elif path.suffix == ".pt2":
+        model = _load_exported_program(path, card_obj)
     else:
         model = _load_torchscript(path, card_obj)
     if threat_model is not None:
@@ -465,6 +468,12 @@ def _load_torchscript(path: Path, card: ModelCard) -> SourceModel:
     try:
         net = torch.jit.load(str(path), map_location="cpu")
     except Exception:  # torch.jit.load raises RuntimeError or ValueError with pages of C++ context
+        if _torch_save_archive(path) and not _loads_as_weights(path):
+            raise ModelError(
+                f"{path} is a pickled model (torch.save(model)), which dermadv does not load (unpickling runs the "
+                "file's code): save model.state_dict() and pass --model torchvision:<arch> (or timm:, python:) "
+                "--weights FILE, or export TorchScript, torch.export (.pt2) or ONNX"
+            ) from None
         hint = (
             f"if it is a state dict, pass --model torchvision:<arch> (or timm:, python:) --weights {path}"
             if path.suffix in (".pt", ".pth", ".bin")
@@ -477,6 +486,56 @@ def _load_torchscript(path: Path, card: ModelCard) -> SourceModel:
     card = replace(card, input_size=(int(size[0]), int(size[1])))
     info = _card_info(card, spec=str(path), kind="torchscript", fingerprint=_sha256(path), gradients=True)
     return _finish(net, card, info)
+
+
+def _torch_save_archive(path: Path) -> bool:
+    """A ``torch.save`` archive (``data.pkl``) without TorchScript's code: a state dict or a whole pickled model."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        names = archive.namelist()
+    return any(n.endswith("/data.pkl") for n in names) and not any("/code/" in n for n in names)
+
+
+def _loads_as_weights(path: Path) -> bool:
+    """Whether ``torch.load(weights_only=True)`` reads it (tensors and containers only: no code is run)."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # the weights-only unpickler refuses a pickled module with an UnpicklingError, or others
+        return False
+    return True
+
+
+def _load_exported_program(path: Path, card: ModelCard) -> SourceModel:
+    """A ``torch.export.save`` file (``.pt2``): its one image input's shape says the size and any fixed batch."""
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:  # torch.export.load raises RuntimeError, KeyError, … for other files and versions
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+        raise ModelError(
+            f"{path} is not a torch.export program torch {torch.__version__} can load ({first}); "
+            "save it again with torch.export.save, or export TorchScript or ONNX"
+        ) from None
+    user = set(program.graph_signature.user_inputs)
+    inputs = [n for n in program.graph.nodes if n.op == "placeholder" and n.name in user]
+    shapes = [tuple(n.meta["val"].shape) for n in inputs if "val" in n.meta]
+    if len(inputs) != 1 or len(shapes) != 1 or len(shapes[0]) != 4:
+        raise ModelError(
+            f"{path} takes {len(inputs)} input(s) of shape(s) {[list(s) for s in shapes]}; dermadv feeds one image "
+            "tensor N×C×H×W (or N×H×W×C with layout: NHWC in the card): export the model with that one input"
+        )
+    shape = shapes[0]
+    batch = shape[0] if isinstance(shape[0], int) else None
+    h, w = (shape[2], shape[3]) if card.layout == "NCHW" else (shape[1], shape[2])
+    declared = (h, w) if isinstance(h, int) and isinstance(w, int) else None
+    size = card.input_size or declared or DEFAULT_SIZE
+    if card.input_size is None and declared is None:
+        log.warning("%s has a dynamic input size: using %dx%d (set input_size in a card)", path, *size)
+    card = replace(card, input_size=(int(size[0]), int(size[1])))
+    info = _card_info(card, spec=str(path), kind="torch.export", fingerprint=_sha256(path), gradients=True)
+    return _finish(ExportedGraph(program.module(), fixed_batch=batch), card, info)
 
 
 def onnx_input_size(session: Any, card: ModelCard) -> tuple[int, int] | None:
@@ -502,27 +561,38 @@ class OnnxRuntime:
         return self.onnx.run(batch)[self.onnx.scores_at]
 
 
-class ConvertedOnnx(nn.Module):
-    """onnx2torch's module of a graph, answering what :class:`OnnxRuntime` answers: the scores output of a graph
-    with several outputs, and a batch size fixed at export run in slices of that size (see
-    :func:`dermadv.models.onnx_session.padded_slices`; gradients flow to the real images only)."""
+class ExportedGraph(nn.Module):
+    """A graph exported by others (ONNX through onnx2torch, or a ``torch.export`` program), answering as one call
+    on the whole batch would: a batch size fixed at export is run in slices of that size (see
+    :func:`dermadv.models.onnx_session.padded_slices`; gradients flow to the real images only), and of several
+    outputs the scores (``scores_at``) are kept. An exported graph is an inference graph: it is put in eval mode
+    once and has no train/eval switch after (``torch.export`` modules refuse ``eval()``: they keep the mode they
+    were exported in)."""
 
-    def __init__(self, net: nn.Module, *, fixed_batch: int | None, scores_at: int) -> None:
+    def __init__(self, net: nn.Module, *, fixed_batch: int | None, scores_at: int | None = None) -> None:
         super().__init__()
+        with contextlib.suppress(NotImplementedError):  # raised by torch.export modules
+            net.eval()  # onnx2torch builds modules in training mode: batch norm would use batch statistics
         self.net = net
         self.fixed_batch = fixed_batch
         self.scores_at = scores_at
 
-    def _scores(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(x)
-        return out[self.scores_at] if isinstance(out, tuple | list) else out
+    def train(self, mode: bool = True) -> ExportedGraph:
+        self.training = mode
+        return self
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def _scores(self, x: torch.Tensor) -> Any:
+        out = self.net(x)
+        return out[self.scores_at] if self.scores_at is not None and isinstance(out, tuple | list) else out
+
+    def forward(self, x: torch.Tensor) -> Any:
+        from dermadv.models.card import score_tensor
         from dermadv.models.onnx_session import padded_slices
 
         if self.fixed_batch is None:
             return self._scores(x)
-        return torch.cat([self._scores(part)[:k] for part, k in padded_slices(x, self.fixed_batch, torch.cat)])
+        parts = padded_slices(x, self.fixed_batch, torch.cat)
+        return torch.cat([score_tensor(self._scores(part))[:k] for part, k in parts])
 
 
 def _load_onnx(path: Path, card: ModelCard) -> SourceModel:
@@ -552,7 +622,7 @@ def _load_onnx(path: Path, card: ModelCard) -> SourceModel:
         log.warning(note)
         black.info = replace(base, notes=(note,))
         return black
-    converted = ConvertedOnnx(converted, fixed_batch=runtime.onnx.fixed_batch, scores_at=runtime.onnx.scores_at)
+    converted = ExportedGraph(converted, fixed_batch=runtime.onnx.fixed_batch, scores_at=runtime.onnx.scores_at)
     white = _finish(converted, card, replace(base, offers=_offers(card, gradients=True)))
     white.fallback = black
     return white
