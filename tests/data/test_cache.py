@@ -180,3 +180,32 @@ def test_array_sets_are_resized_without_cache(dermadv_cache: Path) -> None:
     expected = np.asarray(Image.fromarray(arrays[2]).resize((14, 14), Image.Resampling.BILINEAR))
     np.testing.assert_array_equal(resized[2], expected)
     assert not cache_files(dermadv_cache)
+
+
+def test_every_image_mode_becomes_8_bit_rgb(tmp_path: Path) -> None:
+    """Grey, palette, RGBA and CMYK as Pillow converts them; 16-bit grey scaled by 1/257, not clipped at 255."""
+    from dermadv.errors import DataError
+
+    rgb = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    image = Image.fromarray(rgb)
+    for mode, suffix in (("L", ".png"), ("P", ".png"), ("RGBA", ".png"), ("CMYK", ".jpg")):
+        path = tmp_path / f"{mode}{suffix}"
+        image.convert(mode).save(path)
+        with Image.open(path) as im:
+            expected = np.asarray(im.convert("RGB"))
+        assert np.array_equal(decode_image(path, None), expected), mode
+    grey16 = rgb[..., 0].astype(np.uint16) * 257 + 100  # the 8-bit values, in 16 bits
+    Image.fromarray(grey16).save(tmp_path / "grey16.png")
+    with Image.open(tmp_path / "grey16.png") as im:
+        assert im.mode.startswith("I")  # Pillow opens it as I;16 (or I)
+    decoded = decode_image(tmp_path / "grey16.png", None)
+    assert decoded.shape == (12, 16, 3) and np.array_equal(decoded[..., 0], rgb[..., 0])
+    assert np.array_equal(decoded[..., 0], decoded[..., 2])
+    Image.fromarray(rgb[..., 0].astype(np.float32) / 255).save(tmp_path / "float.tiff")
+    with pytest.raises(DataError, match="floating-point image"):
+        decode_image(tmp_path / "float.tiff", None)
+
+
+def test_cache_files_name_the_decoder(dataset: ImageSet, dermadv_cache: Path) -> None:
+    decoded_images(dataset, SIZE, progress=False)
+    assert [p.name.rsplit("-", 1)[-1] for p in cache_files(dermadv_cache)] == [f"d{cache.DECODER}.npy"]

@@ -24,6 +24,11 @@ log = logging.getLogger(__name__)
 Size = tuple[int, int]  # (height, width)
 
 
+#: The decoder's version, part of every cache file's name: a change in how files become pixels (16-bit grey
+#: scaled rather than clipped) decodes again instead of reading pixels the old decoder wrote.
+DECODER = 2
+
+
 def cache_root() -> Path:
     return Path(os.environ.get("DERMADV_CACHE", Path.home() / ".cache" / "dermadv"))
 
@@ -68,12 +73,26 @@ def decode_image(path: Path, size: Size | None) -> np.ndarray:
     """
     try:
         with Image.open(path) as im:
-            rgb = im.convert("RGB")
+            rgb = _rgb(im, path)
             if size is not None and (rgb.height, rgb.width) != tuple(size):
                 rgb = rgb.resize((size[1], size[0]), Image.Resampling.BILINEAR, reducing_gap=None)
             return np.asarray(rgb, dtype=np.uint8)
     except _UNDECODABLE as exc:
         raise _decode_error(path, exc) from None
+
+
+def _rgb(im: Image.Image, path: Path) -> Image.Image:
+    """8-bit RGB of any mode Pillow opens. 16-bit grey (``I;16*``, or ``I`` within 0..65535) is scaled by 1/257,
+    not clipped at 255 as ``convert("RGB")`` would; float images are refused (their range is unknown)."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        values = np.asarray(im, dtype=np.int64)
+        if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
+            raise DataError(f"{path} is a 32-bit integer image beyond 16 bits; save it as 8- or 16-bit PNG or JPEG")
+        grey = np.rint(values / 257).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    if im.mode == "F":
+        raise DataError(f"{path} is a floating-point image, whose value range is unknown; save it as 8-bit PNG or JPEG")
+    return im.convert("RGB")
 
 
 def resize_array(images: np.ndarray, size: Size) -> np.ndarray:
@@ -88,7 +107,7 @@ def resize_array(images: np.ndarray, size: Size) -> np.ndarray:
 def cache_path(dataset: ImageSet, size: Size) -> Path:
     """Where the decoded set lives: one file per content (the bytes of every image, in order) and size."""
     key = dataset.content_fingerprint or dataset.fingerprint
-    return cache_root() / "decoded" / f"{dataset.source}-{key}-{size[0]}x{size[1]}.npy"
+    return cache_root() / "decoded" / f"{dataset.source}-{key}-{size[0]}x{size[1]}-d{DECODER}.npy"
 
 
 def decoded_images(
