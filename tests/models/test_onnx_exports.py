@@ -56,6 +56,19 @@ def card(path: Path, **fields: object) -> Path:
     return path
 
 
+def assert_same_gradients(
+    model: nn.Module, net: nn.Module, images: torch.Tensor, *, column: int, atol: float, rtol: float
+) -> None:
+    """The gradient of one class's score with respect to the images, through ``model`` and through ``net``."""
+    grads = []
+    for m in (model, net):
+        x = images.clone().requires_grad_(True)
+        m(x)[:, column].sum().backward()
+        assert x.grad is not None and bool(x.grad.abs().sum() > 0)
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[0], grads[1], atol=atol, rtol=rtol)
+
+
 @pytest.mark.parametrize("batch", [1, 4])
 def test_a_batch_fixed_at_export_is_run_in_slices(
     net: nn.Module, images: torch.Tensor, tmp_path: Path, batch: int
@@ -72,12 +85,7 @@ def test_a_batch_fixed_at_export_is_run_in_slices(
         torch.testing.assert_close(black(images), reference, atol=1e-4, rtol=0)
 
     # gradients reach the real images through the slices, as through the module itself
-    x = images.clone().requires_grad_(True)
-    white(x)[:, 3].sum().backward()
-    y = images.clone().requires_grad_(True)
-    net(y)[:, 3].sum().backward()
-    assert x.grad is not None and y.grad is not None
-    torch.testing.assert_close(x.grad, y.grad, atol=1e-4, rtol=1e-3)
+    assert_same_gradients(white, net, images, column=3, atol=1e-4, rtol=1e-3)
 
 
 def test_padded_slices_cover_every_row_once() -> None:
@@ -254,12 +262,7 @@ def test_a_torch_export_program(net: nn.Module, images: torch.Tensor, tmp_path: 
     assert model.info.threat_model == "white-box"
     with torch.no_grad():
         torch.testing.assert_close(model(images), net(images), atol=1e-5, rtol=0)
-    x = images.clone().requires_grad_(True)
-    model(x)[:, 5].sum().backward()
-    y = images.clone().requires_grad_(True)
-    net(y)[:, 5].sum().backward()
-    assert x.grad is not None and y.grad is not None
-    torch.testing.assert_close(x.grad, y.grad, atol=1e-5, rtol=1e-4)
+    assert_same_gradients(model, net, images, column=5, atol=1e-5, rtol=1e-4)
     # an attack runs through it as through the module
     pgd = create_attack("pgd", eps=8 / 255, steps=3, seed=0)
     ours, theirs = pgd(model, images, target=5), pgd(net, images, target=5)
