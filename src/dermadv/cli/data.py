@@ -13,7 +13,7 @@ app = typer.Typer(help="Inspect, split and download data.", no_args_is_help=True
 DataOpt = typer.Option(
     None,
     "--data",
-    help="HAM10000 folder, ISIC 2018 Task 3 set, DermaMNIST .npz, class-folder tree; default: synthetic set.",
+    help="HAM10000 folder, ISIC 2018/2019 set, DermaMNIST .npz, class-folder tree; default: synthetic set.",
 )
 AllowIncompleteOpt = typer.Option(
     False,

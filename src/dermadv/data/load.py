@@ -1,4 +1,4 @@
-"""One entry point for every data source (HAM10000 layout, ISIC 2018, DermaMNIST npz, image folders, synthetic), and
+"""One entry point for every data source (HAM10000 layout, ISIC 2018/2019, DermaMNIST npz, image folders, synthetic), and
 :func:`prepare`: load, split, decode once, index."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def load_dataset(spec: str | os.PathLike[str] | None = None) -> ImageSet:
     """Load data from ``spec``.
 
     ``None`` or ``"synthetic"``: the built-in synthetic set (generated on first use). A folder with a
-    ``HAM10000_metadata.csv``: HAM10000 layout. A folder with an ISIC 2018 Task 3 ground-truth CSV: that set. A
+    ``HAM10000_metadata.csv``: HAM10000 layout. A folder with an ISIC 2018 Task 3 or 2019 ground-truth CSV: that set. A
     ``.npz``: DermaMNIST. A folder of class folders: image folder.
     """
     if spec is None or str(spec) == "synthetic":
@@ -55,17 +55,17 @@ def load_dataset(spec: str | os.PathLike[str] | None = None) -> ImageSet:
         if any(i.startswith("SYN_") for i in ds.image_ids[:1]):
             return _with_source(ds, "synthetic")
         return ds
-    from dermadv.data.isic2018 import find_ground_truth, load_isic2018
+    from dermadv.data.isic import find_ground_truth, load_isic
 
     if find_ground_truth(path) is not None:
-        return load_isic2018(path)
+        return load_isic(path)
     from dermadv.data.folders import folder_class, load_image_folder
 
     if any(folder_class(p.name) is not None for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
         return load_image_folder(path)  # names any folder that is not a class
     raise DataError(
-        f"{path} holds neither {METADATA_NAME}, an ISIC 2018 Task 3 ground-truth CSV nor one folder per class "
-        f"({', '.join(CLASSES)}); pass the HAM10000 folder, an ISIC 2018 set, a DermaMNIST .npz or a class-folder tree"
+        f"{path} holds neither {METADATA_NAME}, an ISIC ground-truth CSV nor one folder per class "
+        f"({', '.join(CLASSES)}); pass the HAM10000 folder, an ISIC 2018/2019 set, a DermaMNIST .npz or a class-folder tree"
     )
 
 

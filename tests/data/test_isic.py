@@ -1,4 +1,5 @@
-"""ISIC 2018 Task 3 layout: a one-hot ground-truth CSV, images linked into place, lesion groupings when published.
+"""ISIC challenge layouts (2018 Task 3, 2019): a one-hot ground-truth CSV, images linked into place, lesion ids
+when published.
 
 Each set is written from a HAM10000-layout set (the synthetic one, or the real one when present): the Task 3
 training images are HAM10000's, so both readers must give the same images, labels and lesions, and the same split.
@@ -17,23 +18,36 @@ import pandas as pd
 import pytest
 
 from dermadv.data.ham10000 import load_ham10000
-from dermadv.data.isic2018 import COLUMNS, load_isic2018
+from dermadv.data.isic import load_isic
 from dermadv.data.load import load_dataset
 from dermadv.errors import DataError
 
+COLUMNS_2018 = ("MEL", "NV", "BCC", "AKIEC", "BKL", "DF", "VASC")
+COLUMNS_2019 = ("MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC", "UNK")
+CODES = {"MEL": "mel", "NV": "nv", "BCC": "bcc", "AKIEC": "akiec", "AK": "akiec", "BKL": "bkl", "DF": "df"}
 
-def isic_layout(ham: Path, out: Path, *, groupings: bool = True) -> Path:
-    """``out`` in ISIC 2018 Task 3 layout for the images of the HAM10000-layout folder ``ham``, linked, not copied."""
+
+def isic_layout(ham: Path, out: Path, *, groupings: bool = True, year: int = 2018) -> Path:
+    """``out`` in ISIC 2018 Task 3 (or 2019) layout for the images of the HAM10000-layout folder ``ham``, linked,
+    not copied. For 2019 the first three images are made SCC, UNK and SCC: classes HAM10000 lacks."""
     meta = pd.read_csv(next(ham.rglob("HAM10000_metadata.csv")))
     out.mkdir(parents=True)
-    os.symlink(next(ham.rglob("*.jpg")).parent, out / "ISIC2018_Task3_Training_Input")
+    os.symlink(next(ham.rglob("*.jpg")).parent, out / f"ISIC{year}_Training_Input")
     truth = pd.DataFrame({"image": meta["image_id"]})
-    for column in COLUMNS:
-        truth[column] = (meta["dx"].str.upper() == column).astype(float)
-    truth.to_csv(out / "ISIC2018_Task3_Training_GroundTruth.csv", index=False)
-    if groupings:
+    for column in COLUMNS_2018 if year == 2018 else COLUMNS_2019:
+        truth[column] = (meta["dx"] == CODES.get(column, column.lower())).astype(float)
+    if year == 2019:
+        for row, column in enumerate(("SCC", "UNK", "SCC")):
+            truth.loc[row, list(COLUMNS_2019)] = 0.0
+            truth.loc[row, column] = 1.0
+    name = "ISIC2018_Task3_Training" if year == 2018 else "ISIC_2019_Training"
+    truth.to_csv(out / f"{name}_GroundTruth.csv", index=False)
+    if groupings and year == 2018:
         table = {"image": meta["image_id"], "lesion_id": meta["lesion_id"], "diagnosis_confirm_type": meta["dx_type"]}
-        pd.DataFrame(table).to_csv(out / "ISIC2018_Task3_Training_LesionGroupings.csv", index=False)
+        pd.DataFrame(table).to_csv(out / f"{name}_LesionGroupings.csv", index=False)
+    elif groupings:
+        table = {"image": meta["image_id"], "age_approx": meta["age"], "lesion_id": meta["lesion_id"]}
+        pd.DataFrame(table).to_csv(out / f"{name}_Metadata.csv", index=False)
     return out
 
 
@@ -46,7 +60,7 @@ def same_images(a, b) -> bool:
 def test_the_layout_reads_as_its_ham10000_images(synthetic_root: Path, tmp_path: Path) -> None:
     isic = load_dataset(isic_layout(synthetic_root, tmp_path / "isic"))
     ham = load_ham10000(synthetic_root)
-    assert isic.source == "isic2018" and len(isic) == len(ham)
+    assert isic.source == "isic" and len(isic) == len(ham)
     assert same_images(isic, ham)
     assert [p.name for p in isic.paths] == [f"{i}.jpg" for i in isic.image_ids]  # found through the link
     assert isic.extra["lesions_grouped"] == len(ham)
@@ -57,9 +71,9 @@ def test_without_groupings_each_image_is_its_own_lesion(
     synthetic_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     with caplog.at_level(logging.WARNING):
-        ds = load_isic2018(isic_layout(synthetic_root, tmp_path / "isic", groupings=False))
+        ds = load_isic(isic_layout(synthetic_root, tmp_path / "isic", groupings=False))
     assert ds.lesion_ids == ds.image_ids
-    assert "no lesion grouping" in caplog.text
+    assert "no lesion id" in caplog.text
 
 
 def test_a_row_that_is_not_one_hot_is_one_error(synthetic_root: Path, tmp_path: Path) -> None:
@@ -81,7 +95,7 @@ def test_missing_images_and_two_ground_truths_are_refused(synthetic_root: Path, 
     with pytest.raises(DataError, match="2 of .* images .* are missing .*ISIC_9999998"):
         load_dataset(root)
     truth.to_csv(root / "ISIC2018_Task3_Validation_GroundTruth.csv", index=False)
-    with pytest.raises(DataError, match="2 ISIC 2018 ground-truth CSVs"):
+    with pytest.raises(DataError, match="2 ISIC ground-truth CSVs"):
         load_dataset(root)
 
 
@@ -99,6 +113,17 @@ def test_data_split_of_the_layout_equals_the_ham10000_split(synthetic_root: Path
         )
         assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "isic.csv").read_bytes() == (tmp_path / "ham.csv").read_bytes()
+
+
+def test_isic_2019_leaves_out_the_classes_ham10000_lacks(
+    synthetic_root: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        isic = load_dataset(isic_layout(synthetic_root, tmp_path / "isic", year=2019))
+    ham = load_ham10000(synthetic_root)
+    assert isic.image_ids == ham.image_ids[3:]  # SCC, UNK, SCC left out
+    assert isic.labels.tolist() == ham.labels[3:].tolist() and isic.lesion_ids == ham.lesion_ids[3:]
+    assert "left out 3 of" in caplog.text and "SCC: 2, UNK: 1" in caplog.text
 
 
 @pytest.mark.realdata
