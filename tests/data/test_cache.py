@@ -194,7 +194,8 @@ def test_every_image_mode_becomes_8_bit_rgb(tmp_path: Path) -> None:
         with Image.open(path) as im:
             expected = np.asarray(im.convert("RGB"))
         assert np.array_equal(decode_image(path, None), expected), mode
-    grey16 = rgb[..., 0].astype(np.uint16) * 257 + 100  # the 8-bit values, in 16 bits
+    grey16 = rgb[..., 0].astype(np.uint16) * 257 + np.where(rgb[..., 0] < 255, 100, 0).astype(np.uint16)
+    assert grey16.max() <= 65535 and (grey16 // 257 == rgb[..., 0]).all()  # the 8-bit values, in 16 bits
     Image.fromarray(grey16).save(tmp_path / "grey16.png")
     with Image.open(tmp_path / "grey16.png") as im:
         assert im.mode.startswith("I")  # Pillow opens it as I;16 (or I)

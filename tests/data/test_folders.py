@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +124,15 @@ def test_two_files_with_one_id_are_refused(tmp_path: Path) -> None:
     put_image(tmp_path / "df" / "a.png")
     with pytest.raises(DataError, match="same image id 'df__a'"):
         load_image_folder(tmp_path)
+
+
+def test_linked_folders_inside_a_class_folder_are_read(tmp_path: Path) -> None:
+    """As torchvision's ImageFolder walks them (os.walk with followlinks), each real folder once."""
+    tree = tmp_path / "tree"
+    put_image(tree / "nv" / "own.jpg")
+    put_image(tree / "mel" / "a.jpg")
+    put_image(tmp_path / "store" / "batch2" / "linked.jpg")
+    os.symlink(tmp_path / "store" / "batch2", tree / "nv" / "batch2")
+    os.symlink(tree / "nv", tree / "nv" / "batch2" / "loop")  # a link back up the tree ends
+    ds = load_image_folder(tree)
+    assert sorted(ds.image_ids) == ["mel__a", "nv__batch2__linked", "nv__own"]

@@ -132,3 +132,24 @@ def test_the_real_training_set_in_isic_layout(ham10000_root: Path, tmp_path: Pat
     ham = load_ham10000(ham10000_root)
     assert len(isic) == 10015 and same_images(isic, ham)
     assert np.bincount(isic.labels).tolist() == [327, 514, 1099, 115, 1113, 6705, 142]
+
+
+def test_a_ground_truth_as_spreadsheets_and_links_leave_it(synthetic_root: Path, tmp_path: Path) -> None:
+    """A byte-order mark (as Excel writes), a column that is not a class, the ground truth in a linked folder."""
+    root = isic_layout(synthetic_root, tmp_path / "isic")
+    truth = pd.read_csv(root / "ISIC2018_Task3_Training_GroundTruth.csv").assign(score_weight=1.0)
+    (root / "ISIC2018_Task3_Training_GroundTruth.csv").unlink()
+    elsewhere = tmp_path / "truth"
+    elsewhere.mkdir()
+    truth.to_csv(elsewhere / "ISIC2018_Task3_Training_GroundTruth.csv", index=False, encoding="utf-8-sig")
+    os.symlink(elsewhere, root / "truth")
+    assert same_images(load_dataset(root), load_ham10000(synthetic_root))
+
+
+def test_a_ground_truth_whose_header_is_not_one_says_so(synthetic_root: Path, tmp_path: Path) -> None:
+    root = isic_layout(synthetic_root, tmp_path / "isic")
+    csv = root / "ISIC2018_Task3_Training_GroundTruth.csv"
+    pd.read_csv(csv).rename(columns={"image": "image_id"}).to_csv(csv, index=False)
+    with pytest.raises(DataError, match="named as an ISIC ground truth but its header") as exc:
+        load_dataset(root)
+    assert "\n" not in str(exc.value) and "expected image, then one-hot columns" in str(exc.value)

@@ -316,6 +316,10 @@ def named_app(reference):
     async def as_dict(request: Request) -> list:
         return [dict(zip(NAMES, row.tolist(), strict=True)) for row in softmax(await request.json())]
 
+    @app.post("/wrapped")
+    async def wrapped(request: Request) -> dict:
+        return {"predictions": softmax(await request.json()).tolist()}
+
     @app.post("/label")
     async def label(request: Request) -> list:
         return [NAMES[i] for i in softmax(await request.json()).argmax(1)]
@@ -342,6 +346,12 @@ def test_answers_that_name_classes_are_put_in_the_cards_order(reference, serve_a
         with named(root, "hf?top_k=5") as model, pytest.raises(ModelError) as exc:
             model(x)
         assert "scores for 5 of 7 classes" in one_line(exc) and "top_k=7" in one_line(exc)
+        for n in (1, 3):  # a wrapper is not an answer by class name, even for one image: set http.response_path
+            with named(root, "wrapped") as model, pytest.raises(ModelError) as exc:
+                model(x[:n])
+            assert "set http.response_path" in one_line(exc), n
+        with named(root, "wrapped", response_path="predictions") as model:
+            np.testing.assert_allclose(model(x[:1]), probabilities[:1], atol=1e-6)
         renamed = HttpBackend(
             f"{root}/dict", HttpSettings(protocol="plain"), num_classes=NUM_CLASSES, output="probabilities",
             classes=("AKIEC", *NAMES[1:]),

@@ -5,6 +5,7 @@ converted by onnx2torch), compared with the PyTorch module it came from."""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -277,3 +278,50 @@ def test_a_pickled_model_is_refused_with_the_ways_to_save_it(net: nn.Module, tmp
     torch.save({"model": net.state_dict()}, tmp_path / "state.pth")  # a state dict is named as one
     with pytest.raises(ModelError, match="if it is a state dict, pass --model torchvision:<arch>"):
         load_model(tmp_path / "state.pth")
+
+
+def test_a_float16_export_is_white_box_within_its_precision(net: nn.Module, images: torch.Tensor, tmp_path: Path):
+    path = export(_Half(net).eval(), torch.rand(2, 3, SIZE, SIZE).half(), tmp_path / "fp16.onnx", dynamic=True)
+    assert OnnxSession(path, threads=1).datatype == "FP16"
+    model, diff = verify_onnx(load_model(path), images)
+    assert model.info.threat_model == "white-box" and diff is not None and 0 < diff <= 1e-2
+    with torch.no_grad():
+        scores = model(images)
+    assert scores.dtype == torch.float32
+    torch.testing.assert_close(scores, net(images), atol=5e-2, rtol=0)  # float16 against float32
+    assert_same_gradients(model, net, images, column=3, atol=5e-3, rtol=5e-2)
+
+
+class _Half(nn.Module):
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = copy.deepcopy(net).half()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def test_no_images_through_a_fixed_batch(net: nn.Module, images: torch.Tensor, tmp_path: Path) -> None:
+    path = export(net, torch.rand(4, 3, SIZE, SIZE), tmp_path / "fixed.onnx")
+    for model in (load_model(path), load_model(path, threat_model="score-based")):
+        with torch.no_grad():
+            assert model(images[:0]).shape == (0, 7)
+
+
+def test_a_uint8_export_served_over_http_takes_uint8_and_float_requests(
+    net: nn.Module, images: torch.Tensor, tmp_path: Path, serve_app
+) -> None:
+    from dermadv.models.serve import make_app
+
+    path = export(Uint8Input(net).eval(), torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8),
+                  tmp_path / "u8.onnx", dynamic=True)  # fmt: skip
+    with torch.no_grad():
+        reference = net(images)
+    with serve_app(make_app(path, name="u8")) as root:
+        for datatype in ("UINT8", "FP32"):
+            http = {"model_name": "u8", "datatype": datatype, "batch_size": 8}
+            remote = load_model(root, card=card(tmp_path / f"{datatype}.yaml", value_range=255, http=http))
+            with torch.no_grad():
+                scores = remote(images)
+            remote.backend.close()
+            torch.testing.assert_close(scores, reference, atol=1e-4, rtol=0, msg=datatype)

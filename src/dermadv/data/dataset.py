@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +46,21 @@ class ImageSet:
         labels = self.labels if indices is None else self.labels[indices]
         counts = np.bincount(labels, minlength=self.num_classes)
         return {c: int(n) for c, n in zip(self.classes, counts, strict=True)}
+
+
+def files_below(root: Path) -> Iterator[Path]:
+    """Every file below ``root``, sorted within each folder; symbolic links to folders are followed (data is often
+    linked into place), each real folder once, so a link back up the tree ends."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames.clear()
+            continue
+        seen.add(real)
+        dirnames.sort()
+        for name in sorted(filenames):
+            yield Path(dirpath) / name
 
 
 def fingerprint_of(parts: list[str]) -> str:

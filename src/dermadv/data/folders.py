@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from dermadv.data.classes import CLASS_ALIASES, CLASS_NAMES, CLASSES
-from dermadv.data.dataset import ImageSet, content_fingerprint_of, fingerprint_of
+from dermadv.data.dataset import ImageSet, content_fingerprint_of, files_below, fingerprint_of
 from dermadv.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def load_image_folder(root: Path) -> ImageSet:
     for folder, code in ((p, c) for p, c in folders.items() if c is not None):
         found = sorted(
             p
-            for p in folder.rglob("*")
+            for p in files_below(folder)
             if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not _is_hidden(p, root)
         )
         if not found:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from dermadv.data.classes import CLASSES
-from dermadv.data.dataset import ImageSet, content_fingerprint_of, fingerprint_of
+from dermadv.data.dataset import ImageSet, content_fingerprint_of, files_below, fingerprint_of
 from dermadv.errors import DataError
 
 METADATA_NAME = "HAM10000_metadata.csv"
@@ -33,20 +33,11 @@ def find_metadata(root: Path) -> Path:
 
 
 def index_images(root: Path) -> dict[str, Path]:
-    """Map image stem -> path for every image file under ``root`` (any sub-folder, symbolic links to folders
-    followed once each: data is often linked into place)."""
+    """Map image stem -> path for every image file under ``root`` (any sub-folder, linked folders followed)."""
     index: dict[str, Path] = {}
-    seen: set[str] = set()
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:  # a link back up the tree, or a second link to a folder already read
-            dirnames.clear()
-            continue
-        seen.add(real)
-        for name in filenames:
-            stem, suffix = os.path.splitext(name)
-            if suffix.lower() in IMAGE_SUFFIXES and not name.startswith("."):
-                index.setdefault(stem, Path(dirpath) / name)
+    for path in files_below(root):
+        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
+            index.setdefault(path.stem, path)
     return index
 
 

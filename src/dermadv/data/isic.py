@@ -15,13 +15,14 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from fnmatch import fnmatch
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from dermadv.data.classes import CLASSES
-from dermadv.data.dataset import ImageSet, content_fingerprint_of, fingerprint_of
+from dermadv.data.dataset import ImageSet, content_fingerprint_of, files_below, fingerprint_of
 from dermadv.data.folders import folder_class
 from dermadv.data.ham10000 import index_images
 from dermadv.errors import DataError
@@ -35,31 +36,35 @@ OTHER_CLASSES = ("SCC", "UNK")
 
 
 def _header(path: Path) -> list[str]:
-    with path.open(encoding="utf-8", errors="replace") as f:
+    with path.open(encoding="utf-8-sig", errors="replace") as f:  # -sig: a byte-order mark, as Excel writes
         return [c.strip() for c in f.readline().split(",")]
 
 
 def class_columns(header: list[str]) -> dict[str, str | None] | None:
     """Each class column with the HAM10000 code it stands for (None: a class HAM10000 lacks), or None when the
-    header is not an ISIC ground truth's (``image`` first, then one column per class covering all seven)."""
+    header is not an ISIC ground truth's (``image`` first, class columns covering all seven HAM10000 classes).
+    Other columns (say a ``score_weight``) are not classes and are ignored."""
     if len(header) < 2 or header[0] != "image":
         return None
     columns: dict[str, str | None] = {}
     for name in header[1:]:
         code = folder_class(name)
-        if code is None and name.upper() not in OTHER_CLASSES:
-            return None
-        columns[name] = code
+        if code is not None or name.upper() in OTHER_CLASSES:
+            columns[name] = code
     return columns if set(CLASSES) <= set(columns.values()) else None
 
 
-def is_ground_truth(path: Path) -> bool:
-    return class_columns(_header(path)) is not None
-
-
 def find_ground_truth(root: Path) -> Path | None:
-    """The one ISIC ground-truth CSV below ``root``, or None; several are refused."""
-    found = [p for p in sorted(root.rglob(GROUND_TRUTH_GLOB)) if p.is_file() and is_ground_truth(p)]
+    """The one ISIC ground-truth CSV below ``root`` (linked folders followed), or None when no file is named
+    like one; a file so named whose header is not one, and several ground truths, are refused."""
+    candidates = [p for p in files_below(root) if fnmatch(p.name, GROUND_TRUTH_GLOB)]
+    found = [p for p in candidates if class_columns(_header(p)) is not None]
+    if candidates and not found:
+        header = ",".join(_header(candidates[0]))
+        raise DataError(
+            f"{candidates[0]} is named as an ISIC ground truth but its header ({_snippet(header)}) is not one; "
+            "expected image, then one-hot columns MEL, NV, BCC, AKIEC (or AK), BKL, DF, VASC"
+        )
     if len(found) > 1:
         names = ", ".join(str(p.relative_to(root)) for p in found)
         raise DataError(
@@ -69,11 +74,15 @@ def find_ground_truth(root: Path) -> Path | None:
     return found[0] if found else None
 
 
+def _snippet(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def read_ground_truth(csv_path: Path) -> tuple[list[str], np.ndarray]:
     """Image ids and labels (indices into dermadv's ``CLASSES``) of a one-hot ground-truth CSV, without the
     images of classes HAM10000 lacks."""
     try:
-        df = pd.read_csv(csv_path, dtype={"image": str})
+        df = pd.read_csv(csv_path, dtype={"image": str}, encoding="utf-8-sig")
     except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
         raise DataError(f"cannot parse {csv_path}: {exc}; is it an ISIC ground-truth CSV?") from None
     df.columns = [c.strip() for c in df.columns]
@@ -111,12 +120,13 @@ def read_ground_truth(csv_path: Path) -> tuple[list[str], np.ndarray]:
 def read_groupings(root: Path) -> dict[str, str]:
     """image -> lesion_id from the first CSV below ``root`` that has both columns (ISIC 2018's lesion groupings,
     ISIC 2019's metadata); empty when there is none. Blank lesion ids are left out."""
+    files = list(files_below(root))
     for pattern in GROUPINGS_GLOBS:
-        for path in sorted(root.rglob(pattern)):
+        for path in (p for p in files if fnmatch(p.name, pattern)):
             if not {"image", "lesion_id"} <= set(_header(path)):
                 continue
             try:
-                df = pd.read_csv(path, dtype=str, keep_default_na=False)
+                df = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
             except (pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
                 raise DataError(
                     f"cannot parse {path}: {exc}; is it an ISIC lesion groupings or metadata CSV?"

@@ -467,7 +467,9 @@ class HttpBackend:
                 and all(isinstance(d, dict) and {"label", "score"} <= set(d) for d in item)
             ):
                 item = {str(d["label"]): d["score"] for d in item}
-            if not (isinstance(item, dict) and item and all(isinstance(key, str) for key in item)):
+            if not (isinstance(item, dict) and item and any(key in classes for key in item)):
+                return None  # not an answer by class name: a wrapper such as {"predictions": …} (http.response_path)
+            if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in item.values()):
                 return None
             row = [math.nan] * len(classes)
             for name, score in item.items():

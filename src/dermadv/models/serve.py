@@ -206,7 +206,10 @@ def make_app(
                 ],
             }
 
-        # UINT8 inputs are 8-bit pixels, which dermadv's exports take in [0, 1]; FP32 ones go to the model as sent
+        # UINT8 inputs are 8-bit pixels: a model that takes uint8 gets them as sent; a float model (dermadv's exports)
+        # takes them in [0, 1]. FP32 inputs go to the model as sent.
+        if datatype == "UINT8" and model.datatype == "UINT8":
+            return await answer(fault, len(images), lambda: images, v2)
         scale = 1 / 255 if datatype == "UINT8" else 1.0
         return await answer(fault, len(images), lambda: images.astype(np.float32) * np.float32(scale), v2)
 
